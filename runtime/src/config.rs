@@ -1,0 +1,223 @@
+//! Typed, layered configuration: defaults < optional TOML file < environment.
+//!
+//! Environment variables are `ORCHESTRA_<KEY>`, with `__` between nested keys
+//! (`ORCHESTRA_HTTP__BODY_LIMIT_BYTES=2097152`). `DATABASE_URL` is honoured as
+//! well as `ORCHESTRA_DATABASE_URL`. Everything is checked once at start by
+//! [`Config::validate`], which names the bad setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::RegistrationMode;
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Socket address the HTTP server binds (`ORCHESTRA_LISTEN`).
+    pub listen: String,
+    /// Directory for the SQLite database and the key files (`ORCHESTRA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite://...`; unset means SQLite inside `data_dir`.
+    pub database_url: Option<String>,
+    /// Connection pool settings.
+    pub database: DatabaseConfig,
+    /// Logging output.
+    pub log: LogConfig,
+    /// Token lifetimes and the registration policy.
+    pub auth: AuthConfig,
+    /// HTTP limits and CORS.
+    pub http: HttpConfig,
+}
+
+/// Connection pool settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Upper bound of pooled connections per node.
+    pub max_connections: u32,
+    /// Seconds to wait for a free connection before answering 503.
+    pub acquire_timeout_secs: u64,
+}
+
+/// Logging output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `orchestra=debug,info`.
+    pub level: String,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Token lifetimes and registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Lifetime of an access token (JWT), in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token, in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Registration policy used until an admin changes it through the API.
+    pub registration: RegistrationMode,
+    /// Base64 JWT signing secret; shared by every node of a cluster. When unset,
+    /// a secret is generated once in `data_dir/keys`.
+    pub jwt_secret: Option<String>,
+    /// Base64 32-byte key that encrypts secrets at rest; shared by every node of
+    /// a cluster. When unset, a key is generated once in `data_dir/keys`.
+    pub encryption_key: Option<String>,
+}
+
+/// HTTP limits and CORS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Seconds after which a request is abandoned with 503.
+    pub request_timeout_secs: u64,
+    /// Origins allowed by CORS; empty means no cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("orchestra-data"),
+            database_url: None,
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            max_connections: 10,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            registration: RegistrationMode::Closed,
+            jwt_secret: None,
+            encryption_key: None,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("configuration file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(Env::prefixed("ORCHESTRA_").ignore(&["config"]).split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                bail!("database_url (DATABASE_URL): must start with postgres://, postgresql:// or sqlite:");
+            }
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections: must be at least 1");
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            bail!("auth.access_token_ttl_secs: must be at least 1");
+        }
+        if self.auth.refresh_token_ttl_secs < self.auth.access_token_ttl_secs {
+            bail!("auth.refresh_token_ttl_secs: must not be shorter than auth.access_token_ttl_secs");
+        }
+        if self.http.body_limit_bytes < 1024 {
+            bail!("http.body_limit_bytes: must be at least 1024");
+        }
+        if self.http.request_timeout_secs == 0 {
+            bail!("http.request_timeout_secs: must be at least 1");
+        }
+        for origin in &self.http.cors_allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                bail!("http.cors_allowed_origins: {origin:?} is not an http(s) origin or \"*\"");
+            }
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            bail!("log.level: {:?} is not a valid filter", self.log.level);
+        }
+        Ok(())
+    }
+
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen
+            .parse()
+            .with_context(|| format!("listen (ORCHESTRA_LISTEN): {:?} is not host:port", self.listen))
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("orchestra.db").display()),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! SQL for conversations and messages. A message's `seq` comes from the
+//! conversation's `message_count`, incremented in the same transaction that
+//! inserts the message, so sequence numbers are gap-free and unique even under
+//! concurrent posts.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::model::ContentPart;
+use crate::db::{self, Db};
+use crate::error::Result;
+use crate::on_db;
+use crate::pagination::PageRequest;
+
+/// A row of `conversations`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub agent_id: Uuid,
+    pub title: Option<String>,
+    pub metadata: Json<Map<String, Value>>,
+    pub message_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `messages`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub role: String,
+    pub content: Json<Vec<ContentPart>>,
+    pub metadata: Json<Map<String, Value>>,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, user_id, agent_id, title, metadata, message_count, created_at, updated_at";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
+
+/// Queries over conversations and messages.
+#[derive(Clone, Debug)]
+pub struct ConversationRepo {
+    db: Db,
+}
+
+impl ConversationRepo {
+    /// A repository over `db`.
+    pub fn new(db: Db) -> Self {
+        ConversationRepo { db }
+    }
+
+    /// Inserts a conversation.
+    pub async fn insert(
+        &self,
+        owner: Uuid,
+        agent: Uuid,
+        title: Option<&str>,
+        metadata: &Map<String, Value>,
+    ) -> Result<ConversationRow> {
+        let sql = format!(
+            "INSERT INTO conversations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, 0, $6, $6) RETURNING {COLUMNS}"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(Uuid::now_v7())
+            .bind(owner)
+            .bind(agent)
+            .bind(title)
+            .bind(Json(metadata))
+            .bind(db::now())
+            .fetch_one(pool)
+            .await?))
+    }
+
+    /// A conversation, if `owner` (when given) owns it.
+    pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> Result<Option<ConversationRow>> {
+        on_db!(&self.db, pool, D => {
+            let mut qb = sqlx::QueryBuilder::<D>::new(format!("SELECT {COLUMNS} FROM conversations WHERE id = "));
+            qb.push_bind(id);
+            if let Some(owner) = owner {
+                qb.push(" AND user_id = ").push_bind(owner);
+            }
+            Ok(qb.build_query_as().fetch_optional(pool).await?)
+        })
+    }
+
+    /// One page of conversations, most recently active first, and the total.
+    pub async fn list(
+        &self,
+        owner: Option<Uuid>,
+        agent: Option<Uuid>,
+        page: PageRequest,
+    ) -> Result<(Vec<ConversationRow>, i64)> {
+        on_db!(&self.db, pool, D => {
+            let mut count = sqlx::QueryBuilder::<D>::new("SELECT COUNT(*) FROM conversations WHERE 1=1");
+            let mut select = sqlx::QueryBuilder::<D>::new(format!("SELECT {COLUMNS} FROM conversations WHERE 1=1"));
+            for qb in [&mut count, &mut select] {
+                if let Some(owner) = owner {
+                    qb.push(" AND user_id = ").push_bind(owner);
+                }
+                if let Some(agent) = agent {
+                    qb.push(" AND agent_id = ").push_bind(agent);
+                }
+            }
+            select
+                .push(" ORDER BY updated_at DESC, id DESC LIMIT ")
+                .push_bind(page.limit())
+                .push(" OFFSET ")
+                .push_bind(page.offset());
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            let rows: Vec<ConversationRow> = select.build_query_as().fetch_all(pool).await?;
+            Ok((rows, total))
+        })
+    }
+
+    /// Sets the title and/or metadata.
+    pub async fn update(
+        &self,
+        id: Uuid,
+        title: Option<Option<&str>>,
+        metadata: Option<&Map<String, Value>>,
+    ) -> Result<Option<ConversationRow>> {
+        let sql = format!(
+            "UPDATE conversations SET
+                title = CASE WHEN $2 THEN $3 ELSE title END,
+                metadata = COALESCE($4, metadata),
+                updated_at = $5
+             WHERE id = $1 RETURNING {COLUMNS}"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(id)
+            .bind(title.is_some())
+            .bind(title.flatten())
+            .bind(metadata.map(Json))
+            .bind(db::now())
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// Deletes a conversation and its messages.
+    pub async fn delete(&self, id: Uuid) -> Result<bool> {
+        Ok(on_db!(&self.db, pool => sqlx::query("DELETE FROM conversations WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1))
+    }
+
+    /// Appends a message at the next sequence number.
+    pub async fn append(
+        &self,
+        conversation: Uuid,
+        role: &str,
+        content: &[ContentPart],
+        metadata: &Map<String, Value>,
+    ) -> Result<Option<MessageRow>> {
+        let insert = format!(
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
+        );
+        let now = db::now();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let seq: Option<i64> = sqlx::query_scalar(
+                "UPDATE conversations SET message_count = message_count + 1, updated_at = $2
+                 WHERE id = $1 RETURNING message_count",
+            )
+            .bind(conversation)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(seq) = seq else {
+                return Ok(None);
+            };
+            let row: MessageRow = sqlx::query_as(&insert)
+                .bind(Uuid::now_v7())
+                .bind(conversation)
+                .bind(seq)
+                .bind(role)
+                .bind(Json(content))
+                .bind(Json(metadata))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(row))
+        })
+    }
+
+    /// Up to `limit` messages after `after_seq`, oldest first.
+    pub async fn messages(&self, conversation: Uuid, after_seq: i64, limit: i64) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(conversation)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+}

@@ -1,0 +1,142 @@
+//! Cross-cutting middleware: request ids and request spans, the request
+//! timeout, panic containment, CORS, and the 404/405 fallbacks — each answering
+//! with the `ErrorResponse` body.
+
+use std::any::Any;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::HttpConfig;
+use crate::error::{Error, ErrorResponse};
+
+/// The header carrying the request id (taken from the client or generated).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Sets `x-request-id` on the request when the client sent none.
+pub fn set_request_id() -> SetRequestIdLayer<MakeRequestUuid> {
+    SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid)
+}
+
+/// Copies `x-request-id` onto the response.
+pub fn propagate_request_id() -> PropagateRequestIdLayer {
+    PropagateRequestIdLayer::new(REQUEST_ID)
+}
+
+/// A span per request carrying its id, method and path, so every log line of
+/// the request names it.
+pub fn trace() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&Request) -> tracing::Span + Clone,
+> {
+    TraceLayer::new_for_http().make_span_with(|req: &Request| {
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            path = %req.uri().path(),
+        )
+    })
+}
+
+/// Abandons a request that runs longer than the configured timeout.
+pub async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_secs = limit.as_secs(), "request timed out");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(ErrorResponse {
+                    error: "timeout".to_owned(),
+                    message: "the request took too long and was abandoned".to_owned(),
+                    details: None,
+                }),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Turns a handler panic into a 500 with the error body; the panic message
+/// goes to the log only.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = message, "handler panicked");
+    Error::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// CORS from the configured origins; none configured means no cross-origin
+/// access at all.
+pub fn cors(config: &HttpConfig) -> CorsLayer {
+    let origins = &config.cors_allowed_origins;
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::IF_MATCH,
+            REQUEST_ID,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([REQUEST_ID, axum::http::header::ETAG])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Answer for unknown paths.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(ErrorResponse {
+            error: "not_found".to_owned(),
+            message: "no such endpoint".to_owned(),
+            details: None,
+        }),
+    )
+        .into_response()
+}
+
+/// Answer for a known path with the wrong method.
+pub async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(ErrorResponse {
+            error: "method_not_allowed".to_owned(),
+            message: "this endpoint does not accept this method".to_owned(),
+            details: None,
+        }),
+    )
+        .into_response()
+}

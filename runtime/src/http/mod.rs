@@ -1,0 +1,38 @@
+//! The HTTP surface: shared state, extractors, middleware, the OpenAPI
+//! document and the router that merges every domain's routes.
+//!
+//! Handlers live next to their domain (`agents::routes`, ...) and stay thin:
+//! extract, call one service method, wrap the answer.
+
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use crate::agents::AgentService;
+use crate::audit::AuditService;
+use crate::config::Config;
+use crate::conversations::ConversationService;
+use crate::db::Db;
+use crate::settings::SettingsService;
+use crate::users::UserService;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The database, for readiness checks.
+    pub db: Db,
+    /// Accounts, sessions, API keys.
+    pub users: UserService,
+    /// Agents and their revisions.
+    pub agents: AgentService,
+    /// Conversations and messages.
+    pub conversations: ConversationService,
+    /// The audit log.
+    pub audit: AuditService,
+    /// Server-wide settings.
+    pub settings: SettingsService,
+}

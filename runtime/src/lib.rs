@@ -1,0 +1,18 @@
+//! Orchestra, the host: HTTP API, storage, and (in later modules) the run
+//! engine, the tool sandbox and the MCP bridge. See `ARCHITECTURE.md`.
+
+pub mod agents;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod conversations;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod pagination;
+pub mod schema;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+pub mod users;

@@ -1,0 +1,142 @@
+//! Assembles the application (services, router, middleware) and serves it
+//! until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::agents::AgentService;
+use crate::audit::AuditService;
+use crate::config::Config;
+use crate::conversations::ConversationService;
+use crate::db::Db;
+use crate::http::middleware;
+use crate::http::openapi::ApiDoc;
+use crate::http::AppState;
+use crate::keys::Keys;
+use crate::settings::SettingsService;
+use crate::users::credentials::JwtKeys;
+use crate::users::{TokenPolicy, UserService};
+
+/// Connects to the database, applies migrations, loads the keys and wires
+/// every service.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let keys = Keys::load_or_create(&config)?;
+    let db = Db::connect(&config).await?;
+    db.migrate().await?;
+    Ok(wire(config, db, &keys))
+}
+
+/// Builds the services over an open, migrated database.
+pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
+    let audit = AuditService::new(db.clone());
+    let settings = SettingsService::new(db.clone(), audit.clone(), config.auth.registration);
+    let users = UserService::new(
+        db.clone(),
+        audit.clone(),
+        settings.clone(),
+        JwtKeys::new(&keys.jwt_secret),
+        TokenPolicy {
+            access_ttl_secs: config.auth.access_token_ttl_secs,
+            refresh_ttl_secs: config.auth.refresh_token_ttl_secs,
+        },
+    );
+    let agents = AgentService::new(db.clone());
+    let conversations = ConversationService::new(db.clone(), agents.clone());
+    AppState {
+        config: Arc::new(config),
+        db,
+        users,
+        agents,
+        conversations,
+        audit,
+        settings,
+    }
+}
+
+/// The router of every domain, with its OpenAPI document.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::http::openapi::router())
+        .merge(crate::users::routes::router())
+        .merge(crate::agents::routes::router())
+        .merge(crate::conversations::routes::router())
+        .merge(crate::settings::routes::router())
+        .merge(crate::audit::routes::router())
+        .split_for_parts()
+}
+
+/// The complete application: routes, docs and middleware.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = api();
+    let http = &state.config.http;
+    let timeout = Duration::from_secs(http.request_timeout_secs);
+    router
+        .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(timeout, middleware::timeout))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(middleware::cors(http))
+        .layer(middleware::propagate_request_id())
+        .layer(middleware::trace())
+        .layer(middleware::set_request_id())
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish and closes the database.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = state.db.clone();
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP")?;
+    db.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

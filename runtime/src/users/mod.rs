@@ -1,0 +1,10 @@
+//! Users: accounts, roles and permissions, sessions (JWT access tokens and
+//! rotating refresh tokens) and API keys.
+
+pub mod credentials;
+pub mod model;
+pub mod repo;
+pub mod routes;
+pub mod service;
+
+pub use service::{TokenPolicy, UserService};

@@ -1,0 +1,564 @@
+//! Business rules of accounts and credentials: registration and the first
+//! admin, login, refresh-token rotation with reuse detection, authentication
+//! of every request, admin user management and API keys.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::credentials::{self, JwtKeys, API_KEY_PREFIX};
+use super::model::*;
+use super::repo::{ApiKeyRow, NewRefresh, NewUser, UserRepo, UserRow};
+use crate::audit::AuditService;
+use crate::db::{self, Db};
+use crate::error::{Error, Result};
+use crate::pagination::{Page, PageParams};
+use crate::settings::{RegistrationMode, SettingsService};
+
+/// Lifetimes of the tokens this service issues.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenPolicy {
+    /// Access token lifetime in seconds.
+    pub access_ttl_secs: u64,
+    /// Refresh token lifetime in seconds.
+    pub refresh_ttl_secs: u64,
+}
+
+/// Accounts, sessions and API keys.
+#[derive(Clone)]
+pub struct UserService {
+    repo: UserRepo,
+    audit: AuditService,
+    settings: SettingsService,
+    jwt: JwtKeys,
+    policy: TokenPolicy,
+}
+
+impl UserRow {
+    fn role(&self) -> Role {
+        // The CHECK constraint guarantees one of the three names.
+        Role::parse(&self.role).unwrap_or(Role::Viewer)
+    }
+
+    fn into_response(self) -> UserResponse {
+        UserResponse {
+            role: self.role(),
+            id: self.id,
+            email: self.email,
+            display_name: self.display_name,
+            is_active: self.is_active,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_login_at: self.last_login_at,
+        }
+    }
+}
+
+impl From<ApiKeyRow> for ApiKeyResponse {
+    fn from(row: ApiKeyRow) -> Self {
+        ApiKeyResponse {
+            id: row.id,
+            name: row.name,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+        }
+    }
+}
+
+fn invalid_refresh() -> Error {
+    Error::Unauthorized("the refresh token is invalid or expired".to_owned())
+}
+
+impl UserService {
+    /// A service over `db`.
+    pub fn new(
+        db: Db,
+        audit: AuditService,
+        settings: SettingsService,
+        jwt: JwtKeys,
+        policy: TokenPolicy,
+    ) -> Self {
+        UserService {
+            repo: UserRepo::new(db),
+            audit,
+            settings,
+            jwt,
+            policy,
+        }
+    }
+
+    /// Self-registration. The very first user becomes admin; afterwards the
+    /// registration setting decides, and new users get the `user` role.
+    pub async fn register(&self, request: RegisterRequest) -> Result<TokenResponse> {
+        let email = Email::parse(&request.email)?;
+        let password = Password::parse(request.password, "password")?;
+        let display_name = parse_display_name(request.display_name)?;
+        let open = self.settings.registration().await? == RegistrationMode::Open;
+        let hash = credentials::hash_password(password.expose().to_owned()).await?;
+        let (row, first) = self
+            .insert_user(&email, display_name.as_deref(), &hash, Role::User, Some(Role::Admin), !open)
+            .await?;
+        self.audit
+            .record(
+                Some(row.id),
+                "user.registered",
+                Some(("user", row.id)),
+                json!({ "email": row.email, "role": row.role, "first_user": first }),
+            )
+            .await;
+        self.issue_tokens(row, None).await
+    }
+
+    /// Inserts a user; with `closed`, only the first-ever user may be inserted.
+    async fn insert_user(
+        &self,
+        email: &Email,
+        display_name: Option<&str>,
+        hash: &str,
+        role: Role,
+        first_role: Option<Role>,
+        closed: bool,
+    ) -> Result<(UserRow, bool)> {
+        let id = Uuid::now_v7();
+        let new = NewUser {
+            id,
+            email: email.as_str(),
+            display_name,
+            password_hash: hash,
+            role: role.as_str(),
+            now: db::now(),
+        };
+        self.repo
+            .insert(new, first_role.map(Role::as_str), closed)
+            .await
+            .map_err(|e| match e {
+                Error::Conflict { .. } => Error::conflict("a user with this email already exists"),
+                other => other,
+            })?
+            .ok_or_else(|| Error::Forbidden {
+                code: "registration_closed",
+                message: "registration is closed; ask an admin to create your account".to_owned(),
+            })
+    }
+
+    /// Creates a user on an admin's behalf.
+    pub async fn create_user(
+        &self,
+        principal: &Principal,
+        request: CreateUserRequest,
+    ) -> Result<UserResponse> {
+        principal.require(Permission::UserManage)?;
+        let email = Email::parse(&request.email)?;
+        let password = Password::parse(request.password, "password")?;
+        let display_name = parse_display_name(request.display_name)?;
+        let role = request.role.unwrap_or(Role::User);
+        let hash = credentials::hash_password(password.expose().to_owned()).await?;
+        let (row, _) = self
+            .insert_user(&email, display_name.as_deref(), &hash, role, None, false)
+            .await?;
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "user.created",
+                Some(("user", row.id)),
+                json!({ "email": row.email, "role": row.role }),
+            )
+            .await;
+        Ok(row.into_response())
+    }
+
+    /// Creates a user from the command line (no caller to check).
+    pub async fn create_user_offline(
+        &self,
+        email: &str,
+        password: String,
+        role: Role,
+        display_name: Option<String>,
+    ) -> Result<UserResponse> {
+        let email = Email::parse(email)?;
+        let password = Password::parse(password, "password")?;
+        let display_name = parse_display_name(display_name)?;
+        let hash = credentials::hash_password(password.expose().to_owned()).await?;
+        let (row, _) = self
+            .insert_user(&email, display_name.as_deref(), &hash, role, None, false)
+            .await?;
+        self.audit
+            .record(
+                None,
+                "user.created",
+                Some(("user", row.id)),
+                json!({ "email": row.email, "role": row.role, "via": "cli" }),
+            )
+            .await;
+        Ok(row.into_response())
+    }
+
+    /// Sets a new password from the command line and ends every session.
+    pub async fn reset_password_offline(&self, email: &str, password: String) -> Result<()> {
+        let email = Email::parse(email)?;
+        let password = Password::parse(password, "password")?;
+        let row = self
+            .repo
+            .get_by_email(email.as_str())
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+        let hash = credentials::hash_password(password.expose().to_owned()).await?;
+        let now = db::now();
+        self.repo.set_password(row.id, &hash, now).await?;
+        self.repo.revoke_user_tokens(row.id, now).await?;
+        self.audit
+            .record(None, "user.password_reset", Some(("user", row.id)), json!({ "via": "cli" }))
+            .await;
+        Ok(())
+    }
+
+    /// Password login.
+    pub async fn login(&self, request: LoginRequest) -> Result<TokenResponse> {
+        let failed = || Error::Unauthorized("invalid email or password".to_owned());
+        let Ok(email) = Email::parse(&request.email) else {
+            return Err(failed());
+        };
+        let row = self.repo.get_by_email(email.as_str()).await?;
+        let ok = credentials::verify_password(
+            row.as_ref().map(|r| r.password_hash.clone()),
+            request.password,
+        )
+        .await?;
+        let row = match row {
+            Some(row) if ok => row,
+            other => {
+                self.audit
+                    .record(
+                        other.map(|r| r.id),
+                        "auth.login_failed",
+                        None,
+                        json!({ "email": email.as_str() }),
+                    )
+                    .await;
+                return Err(failed());
+            }
+        };
+        if !row.is_active {
+            return Err(Error::Forbidden {
+                code: "account_disabled",
+                message: "this account has been disabled".to_owned(),
+            });
+        }
+        self.repo.touch_login(row.id, db::now()).await?;
+        self.audit
+            .record(Some(row.id), "auth.login", Some(("user", row.id)), json!({}))
+            .await;
+        self.issue_tokens(row, None).await
+    }
+
+    /// Exchanges a refresh token for a new pair. Presenting a token that was
+    /// already rotated revokes its whole family: one of the two holders is
+    /// not the user.
+    pub async fn refresh(&self, request: RefreshRequest) -> Result<TokenResponse> {
+        let hash = credentials::token_digest(&request.refresh_token);
+        let token = self.repo.find_refresh(&hash).await?.ok_or_else(invalid_refresh)?;
+        let now = db::now();
+        if token.used_at.is_some() || token.revoked_at.is_some() {
+            return Err(self.reuse_detected(&token.family_id, token.user_id, now).await);
+        }
+        if token.expires_at <= now {
+            return Err(invalid_refresh());
+        }
+        let user = self.repo.get(token.user_id).await?.ok_or_else(invalid_refresh)?;
+        if !user.is_active {
+            return Err(invalid_refresh());
+        }
+        let (secret, new) = self.new_refresh(user.id, token.family_id, now);
+        if !self.repo.rotate_refresh(token.id, new.as_new()).await? {
+            // Lost a race with another use of the same token: also a reuse.
+            return Err(self.reuse_detected(&token.family_id, token.user_id, now).await);
+        }
+        self.issue_tokens(user, Some(secret)).await
+    }
+
+    async fn reuse_detected(&self, family: &Uuid, user: Uuid, now: DateTime<Utc>) -> Error {
+        match self.repo.revoke_family(*family, now).await {
+            Ok(revoked) => {
+                self.audit
+                    .record(
+                        Some(user),
+                        "auth.refresh_reuse_detected",
+                        Some(("user", user)),
+                        json!({ "family_id": family, "revoked": revoked }),
+                    )
+                    .await;
+                invalid_refresh()
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// Ends the session of a refresh token (its whole family).
+    pub async fn logout(&self, request: RefreshRequest) -> Result<()> {
+        let hash = credentials::token_digest(&request.refresh_token);
+        let token = self.repo.find_refresh(&hash).await?.ok_or_else(invalid_refresh)?;
+        self.repo.revoke_family(token.family_id, db::now()).await?;
+        self.audit
+            .record(Some(token.user_id), "auth.logout", Some(("user", token.user_id)), json!({}))
+            .await;
+        Ok(())
+    }
+
+    fn new_refresh(&self, user_id: Uuid, family_id: Uuid, now: DateTime<Utc>) -> (String, PendingRefresh) {
+        let secret = credentials::random_token(32);
+        let pending = PendingRefresh {
+            id: Uuid::now_v7(),
+            user_id,
+            family_id,
+            hash: credentials::token_digest(&secret),
+            created_at: now,
+            expires_at: now + Duration::seconds(self.policy.refresh_ttl_secs as i64),
+        };
+        (secret, pending)
+    }
+
+    /// Signs an access token and, unless `refresh` is already stored, starts a
+    /// new refresh-token family.
+    async fn issue_tokens(&self, user: UserRow, refresh: Option<String>) -> Result<TokenResponse> {
+        let access_token = self.jwt.issue(user.id, self.policy.access_ttl_secs)?;
+        let refresh_token = match refresh {
+            Some(secret) => secret,
+            None => {
+                let (secret, pending) = self.new_refresh(user.id, Uuid::now_v7(), db::now());
+                self.repo.insert_refresh(pending.as_new()).await?;
+                secret
+            }
+        };
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: self.policy.access_ttl_secs,
+            refresh_token,
+            user: user.into_response(),
+        })
+    }
+
+    /// Resolves an `Authorization: Bearer` credential (JWT or API key) to the
+    /// caller, checking that the account is active right now.
+    pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
+        let now = db::now();
+        let (user_id, method) = if bearer.starts_with(API_KEY_PREFIX) {
+            let key = self
+                .repo
+                .find_api_key(&credentials::token_digest(bearer))
+                .await?
+                .ok_or_else(|| Error::Unauthorized("the API key is invalid".to_owned()))?;
+            if key.expires_at.is_some_and(|at| at <= now) {
+                return Err(Error::Unauthorized("the API key has expired".to_owned()));
+            }
+            self.repo
+                .touch_api_key(key.id, now, now - Duration::seconds(60))
+                .await?;
+            (key.user_id, AuthMethod::ApiKey(key.id))
+        } else {
+            (self.jwt.verify(bearer)?.sub, AuthMethod::AccessToken)
+        };
+        let user = self
+            .repo
+            .get(user_id)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("the account no longer exists".to_owned()))?;
+        if !user.is_active {
+            return Err(Error::Unauthorized("this account has been disabled".to_owned()));
+        }
+        Ok(Principal {
+            user_id: user.id,
+            role: user.role(),
+            method,
+        })
+    }
+
+    /// The caller's own account.
+    pub async fn me(&self, principal: &Principal) -> Result<UserResponse> {
+        let row = self.repo.get(principal.user_id).await?.ok_or(Error::NotFound("user"))?;
+        Ok(row.into_response())
+    }
+
+    /// Changes the caller's password and ends every other session.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        request: ChangePasswordRequest,
+    ) -> Result<()> {
+        let row = self.repo.get(principal.user_id).await?.ok_or(Error::NotFound("user"))?;
+        let new = Password::parse(request.new_password, "new_password")?;
+        if !credentials::verify_password(Some(row.password_hash), request.current_password).await? {
+            return Err(Error::invalid_field("current_password", "is not correct"));
+        }
+        let hash = credentials::hash_password(new.expose().to_owned()).await?;
+        let now = db::now();
+        self.repo.set_password(row.id, &hash, now).await?;
+        self.repo.revoke_user_tokens(row.id, now).await?;
+        self.audit
+            .record(Some(row.id), "user.password_changed", Some(("user", row.id)), json!({}))
+            .await;
+        Ok(())
+    }
+
+    /// Every user (admins only).
+    pub async fn list_users(&self, principal: &Principal, page: PageParams) -> Result<Page<UserResponse>> {
+        principal.require(Permission::UserManage)?;
+        let page = page.validate()?;
+        let (rows, total) = self.repo.list(page).await?;
+        Ok(page.wrap(rows, total).map(UserRow::into_response))
+    }
+
+    /// One user (admins only).
+    pub async fn get_user(&self, principal: &Principal, id: Uuid) -> Result<UserResponse> {
+        principal.require(Permission::UserManage)?;
+        let row = self.repo.get(id).await?.ok_or(Error::NotFound("user"))?;
+        Ok(row.into_response())
+    }
+
+    /// Changes a user's role, status or name (admins only). Disabling ends the
+    /// user's sessions at once; the last active admin cannot be demoted or
+    /// disabled.
+    pub async fn update_user(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request: UpdateUserRequest,
+    ) -> Result<UserResponse> {
+        principal.require(Permission::UserManage)?;
+        let display_name = match request.display_name {
+            Some(name) => Some(parse_display_name(Some(name))?),
+            None => None,
+        };
+        let current = self.repo.get(id).await?.ok_or(Error::NotFound("user"))?;
+        let loses_admin = current.role() == Role::Admin
+            && current.is_active
+            && (request.role.is_some_and(|r| r != Role::Admin) || request.is_active == Some(false));
+        if loses_admin && self.repo.count_other_active_admins(id).await? == 0 {
+            return Err(Error::unprocessable(
+                "last_admin",
+                "the last active admin cannot be demoted or disabled",
+            ));
+        }
+        let now = db::now();
+        let row = self
+            .repo
+            .update(
+                id,
+                request.role.map(Role::as_str),
+                request.is_active,
+                display_name.as_ref().map(|n| n.as_deref()),
+                now,
+            )
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+        if let Some(role) = request.role.filter(|r| *r != current.role()) {
+            self.audit
+                .record(
+                    Some(principal.user_id),
+                    "user.role_changed",
+                    Some(("user", id)),
+                    json!({ "from": current.role, "to": role }),
+                )
+                .await;
+        }
+        if let Some(active) = request.is_active.filter(|a| *a != current.is_active) {
+            if !active {
+                self.repo.revoke_user_tokens(id, now).await?;
+            }
+            let action = if active { "user.enabled" } else { "user.disabled" };
+            self.audit
+                .record(Some(principal.user_id), action, Some(("user", id)), json!({}))
+                .await;
+        }
+        Ok(row.into_response())
+    }
+
+    /// Creates an API key for the caller; the secret is in this answer only.
+    pub async fn create_api_key(
+        &self,
+        principal: &Principal,
+        request: CreateApiKeyRequest,
+    ) -> Result<CreatedApiKeyResponse> {
+        principal.require(Permission::ApiKeyManage)?;
+        let name = request.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(Error::invalid_field("name", "must be 1 to 100 characters"));
+        }
+        let now = db::now();
+        if request.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::invalid_field("expires_at", "must be in the future"));
+        }
+        let key = credentials::new_api_key();
+        let row = ApiKeyRow {
+            id: Uuid::now_v7(),
+            user_id: principal.user_id,
+            name,
+            prefix: key[..API_KEY_PREFIX.len() + 8].to_owned(),
+            created_at: now,
+            expires_at: request.expires_at.map(|at| at.trunc_subsecs(6)),
+            last_used_at: None,
+        };
+        self.repo.insert_api_key(&row, &credentials::token_digest(&key)).await?;
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "api_key.created",
+                Some(("api_key", row.id)),
+                json!({ "name": row.name, "prefix": row.prefix }),
+            )
+            .await;
+        Ok(CreatedApiKeyResponse {
+            api_key: row.into(),
+            key,
+        })
+    }
+
+    /// The caller's API keys.
+    pub async fn list_api_keys(
+        &self,
+        principal: &Principal,
+        page: PageParams,
+    ) -> Result<Page<ApiKeyResponse>> {
+        principal.require(Permission::ApiKeyManage)?;
+        let page = page.validate()?;
+        let (rows, total) = self.repo.list_api_keys(principal.user_id, page).await?;
+        Ok(page.wrap(rows, total).map(ApiKeyResponse::from))
+    }
+
+    /// Deletes one of the caller's API keys.
+    pub async fn delete_api_key(&self, principal: &Principal, id: Uuid) -> Result<()> {
+        principal.require(Permission::ApiKeyManage)?;
+        if !self.repo.delete_api_key(principal.user_id, id).await? {
+            return Err(Error::NotFound("api key"));
+        }
+        self.audit
+            .record(Some(principal.user_id), "api_key.deleted", Some(("api_key", id)), json!({}))
+            .await;
+        Ok(())
+    }
+}
+
+/// A refresh token generated but not yet stored.
+struct PendingRefresh {
+    id: Uuid,
+    user_id: Uuid,
+    family_id: Uuid,
+    hash: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl PendingRefresh {
+    fn as_new(&self) -> NewRefresh<'_> {
+        NewRefresh {
+            id: self.id,
+            user_id: self.user_id,
+            family_id: self.family_id,
+            token_hash: &self.hash,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
