@@ -138,7 +138,12 @@ async fn user_command(state: &crate::http::AppState, command: UserCommand) -> an
                 .create_user_offline(&email, password.read()?, role, display_name)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("created {} ({}) with id {}", user.email, user.role.as_str(), user.id);
+            println!(
+                "created {} ({}) with id {}",
+                user.email,
+                user.role.as_str(),
+                user.id
+            );
         }
         UserCommand::ResetPassword { email, password } => {
             state

@@ -160,7 +160,11 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
             .merge(Env::prefixed("ORCHESTRA_").ignore(&["config"]).split("__"));
         let config: Config = figment
             .extract()
@@ -187,7 +191,9 @@ impl Config {
             bail!("auth.access_token_ttl_secs: must be at least 1");
         }
         if self.auth.refresh_token_ttl_secs < self.auth.access_token_ttl_secs {
-            bail!("auth.refresh_token_ttl_secs: must not be shorter than auth.access_token_ttl_secs");
+            bail!(
+                "auth.refresh_token_ttl_secs: must not be shorter than auth.access_token_ttl_secs"
+            );
         }
         if self.http.body_limit_bytes < 1024 {
             bail!("http.body_limit_bytes: must be at least 1024");
@@ -200,7 +206,12 @@ impl Config {
                 bail!("http.cors_allowed_origins: {origin:?} is not an http(s) origin or \"*\"");
             }
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             bail!("log.level: {:?} is not a valid filter", self.log.level);
         }
         Ok(())
@@ -208,9 +219,12 @@ impl Config {
 
     /// The socket address to bind.
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listen
-            .parse()
-            .with_context(|| format!("listen (ORCHESTRA_LISTEN): {:?} is not host:port", self.listen))
+        self.listen.parse().with_context(|| {
+            format!(
+                "listen (ORCHESTRA_LISTEN): {:?} is not host:port",
+                self.listen
+            )
+        })
     }
 
     /// The database URL, defaulting to SQLite in the data directory.

@@ -36,7 +36,10 @@ impl PageParams {
         let page = self.page.unwrap_or(1);
         let page_size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
         if page == 0 || page > 1_000_000 {
-            return Err(Error::invalid_field("page", "must be between 1 and 1000000"));
+            return Err(Error::invalid_field(
+                "page",
+                "must be between 1 and 1000000",
+            ));
         }
         if page_size == 0 || page_size > MAX_PAGE_SIZE {
             return Err(Error::invalid_field(
@@ -111,15 +114,31 @@ mod tests {
         assert!(p(Some(0), None).is_err());
         assert!(p(None, Some(0)).is_err());
         assert!(p(None, Some(101)).is_err());
-        assert_eq!(p(None, None).unwrap(), PageRequest { page: 1, page_size: 20 });
+        assert_eq!(
+            p(None, None).unwrap(),
+            PageRequest {
+                page: 1,
+                page_size: 20
+            }
+        );
         assert_eq!(p(Some(3), Some(10)).unwrap().offset(), 20);
     }
 
     #[test]
     fn has_more_is_exact_at_the_edges() {
-        let req = PageRequest { page: 2, page_size: 2 };
+        let req = PageRequest {
+            page: 2,
+            page_size: 2,
+        };
         assert!(!req.wrap(vec![1, 2], 4).has_more);
         assert!(req.wrap(vec![1, 2], 5).has_more);
-        assert!(!PageRequest { page: 9, page_size: 2 }.wrap(Vec::<u8>::new(), 4).has_more);
+        assert!(
+            !PageRequest {
+                page: 9,
+                page_size: 2
+            }
+            .wrap(Vec::<u8>::new(), 4)
+            .has_more
+        );
     }
 }

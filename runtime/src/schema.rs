@@ -17,7 +17,9 @@ where
 
 /// Fails with 400 naming `field` when `object` serialises to more than `max` bytes.
 pub fn check_object_size(field: &str, object: &Map<String, Value>, max: usize) -> Result<()> {
-    let size = serde_json::to_vec(object).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(object)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > max {
         return Err(Error::invalid_field(
             field,

@@ -90,7 +90,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
-        .layer(axum::middleware::from_fn_with_state(timeout, middleware::timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            timeout,
+            middleware::timeout,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(middleware::cors(http))
         .layer(middleware::propagate_request_id())

@@ -116,7 +116,6 @@ pub struct AgentPatch {
     pub metadata: Option<Map<String, Value>>,
 }
 
-
 /// `POST /api/v1/agents/{id}/clone`
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -215,7 +214,8 @@ pub struct AgentFilter {
 }
 
 fn has_control(s: &str) -> bool {
-    s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
 }
 
 /// Trims and checks an agent name.
@@ -229,7 +229,10 @@ pub fn parse_name(raw: &str) -> Result<String> {
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(Error::invalid_field("name", "must not contain control characters"));
+        return Err(Error::invalid_field(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -275,7 +278,10 @@ fn parse_model(model: ModelRef) -> Result<ModelRef> {
         ));
     }
     let model_name = model.model.trim();
-    if model_name.is_empty() || model_name.chars().count() > 200 || model_name.chars().any(char::is_control) {
+    if model_name.is_empty()
+        || model_name.chars().count() > 200
+        || model_name.chars().any(char::is_control)
+    {
         return Err(Error::invalid_field(
             "model.model",
             "must be 1 to 200 printable characters",
@@ -312,7 +318,10 @@ fn parse_tools(tools: Vec<String>) -> Result<Vec<String>> {
             ));
         }
         if !seen.insert(tool.as_str()) {
-            return Err(Error::invalid_field("tools", format!("{tool:?} is listed twice")));
+            return Err(Error::invalid_field(
+                "tools",
+                format!("{tool:?} is listed twice"),
+            ));
         }
     }
     Ok(tools)
@@ -410,7 +419,10 @@ mod tests {
         .into_spec()
         .unwrap();
         let absent: AgentPatch = serde_json::from_str("{}").unwrap();
-        assert_eq!(absent.apply(spec.clone()).unwrap().description.as_deref(), Some("d"));
+        assert_eq!(
+            absent.apply(spec.clone()).unwrap().description.as_deref(),
+            Some("d")
+        );
         let null: AgentPatch = serde_json::from_str(r#"{"description": null}"#).unwrap();
         assert_eq!(null.apply(spec).unwrap().description, None);
     }

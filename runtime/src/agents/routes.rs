@@ -83,7 +83,12 @@ async fn replace_agent(
     IfMatch(if_match): IfMatch,
     Json(input): Json<AgentInput>,
 ) -> Result<impl IntoResponse> {
-    Ok(with_etag(state.agents.replace(&principal, id, input, if_match).await?))
+    Ok(with_etag(
+        state
+            .agents
+            .replace(&principal, id, input, if_match)
+            .await?,
+    ))
 }
 
 /// Change some fields of an agent; a new version. `If-Match` as for PUT.
@@ -100,7 +105,9 @@ async fn patch_agent(
     IfMatch(if_match): IfMatch,
     Json(patch): Json<AgentPatch>,
 ) -> Result<impl IntoResponse> {
-    Ok(with_etag(state.agents.patch(&principal, id, patch, if_match).await?))
+    Ok(with_etag(
+        state.agents.patch(&principal, id, patch, if_match).await?,
+    ))
 }
 
 /// Delete an agent (soft: its revisions are kept, its name is free again).
@@ -130,7 +137,8 @@ async fn clone_agent(
     let request: CloneRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CloneRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| Error::validation(format!("invalid body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::validation(format!("invalid body: {e}")))?
     };
     let agent = state.agents.clone_agent(&principal, id, request).await?;
     Ok((StatusCode::CREATED, with_etag(agent)))

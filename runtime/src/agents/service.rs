@@ -117,7 +117,8 @@ impl AgentService {
         if_match: Option<i64>,
     ) -> Result<AgentResponse> {
         let spec = input.into_spec()?;
-        self.change(principal, id, Change::Replace(spec), if_match).await
+        self.change(principal, id, Change::Replace(spec), if_match)
+            .await
     }
 
     /// Changes the fields present in `patch`.
@@ -128,7 +129,8 @@ impl AgentService {
         patch: AgentPatch,
         if_match: Option<i64>,
     ) -> Result<AgentResponse> {
-        self.change(principal, id, Change::Patch(patch), if_match).await
+        self.change(principal, id, Change::Patch(patch), if_match)
+            .await
     }
 
     /// Applies a change as a new version. With `if_match`, the change applies
@@ -156,7 +158,11 @@ impl AgentService {
             if spec == current.spec() {
                 return Ok(current.into());
             }
-            match self.repo.update(id, current.version, &spec, principal.user_id).await {
+            match self
+                .repo
+                .update(id, current.version, &spec, principal.user_id)
+                .await
+            {
                 Ok(Some(row)) => return Ok(row.into()),
                 Ok(None) if if_match.is_some() => {
                     return Err(version_conflict(current.version + 1));
@@ -200,7 +206,11 @@ impl AgentService {
             };
         }
         for n in 1..=50 {
-            let suffix = if n == 1 { " (copy)".to_owned() } else { format!(" (copy {n})") };
+            let suffix = if n == 1 {
+                " (copy)".to_owned()
+            } else {
+                format!(" (copy {n})")
+            };
             let base: String = source
                 .name
                 .chars()
@@ -212,7 +222,9 @@ impl AgentService {
                 other => return Ok(other?.into()),
             }
         }
-        Err(Error::conflict("too many copies of this agent; name the clone explicitly"))
+        Err(Error::conflict(
+            "too many copies of this agent; name the clone explicitly",
+        ))
     }
 
     /// An agent's revisions, newest first.

@@ -49,7 +49,6 @@ pub struct ConversationPatch {
     pub metadata: Option<Map<String, Value>>,
 }
 
-
 /// A conversation as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConversationResponse {
@@ -221,14 +220,13 @@ impl MessageCursor {
                 format!("must be between 1 and {MAX_MESSAGE_LIMIT}"),
             ));
         }
-        let after_seq = match &self.after {
-            None => 0,
-            Some(c) => c
-                .parse::<i64>()
-                .ok()
-                .filter(|s| *s >= 0)
-                .ok_or_else(|| Error::invalid_field("after", "is not a cursor from this API"))?,
-        };
+        let after_seq =
+            match &self.after {
+                None => 0,
+                Some(c) => c.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| {
+                    Error::invalid_field("after", "is not a cursor from this API")
+                })?,
+            };
         Ok(CursorRequest { after_seq, limit })
     }
 }
@@ -276,7 +274,10 @@ impl MessageInput {
         for part in &parts {
             match part {
                 ContentPart::Text { text } if text.trim().is_empty() => {
-                    return Err(Error::invalid_field("content", "text parts must not be empty"));
+                    return Err(Error::invalid_field(
+                        "content",
+                        "text parts must not be empty",
+                    ));
                 }
                 ContentPart::Image { url }
                     if !(url.starts_with("https://")
@@ -300,7 +301,9 @@ mod tests {
     use super::*;
 
     fn parse(v: Value) -> Result<(MessageRole, Vec<ContentPart>, Map<String, Value>)> {
-        serde_json::from_value::<MessageInput>(v).unwrap().into_parts()
+        serde_json::from_value::<MessageInput>(v)
+            .unwrap()
+            .into_parts()
     }
 
     #[test]
@@ -321,12 +324,21 @@ mod tests {
         assert!(parse(serde_json::json!({"content": "  "})).is_err());
         assert!(parse(serde_json::json!({"content": []})).is_err());
         assert!(parse(serde_json::json!({"role": "tool", "content": "x"})).is_err());
-        assert!(parse(serde_json::json!({"content": [{"type": "image", "url": "file:///etc/passwd"}]})).is_err());
+        assert!(parse(
+            serde_json::json!({"content": [{"type": "image", "url": "file:///etc/passwd"}]})
+        )
+        .is_err());
     }
 
     #[test]
     fn cursors_are_checked() {
-        let c = |after: Option<&str>, limit| MessageCursor { after: after.map(Into::into), limit }.validate();
+        let c = |after: Option<&str>, limit| {
+            MessageCursor {
+                after: after.map(Into::into),
+                limit,
+            }
+            .validate()
+        };
         assert!(c(Some("x"), None).is_err());
         assert!(c(Some("-1"), None).is_err());
         assert!(c(None, Some(0)).is_err());

@@ -39,7 +39,8 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, user_id, agent_id, title, metadata, message_count, created_at, updated_at";
+const COLUMNS: &str =
+    "id, user_id, agent_id, title, metadata, message_count, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
 
 /// Queries over conversations and messages.
@@ -143,12 +144,14 @@ impl ConversationRepo {
 
     /// Deletes a conversation and its messages.
     pub async fn delete(&self, id: Uuid) -> Result<bool> {
-        Ok(on_db!(&self.db, pool => sqlx::query("DELETE FROM conversations WHERE id = $1")
+        Ok(
+            on_db!(&self.db, pool => sqlx::query("DELETE FROM conversations WHERE id = $1")
             .bind(id)
             .execute(pool)
             .await?
             .rows_affected()
-            == 1))
+            == 1),
+        )
     }
 
     /// Appends a message at the next sequence number.
@@ -192,7 +195,12 @@ impl ConversationRepo {
     }
 
     /// Up to `limit` messages after `after_seq`, oldest first.
-    pub async fn messages(&self, conversation: Uuid, after_seq: i64, limit: i64) -> Result<Vec<MessageRow>> {
+    pub async fn messages(
+        &self,
+        conversation: Uuid,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
         );

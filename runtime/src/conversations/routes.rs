@@ -17,7 +17,11 @@ use crate::users::model::Principal;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_conversations, create_conversation))
-        .routes(routes!(get_conversation, update_conversation, delete_conversation))
+        .routes(routes!(
+            get_conversation,
+            update_conversation,
+            delete_conversation
+        ))
         .routes(routes!(list_messages, post_message))
 }
 
@@ -31,7 +35,9 @@ async fn list_conversations(
     Query(filter): Query<ConversationFilter>,
     Query(page): Query<PageParams>,
 ) -> Result<Json<Page<ConversationResponse>>> {
-    Ok(Json(state.conversations.list(&principal, filter, page).await?))
+    Ok(Json(
+        state.conversations.list(&principal, filter, page).await?,
+    ))
 }
 
 /// Start a conversation with one of your agents.
@@ -44,7 +50,10 @@ async fn create_conversation(
     principal: Principal,
     Json(input): Json<ConversationInput>,
 ) -> Result<(StatusCode, Json<ConversationResponse>)> {
-    Ok((StatusCode::CREATED, Json(state.conversations.create(&principal, input).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.conversations.create(&principal, input).await?),
+    ))
 }
 
 /// One conversation.
@@ -70,7 +79,9 @@ async fn update_conversation(
     Path(id): Path<Uuid>,
     Json(patch): Json<ConversationPatch>,
 ) -> Result<Json<ConversationResponse>> {
-    Ok(Json(state.conversations.update(&principal, id, patch).await?))
+    Ok(Json(
+        state.conversations.update(&principal, id, patch).await?,
+    ))
 }
 
 /// Delete a conversation and all its messages.
@@ -98,7 +109,9 @@ async fn list_messages(
     Path(id): Path<Uuid>,
     Query(cursor): Query<MessageCursor>,
 ) -> Result<Json<MessagePage>> {
-    Ok(Json(state.conversations.messages(&principal, id, cursor).await?))
+    Ok(Json(
+        state.conversations.messages(&principal, id, cursor).await?,
+    ))
 }
 
 /// Add a message to a conversation.
@@ -113,5 +126,13 @@ async fn post_message(
     Path(id): Path<Uuid>,
     Json(input): Json<MessageInput>,
 ) -> Result<(StatusCode, Json<MessageResponse>)> {
-    Ok((StatusCode::CREATED, Json(state.conversations.post_message(&principal, id, input).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .conversations
+                .post_message(&principal, id, input)
+                .await?,
+        ),
+    ))
 }

@@ -77,7 +77,12 @@ impl ConversationService {
         let agent = self.agents.visible(principal, input.agent_id).await?;
         let row = self
             .repo
-            .insert(principal.user_id, agent.id, title.as_deref(), &input.metadata)
+            .insert(
+                principal.user_id,
+                agent.id,
+                title.as_deref(),
+                &input.metadata,
+            )
             .await?;
         Ok(row.into())
     }
@@ -122,7 +127,11 @@ impl ConversationService {
         self.visible(principal, id).await?;
         let row = self
             .repo
-            .update(id, title.as_ref().map(|t| t.as_deref()), patch.metadata.as_ref())
+            .update(
+                id,
+                title.as_ref().map(|t| t.as_deref()),
+                patch.metadata.as_ref(),
+            )
             .await?
             .ok_or(Error::NotFound("conversation"))?;
         Ok(row.into())

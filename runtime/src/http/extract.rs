@@ -69,7 +69,10 @@ impl From<QueryRejection> for Error {
 
 impl From<PathRejection> for Error {
     fn from(rejection: PathRejection) -> Self {
-        Error::validation(format!("invalid path parameter: {}", source_text(&rejection)))
+        Error::validation(format!(
+            "invalid path parameter: {}",
+            source_text(&rejection)
+        ))
     }
 }
 
@@ -110,7 +113,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         let invalid = || Error::validation("If-Match must hold the version to update, e.g. \"3\"");
         let text = value.to_str().map_err(|_| invalid())?.trim();
         let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-        text.parse::<i64>().map(|v| IfMatch(Some(v))).map_err(|_| invalid())
+        text.parse::<i64>()
+            .map(|v| IfMatch(Some(v)))
+            .map_err(|_| invalid())
     }
 }
 

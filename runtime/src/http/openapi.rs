@@ -46,7 +46,9 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A JWT access token from /api/v1/auth/login, or an API key (orc_...)"))
+                    .description(Some(
+                        "A JWT access token from /api/v1/auth/login, or an API key (orc_...)",
+                    ))
                     .build(),
             ),
         );

@@ -18,7 +18,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The server settings (admin).
 #[utoipa::path(get, path = "/api/v1/admin/settings", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = ServerSettings), (status = 403, body = ErrorResponse)))]
-async fn get_settings(State(state): State<AppState>, principal: Principal) -> Result<Json<ServerSettings>> {
+async fn get_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<ServerSettings>> {
     Ok(Json(state.settings.get(&principal).await?))
 }
 

@@ -4,7 +4,9 @@
 //! Password hashing is CPU-bound (tens of milliseconds by design), so the
 //! async wrappers run it on the blocking pool, never on a runtime thread.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -37,8 +39,9 @@ pub async fn hash_password(password: String) -> Result<String> {
 pub async fn verify_password(hash: Option<String>, password: String) -> Result<bool> {
     tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-        let parsed = PasswordHash::new(&hash)
-            .map_err(|e| Error::Internal(anyhow::anyhow!("stored password hash unreadable: {e}")))?;
+        let parsed = PasswordHash::new(&hash).map_err(|e| {
+            Error::Internal(anyhow::anyhow!("stored password hash unreadable: {e}"))
+        })?;
         Ok(Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
@@ -137,7 +140,9 @@ impl JwtKeys {
                 _ => Error::Unauthorized("the access token is invalid".to_owned()),
             })?;
         if data.claims.typ != "access" {
-            return Err(Error::Unauthorized("the access token is invalid".to_owned()));
+            return Err(Error::Unauthorized(
+                "the access token is invalid".to_owned(),
+            ));
         }
         Ok(data.claims)
     }
@@ -158,9 +163,10 @@ mod tests {
         assert!(other.verify(&token).is_err());
 
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-        parts[1] = URL_SAFE_NO_PAD.encode(
-            format!(r#"{{"sub":"{}","iat":0,"exp":9999999999,"iss":"orchestra","typ":"access"}}"#, Uuid::new_v4()),
-        );
+        parts[1] = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"sub":"{}","iat":0,"exp":9999999999,"iss":"orchestra","typ":"access"}}"#,
+            Uuid::new_v4()
+        ));
         assert!(keys.verify(&parts.join(".")).is_err());
     }
 
@@ -178,8 +184,14 @@ mod tests {
     async fn password_hashes_verify_only_the_right_password() {
         let hash = hash_password("correct horse".to_owned()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password(Some(hash.clone()), "correct horse".to_owned()).await.unwrap());
-        assert!(!verify_password(Some(hash), "wrong horse".to_owned()).await.unwrap());
+        assert!(
+            verify_password(Some(hash.clone()), "correct horse".to_owned())
+                .await
+                .unwrap()
+        );
+        assert!(!verify_password(Some(hash), "wrong horse".to_owned())
+            .await
+            .unwrap());
         assert!(!verify_password(None, "anything".to_owned()).await.unwrap());
     }
 }

@@ -153,7 +153,10 @@ impl Email {
         if valid {
             Ok(Email(email))
         } else {
-            Err(Error::invalid_field("email", "must be a valid email address"))
+            Err(Error::invalid_field(
+                "email",
+                "must be a valid email address",
+            ))
         }
     }
 
@@ -175,7 +178,7 @@ impl Password {
     /// Checks the length policy; `field` names the field in the error.
     pub fn parse(raw: String, field: &str) -> Result<Password> {
         let len = raw.chars().count();
-        if len < Self::MIN_LEN || len > Self::MAX_LEN {
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
             return Err(Error::invalid_field(
                 field,
                 format!(

@@ -331,7 +331,11 @@ impl UserRepo {
     }
 
     /// One page of a user's API keys, newest first, and the total.
-    pub async fn list_api_keys(&self, user: Uuid, page: PageRequest) -> Result<(Vec<ApiKeyRow>, i64)> {
+    pub async fn list_api_keys(
+        &self,
+        user: Uuid,
+        page: PageRequest,
+    ) -> Result<(Vec<ApiKeyRow>, i64)> {
         let sql = format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
@@ -353,13 +357,15 @@ impl UserRepo {
 
     /// Deletes a user's key; false when no such key belongs to the user.
     pub async fn delete_api_key(&self, user: Uuid, id: Uuid) -> Result<bool> {
-        Ok(on_db!(&self.db, pool => sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+        Ok(
+            on_db!(&self.db, pool => sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user)
             .execute(pool)
             .await?
             .rows_affected()
-            == 1))
+            == 1),
+        )
     }
 
     /// The key stored under `hash`.
@@ -369,7 +375,12 @@ impl UserRepo {
     }
 
     /// Records a use of a key, at most once per `granularity` to spare writes.
-    pub async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>, stale_before: DateTime<Utc>) -> Result<()> {
+    pub async fn touch_api_key(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<()> {
         on_db!(&self.db, pool => sqlx::query(
             "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
         )

@@ -36,7 +36,10 @@ async fn register(
     State(state): State<AppState>,
     Json(request): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>)> {
-    Ok((StatusCode::CREATED, Json(state.users.register(request).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.users.register(request).await?),
+    ))
 }
 
 /// Log in with email and password.
@@ -113,7 +116,10 @@ async fn create_user(
     principal: Principal,
     Json(request): Json<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>)> {
-    Ok((StatusCode::CREATED, Json(state.users.create_user(&principal, request).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.users.create_user(&principal, request).await?),
+    ))
 }
 
 /// One account (admin).
@@ -141,7 +147,9 @@ async fn update_user(
     Path(id): Path<Uuid>,
     Json(request): Json<UpdateUserRequest>,
 ) -> Result<Json<UserResponse>> {
-    Ok(Json(state.users.update_user(&principal, id, request).await?))
+    Ok(Json(
+        state.users.update_user(&principal, id, request).await?,
+    ))
 }
 
 /// List the caller's API keys (never their secrets).
@@ -165,7 +173,10 @@ async fn create_api_key(
     principal: Principal,
     Json(request): Json<CreateApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKeyResponse>)> {
-    Ok((StatusCode::CREATED, Json(state.users.create_api_key(&principal, request).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.users.create_api_key(&principal, request).await?),
+    ))
 }
 
 /// Delete one of the caller's API keys; it stops working at once.

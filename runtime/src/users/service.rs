@@ -98,7 +98,14 @@ impl UserService {
         let open = self.settings.registration().await? == RegistrationMode::Open;
         let hash = credentials::hash_password(password.expose().to_owned()).await?;
         let (row, first) = self
-            .insert_user(&email, display_name.as_deref(), &hash, Role::User, Some(Role::Admin), !open)
+            .insert_user(
+                &email,
+                display_name.as_deref(),
+                &hash,
+                Role::User,
+                Some(Role::Admin),
+                !open,
+            )
             .await?;
         self.audit
             .record(
@@ -209,7 +216,12 @@ impl UserService {
         self.repo.set_password(row.id, &hash, now).await?;
         self.repo.revoke_user_tokens(row.id, now).await?;
         self.audit
-            .record(None, "user.password_reset", Some(("user", row.id)), json!({ "via": "cli" }))
+            .record(
+                None,
+                "user.password_reset",
+                Some(("user", row.id)),
+                json!({ "via": "cli" }),
+            )
             .await;
         Ok(())
     }
@@ -248,7 +260,12 @@ impl UserService {
         }
         self.repo.touch_login(row.id, db::now()).await?;
         self.audit
-            .record(Some(row.id), "auth.login", Some(("user", row.id)), json!({}))
+            .record(
+                Some(row.id),
+                "auth.login",
+                Some(("user", row.id)),
+                json!({}),
+            )
             .await;
         self.issue_tokens(row, None).await
     }
@@ -258,22 +275,34 @@ impl UserService {
     /// not the user.
     pub async fn refresh(&self, request: RefreshRequest) -> Result<TokenResponse> {
         let hash = credentials::token_digest(&request.refresh_token);
-        let token = self.repo.find_refresh(&hash).await?.ok_or_else(invalid_refresh)?;
+        let token = self
+            .repo
+            .find_refresh(&hash)
+            .await?
+            .ok_or_else(invalid_refresh)?;
         let now = db::now();
-        if token.used_at.is_some() || token.revoked_at.is_some() {
-            return Err(self.reuse_detected(&token.family_id, token.user_id, now).await);
+        if token.used_at.is_some() {
+            return Err(self
+                .reuse_detected(&token.family_id, token.user_id, now)
+                .await);
         }
-        if token.expires_at <= now {
+        if token.revoked_at.is_some() || token.expires_at <= now {
             return Err(invalid_refresh());
         }
-        let user = self.repo.get(token.user_id).await?.ok_or_else(invalid_refresh)?;
+        let user = self
+            .repo
+            .get(token.user_id)
+            .await?
+            .ok_or_else(invalid_refresh)?;
         if !user.is_active {
             return Err(invalid_refresh());
         }
         let (secret, new) = self.new_refresh(user.id, token.family_id, now);
         if !self.repo.rotate_refresh(token.id, new.as_new()).await? {
             // Lost a race with another use of the same token: also a reuse.
-            return Err(self.reuse_detected(&token.family_id, token.user_id, now).await);
+            return Err(self
+                .reuse_detected(&token.family_id, token.user_id, now)
+                .await);
         }
         self.issue_tokens(user, Some(secret)).await
     }
@@ -298,15 +327,29 @@ impl UserService {
     /// Ends the session of a refresh token (its whole family).
     pub async fn logout(&self, request: RefreshRequest) -> Result<()> {
         let hash = credentials::token_digest(&request.refresh_token);
-        let token = self.repo.find_refresh(&hash).await?.ok_or_else(invalid_refresh)?;
+        let token = self
+            .repo
+            .find_refresh(&hash)
+            .await?
+            .ok_or_else(invalid_refresh)?;
         self.repo.revoke_family(token.family_id, db::now()).await?;
         self.audit
-            .record(Some(token.user_id), "auth.logout", Some(("user", token.user_id)), json!({}))
+            .record(
+                Some(token.user_id),
+                "auth.logout",
+                Some(("user", token.user_id)),
+                json!({}),
+            )
             .await;
         Ok(())
     }
 
-    fn new_refresh(&self, user_id: Uuid, family_id: Uuid, now: DateTime<Utc>) -> (String, PendingRefresh) {
+    fn new_refresh(
+        &self,
+        user_id: Uuid,
+        family_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> (String, PendingRefresh) {
         let secret = credentials::random_token(32);
         let pending = PendingRefresh {
             id: Uuid::now_v7(),
@@ -366,7 +409,9 @@ impl UserService {
             .await?
             .ok_or_else(|| Error::Unauthorized("the account no longer exists".to_owned()))?;
         if !user.is_active {
-            return Err(Error::Unauthorized("this account has been disabled".to_owned()));
+            return Err(Error::Unauthorized(
+                "this account has been disabled".to_owned(),
+            ));
         }
         Ok(Principal {
             user_id: user.id,
@@ -377,7 +422,11 @@ impl UserService {
 
     /// The caller's own account.
     pub async fn me(&self, principal: &Principal) -> Result<UserResponse> {
-        let row = self.repo.get(principal.user_id).await?.ok_or(Error::NotFound("user"))?;
+        let row = self
+            .repo
+            .get(principal.user_id)
+            .await?
+            .ok_or(Error::NotFound("user"))?;
         Ok(row.into_response())
     }
 
@@ -387,7 +436,11 @@ impl UserService {
         principal: &Principal,
         request: ChangePasswordRequest,
     ) -> Result<()> {
-        let row = self.repo.get(principal.user_id).await?.ok_or(Error::NotFound("user"))?;
+        let row = self
+            .repo
+            .get(principal.user_id)
+            .await?
+            .ok_or(Error::NotFound("user"))?;
         let new = Password::parse(request.new_password, "new_password")?;
         if !credentials::verify_password(Some(row.password_hash), request.current_password).await? {
             return Err(Error::invalid_field("current_password", "is not correct"));
@@ -397,13 +450,22 @@ impl UserService {
         self.repo.set_password(row.id, &hash, now).await?;
         self.repo.revoke_user_tokens(row.id, now).await?;
         self.audit
-            .record(Some(row.id), "user.password_changed", Some(("user", row.id)), json!({}))
+            .record(
+                Some(row.id),
+                "user.password_changed",
+                Some(("user", row.id)),
+                json!({}),
+            )
             .await;
         Ok(())
     }
 
     /// Every user (admins only).
-    pub async fn list_users(&self, principal: &Principal, page: PageParams) -> Result<Page<UserResponse>> {
+    pub async fn list_users(
+        &self,
+        principal: &Principal,
+        page: PageParams,
+    ) -> Result<Page<UserResponse>> {
         principal.require(Permission::UserManage)?;
         let page = page.validate()?;
         let (rows, total) = self.repo.list(page).await?;
@@ -467,9 +529,18 @@ impl UserService {
             if !active {
                 self.repo.revoke_user_tokens(id, now).await?;
             }
-            let action = if active { "user.enabled" } else { "user.disabled" };
+            let action = if active {
+                "user.enabled"
+            } else {
+                "user.disabled"
+            };
             self.audit
-                .record(Some(principal.user_id), action, Some(("user", id)), json!({}))
+                .record(
+                    Some(principal.user_id),
+                    action,
+                    Some(("user", id)),
+                    json!({}),
+                )
                 .await;
         }
         Ok(row.into_response())
@@ -500,7 +571,9 @@ impl UserService {
             expires_at: request.expires_at.map(|at| at.trunc_subsecs(6)),
             last_used_at: None,
         };
-        self.repo.insert_api_key(&row, &credentials::token_digest(&key)).await?;
+        self.repo
+            .insert_api_key(&row, &credentials::token_digest(&key))
+            .await?;
         self.audit
             .record(
                 Some(principal.user_id),
@@ -534,7 +607,12 @@ impl UserService {
             return Err(Error::NotFound("api key"));
         }
         self.audit
-            .record(Some(principal.user_id), "api_key.deleted", Some(("api_key", id)), json!({}))
+            .record(
+                Some(principal.user_id),
+                "api_key.deleted",
+                Some(("api_key", id)),
+                json!({}),
+            )
             .await;
         Ok(())
     }

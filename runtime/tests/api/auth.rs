@@ -1,0 +1,547 @@
+//! Registration, login, refresh rotation and reuse, logout, disabled users,
+//! expired and tampered tokens, API keys, roles and the audit log.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::dual_test;
+
+fn audit_actions(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+dual_test!(
+    first_user_is_admin_then_registration_follows_the_setting,
+    |app: TestApp| async move {
+        let admin = app.register("first@example.com").await;
+        let (_, me) = app.get("/api/v1/users/me", &admin.token).await;
+        assert_eq!(me["role"], "admin");
+        assert_eq!(me["email"], "first@example.com");
+
+        // Closed by default: a second registration is refused and stores nothing.
+        let body = json!({ "email": "second@example.com", "password": "another password" });
+        let refused = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/register",
+                None,
+                Some(body.clone()),
+            )
+            .await;
+        assert_error(&refused, StatusCode::FORBIDDEN, "registration_closed");
+        let (_, users) = app.get("/api/v1/users", &admin.token).await;
+        assert_eq!(users["total"], 1);
+
+        let (status, settings) = app
+            .patch(
+                "/api/v1/admin/settings",
+                &admin.token,
+                json!({ "registration": "open" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(settings["registration"], "open");
+        let (status, second) = app
+            .call(Method::POST, "/api/v1/auth/register", None, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{second}");
+        assert_eq!(second["user"]["role"], "user");
+
+        // The same email twice is a conflict, case-insensitively.
+        let dup = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/register",
+                None,
+                Some(json!({ "email": "Second@Example.com", "password": "another password" })),
+            )
+            .await;
+        assert_error(&dup, StatusCode::CONFLICT, "conflict");
+
+        // Only admins see or change settings.
+        let user = app
+            .login_with("second@example.com", "another password")
+            .await;
+        let denied = app.get("/api/v1/admin/settings", &user.token).await;
+        assert_error(&denied, StatusCode::FORBIDDEN, "forbidden");
+    }
+);
+
+dual_test!(
+    login_checks_the_password_and_is_audited,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let wrong = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({ "email": "admin@example.com", "password": "not the password" })),
+            )
+            .await;
+        assert_error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized");
+        let unknown = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({ "email": "nobody@example.com", "password": "not the password" })),
+            )
+            .await;
+        assert_error(&unknown, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_eq!(
+            wrong.1["message"], unknown.1["message"],
+            "no account enumeration"
+        );
+
+        let session = app.login("admin@example.com").await;
+        let (_, me) = app.get("/api/v1/users/me", &session.token).await;
+        assert!(me["last_login_at"].is_string());
+        let (_, log) = app
+            .get("/api/v1/audit-log?action=auth.login_failed", &admin.token)
+            .await;
+        assert_eq!(log["total"], 2);
+        let (_, log) = app.get("/api/v1/audit-log", &admin.token).await;
+        let actions = audit_actions(&log);
+        assert!(actions.contains(&"auth.login".to_owned()), "{actions:?}");
+        assert!(
+            actions.contains(&"user.registered".to_owned()),
+            "{actions:?}"
+        );
+    }
+);
+
+dual_test!(
+    refresh_rotates_and_reuse_revokes_the_family,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let refresh = |token: String| {
+            let app = &app;
+            async move {
+                app.call(
+                    Method::POST,
+                    "/api/v1/auth/refresh",
+                    None,
+                    Some(json!({ "refresh_token": token })),
+                )
+                .await
+            }
+        };
+        let (status, second) = refresh(admin.refresh.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{second}");
+        let r2 = second["refresh_token"].as_str().unwrap().to_owned();
+        assert_ne!(r2, admin.refresh);
+        let (status, _) = app
+            .get("/api/v1/users/me", second["access_token"].as_str().unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // Replaying the spent token fails and revokes the whole family...
+        assert_error(
+            &refresh(admin.refresh.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        // ...so the legitimate newer token is dead too.
+        assert_error(&refresh(r2).await, StatusCode::UNAUTHORIZED, "unauthorized");
+        let (_, log) = app
+            .get(
+                "/api/v1/audit-log?action=auth.refresh_reuse_detected",
+                &admin.token,
+            )
+            .await;
+        assert_eq!(log["total"], 1);
+
+        // Another session of the same user is unaffected; logout ends it.
+        let other = app.login("admin@example.com").await;
+        let (status, _) = refresh(other.refresh.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        let fresh = app.login("admin@example.com").await;
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/logout",
+                None,
+                Some(json!({ "refresh_token": fresh.refresh })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_error(
+            &refresh(fresh.refresh).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert_error(
+            &refresh("made-up".to_owned()).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+);
+
+dual_test!(
+    concurrent_refreshes_of_one_token_yield_at_most_one_winner,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let body = json!({ "refresh_token": admin.refresh });
+        let attempts = (0..6).map(|_| {
+            app.call(
+                Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(body.clone()),
+            )
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let winners = results.iter().filter(|r| r.0 == StatusCode::OK).count();
+        assert!(winners <= 1, "{winners} concurrent refreshes succeeded");
+        for r in results.iter().filter(|r| r.0 != StatusCode::OK) {
+            assert_error(r, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+);
+
+dual_test!(
+    a_disabled_user_is_locked_out_at_once,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let (status, key) = app
+            .post("/api/v1/api-keys", &user.token, json!({ "name": "laptop" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let key = key["key"].as_str().unwrap().to_owned();
+        assert_eq!(app.get("/api/v1/users/me", &key).await.0, StatusCode::OK);
+
+        let (status, updated) = app
+            .patch(
+                &format!("/api/v1/users/{}", user.user_id),
+                &admin.token,
+                json!({ "is_active": false }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["is_active"], false);
+
+        assert_error(
+            &app.get("/api/v1/users/me", &user.token).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert_error(
+            &app.get("/api/v1/users/me", &key).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        let refreshed = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": user.refresh })),
+            )
+            .await;
+        assert_error(&refreshed, StatusCode::UNAUTHORIZED, "unauthorized");
+        let login = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({ "email": "user@example.com", "password": "correct horse battery" })),
+            )
+            .await;
+        assert_error(&login, StatusCode::FORBIDDEN, "account_disabled");
+
+        // Re-enabled, the account works again (with a fresh login).
+        app.patch(
+            &format!("/api/v1/users/{}", user.user_id),
+            &admin.token,
+            json!({ "is_active": true }),
+        )
+        .await;
+        let again = app.login("user@example.com").await;
+        assert_eq!(
+            app.get("/api/v1/users/me", &again.token).await.0,
+            StatusCode::OK
+        );
+        let (_, log) = app.get("/api/v1/audit-log", &admin.token).await;
+        let actions = audit_actions(&log);
+        assert!(
+            actions.contains(&"user.disabled".to_owned())
+                && actions.contains(&"user.enabled".to_owned())
+        );
+    }
+);
+
+dual_test!(
+    expired_access_tokens_are_refused,
+    |config: &mut orchestra::config::Config| config.auth.access_token_ttl_secs = 1,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let expired = app.get("/api/v1/users/me", &admin.token).await;
+        assert_error(&expired, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(expired.1["message"].as_str().unwrap().contains("expired"));
+        // The refresh token still works and yields a working access token.
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": admin.refresh })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = app
+            .get("/api/v1/users/me", body["access_token"].as_str().unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+);
+
+dual_test!(
+    tampered_and_malformed_credentials_are_refused,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let mut parts: Vec<String> = admin.token.split('.').map(str::to_owned).collect();
+        // Flip the last signature character.
+        let sig = parts[2].clone();
+        let last = if sig.ends_with('A') { "B" } else { "A" };
+        parts[2] = format!("{}{}", &sig[..sig.len() - 1], last);
+        let tampered = parts.join(".");
+        for token in [tampered.as_str(), "not-a-jwt", "orc_notakey", "a.b.c"] {
+            assert_error(
+                &app.get("/api/v1/users/me", token).await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+        let missing = app.call(Method::GET, "/api/v1/users/me", None, None).await;
+        assert_error(&missing, StatusCode::UNAUTHORIZED, "unauthorized");
+        let basic = app
+            .client
+            .get(format!("{}/api/v1/users/me", app.base))
+            .header("Authorization", "Basic YTpi")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    }
+);
+
+dual_test!(
+    api_keys_are_shown_once_usable_and_deletable,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let (status, created) = app
+            .post(
+                "/api/v1/api-keys",
+                &user.token,
+                json!({ "name": "ci", "expires_at": "2099-01-01T00:00:00Z" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let key = created["key"].as_str().unwrap();
+        assert!(key.starts_with("orc_"));
+        assert!(key.starts_with(created["prefix"].as_str().unwrap()));
+
+        let (status, me) = app.get("/api/v1/users/me", key).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(me["id"], user.user_id.as_str());
+
+        let (_, list) = app.get("/api/v1/api-keys", &user.token).await;
+        assert_eq!(list["total"], 1);
+        let listed = &list["items"][0];
+        assert!(
+            listed.get("key").is_none(),
+            "the secret is never listed: {listed}"
+        );
+        assert!(listed["last_used_at"].is_string());
+
+        // Another user cannot see or delete it: 404, and it keeps working.
+        let id = created["id"].as_str().unwrap();
+        assert_error(
+            &app.delete(&format!("/api/v1/api-keys/{id}"), &admin.token)
+                .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        assert_eq!(
+            app.get("/api/v1/api-keys", &admin.token).await.1["total"],
+            0
+        );
+        assert_eq!(app.get("/api/v1/users/me", key).await.0, StatusCode::OK);
+
+        let (status, _) = app
+            .delete(&format!("/api/v1/api-keys/{id}"), &user.token)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_error(
+            &app.get("/api/v1/users/me", key).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+
+        let past = app
+            .post(
+                "/api/v1/api-keys",
+                &user.token,
+                json!({ "name": "old", "expires_at": "2001-01-01T00:00:00Z" }),
+            )
+            .await;
+        assert_error(&past, StatusCode::BAD_REQUEST, "validation_error");
+        let (_, log) = app.get("/api/v1/audit-log", &admin.token).await;
+        let actions = audit_actions(&log);
+        assert!(
+            actions.contains(&"api_key.created".to_owned())
+                && actions.contains(&"api_key.deleted".to_owned())
+        );
+    }
+);
+
+dual_test!(
+    roles_are_enforced_and_the_last_admin_is_kept,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let viewer = app.add_user(&admin, "viewer@example.com", "viewer").await;
+        let user = app.add_user(&admin, "user@example.com", "user").await;
+
+        // A viewer reads but never writes.
+        assert_eq!(
+            app.get("/api/v1/agents", &viewer.token).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.get("/api/v1/conversations", &viewer.token).await.0,
+            StatusCode::OK
+        );
+        let agent = json!({ "name": "x", "model": { "provider": "openai", "model": "m" } });
+        assert_error(
+            &app.post("/api/v1/agents", &viewer.token, agent).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(
+            &app.post("/api/v1/api-keys", &viewer.token, json!({ "name": "k" }))
+                .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_eq!(
+            app.get("/api/v1/agents", &viewer.token).await.1["total"],
+            0,
+            "nothing stored"
+        );
+
+        // Plain users cannot manage users or read the audit log.
+        assert_error(
+            &app.get("/api/v1/users", &user.token).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(
+            &app.get("/api/v1/audit-log", &user.token).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        let promote = app
+            .patch(
+                &format!("/api/v1/users/{}", user.user_id),
+                &user.token,
+                json!({ "role": "admin" }),
+            )
+            .await;
+        assert_error(&promote, StatusCode::FORBIDDEN, "forbidden");
+
+        // The only admin cannot demote or disable themself.
+        let demote = app
+            .patch(
+                &format!("/api/v1/users/{}", admin.user_id),
+                &admin.token,
+                json!({ "role": "user" }),
+            )
+            .await;
+        assert_error(&demote, StatusCode::UNPROCESSABLE_ENTITY, "last_admin");
+        let disable = app
+            .patch(
+                &format!("/api/v1/users/{}", admin.user_id),
+                &admin.token,
+                json!({ "is_active": false }),
+            )
+            .await;
+        assert_error(&disable, StatusCode::UNPROCESSABLE_ENTITY, "last_admin");
+
+        // Promotion takes effect on the next request, and is audited.
+        let (status, body) = app
+            .patch(
+                &format!("/api/v1/users/{}", viewer.user_id),
+                &admin.token,
+                json!({ "role": "user" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let agent =
+            json!({ "name": "now allowed", "model": { "provider": "openai", "model": "m" } });
+        assert_eq!(
+            app.post("/api/v1/agents", &viewer.token, agent).await.0,
+            StatusCode::CREATED
+        );
+        let (_, log) = app
+            .get("/api/v1/audit-log?action=user.role_changed", &admin.token)
+            .await;
+        assert_eq!(log["total"], 1);
+        assert_eq!(log["items"][0]["details"]["to"], "user");
+        assert_eq!(log["items"][0]["actor_id"], admin.user_id.as_str());
+
+        let (_, users) = app.get("/api/v1/users?page_size=2", &admin.token).await;
+        assert_eq!(users["total"], 3);
+        assert_eq!(users["has_more"], true);
+    }
+);
+
+dual_test!(
+    changing_the_password_ends_other_sessions,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let wrong = app
+        .post(
+            "/api/v1/users/me/password",
+            &admin.token,
+            json!({ "current_password": "nope nope nope", "new_password": "a brand new password" }),
+        )
+        .await;
+        assert_error(&wrong, StatusCode::BAD_REQUEST, "validation_error");
+        let short = app
+            .post(
+                "/api/v1/users/me/password",
+                &admin.token,
+                json!({ "current_password": "correct horse battery", "new_password": "short" }),
+            )
+            .await;
+        assert_error(&short, StatusCode::BAD_REQUEST, "validation_error");
+        let (status, _) = app
+        .post(
+            "/api/v1/users/me/password",
+            &admin.token,
+            json!({ "current_password": "correct horse battery", "new_password": "a brand new password" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let refreshed = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": admin.refresh })),
+            )
+            .await;
+        assert_error(&refreshed, StatusCode::UNAUTHORIZED, "unauthorized");
+        app.login_with("admin@example.com", "a brand new password")
+            .await;
+    }
+);
