@@ -78,7 +78,7 @@ macro_rules! dual_test {
 }
 
 /// The PostgreSQL server URL for tests, or `None` (skip) outside CI.
-fn postgres_url() -> Option<String> {
+pub fn postgres_url() -> Option<String> {
     match std::env::var("ORCHESTRA_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -109,7 +109,7 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// A fresh, empty PostgreSQL database; returns its URL.
-async fn fresh_postgres_database(server: &str) -> String {
+pub async fn fresh_postgres_database(server: &str) -> String {
     use sqlx::Connection;
     let name = format!("orchestra_test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(server)
