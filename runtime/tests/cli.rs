@@ -291,13 +291,32 @@ fn the_readme_walkthrough_runs_against_a_fresh_server() {
     let dir = tempfile::tempdir().unwrap();
     let (child, url) = serve(&dir.path().join("data"), None);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/walkthrough.sh");
-    let out = Command::new("bash").arg(&script).env("ORCHESTRA_URL", &url).output().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("ORCHESTRA_URL", &url)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("What is WebAssembly?"), "{stdout}");
-    assert!(stdout.contains("orc_"), "the API key is printed once: {stdout}");
+    assert!(
+        stdout.contains("orc_"),
+        "the API key is printed once: {stdout}"
+    );
     // Running it twice works too (it logs in and reuses the agent).
-    let again = Command::new("bash").arg(&script).env("ORCHESTRA_URL", &url).output().unwrap();
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
+    let again = Command::new("bash")
+        .arg(&script)
+        .env("ORCHESTRA_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     terminate(child);
 }
