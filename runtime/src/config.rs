@@ -122,7 +122,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            level: "info".to_owned(),
+            level: "info,sqlx::postgres::notice=warn".to_owned(),
         }
     }
 }

@@ -55,6 +55,21 @@ pub struct RevisionRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// Binds the seven fields of an [`AgentSpec`] in column order (name,
+/// description, instructions, model, tools, config, metadata).
+macro_rules! bind_spec {
+    ($query:expr, $spec:expr) => {
+        $query
+            .bind(&$spec.name)
+            .bind(&$spec.description)
+            .bind(&$spec.instructions)
+            .bind(Json(&$spec.model))
+            .bind(Json(&$spec.tools))
+            .bind(Json(&$spec.config))
+            .bind(Json(&$spec.metadata))
+    };
+}
+
 const COLUMNS: &str = "id, user_id, name, description, instructions, model, tools, config, metadata, version, created_at, updated_at";
 const REVISION_INSERT: &str =
     "INSERT INTO agent_revisions (agent_id, version, snapshot, created_by, created_at) VALUES ($1, $2, $3, $4, $5)";
@@ -80,16 +95,7 @@ impl AgentRepo {
         let id = Uuid::now_v7();
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let row: AgentRow = sqlx::query_as(&sql)
-                .bind(id)
-                .bind(owner)
-                .bind(&spec.name)
-                .bind(&spec.description)
-                .bind(&spec.instructions)
-                .bind(Json(&spec.model))
-                .bind(Json(&spec.tools))
-                .bind(Json(&spec.config))
-                .bind(Json(&spec.metadata))
+            let row: AgentRow = bind_spec!(sqlx::query_as(&sql).bind(id).bind(owner), spec)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -192,16 +198,7 @@ impl AgentRepo {
         let now = db::now();
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let row: Option<AgentRow> = sqlx::query_as(&sql)
-                .bind(id)
-                .bind(expected)
-                .bind(&spec.name)
-                .bind(&spec.description)
-                .bind(&spec.instructions)
-                .bind(Json(&spec.model))
-                .bind(Json(&spec.tools))
-                .bind(Json(&spec.config))
-                .bind(Json(&spec.metadata))
+            let row: Option<AgentRow> = bind_spec!(sqlx::query_as(&sql).bind(id).bind(expected), spec)
                 .bind(now)
                 .fetch_optional(&mut *tx)
                 .await?;

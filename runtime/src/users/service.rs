@@ -157,23 +157,16 @@ impl UserService {
         request: CreateUserRequest,
     ) -> Result<UserResponse> {
         principal.require(Permission::UserManage)?;
-        let email = Email::parse(&request.email)?;
-        let password = Password::parse(request.password, "password")?;
-        let display_name = parse_display_name(request.display_name)?;
         let role = request.role.unwrap_or(Role::User);
-        let hash = credentials::hash_password(password.expose().to_owned()).await?;
-        let (row, _) = self
-            .insert_user(&email, display_name.as_deref(), &hash, role, None, false)
-            .await?;
-        self.audit
-            .record(
-                Some(principal.user_id),
-                "user.created",
-                Some(("user", row.id)),
-                json!({ "email": row.email, "role": row.role }),
-            )
-            .await;
-        Ok(row.into_response())
+        self.create_account(
+            Some(principal.user_id),
+            &request.email,
+            request.password,
+            request.display_name,
+            role,
+            "api",
+        )
+        .await
     }
 
     /// Creates a user from the command line (no caller to check).
@@ -184,6 +177,21 @@ impl UserService {
         role: Role,
         display_name: Option<String>,
     ) -> Result<UserResponse> {
+        self.create_account(None, email, password, display_name, role, "cli")
+            .await
+    }
+
+    /// Validates, hashes, stores and audits a new account whatever the
+    /// registration setting; `via` records where the request came from.
+    async fn create_account(
+        &self,
+        actor: Option<Uuid>,
+        email: &str,
+        password: String,
+        display_name: Option<String>,
+        role: Role,
+        via: &str,
+    ) -> Result<UserResponse> {
         let email = Email::parse(email)?;
         let password = Password::parse(password, "password")?;
         let display_name = parse_display_name(display_name)?;
@@ -193,10 +201,10 @@ impl UserService {
             .await?;
         self.audit
             .record(
-                None,
+                actor,
                 "user.created",
                 Some(("user", row.id)),
-                json!({ "email": row.email, "role": row.role, "via": "cli" }),
+                json!({ "email": row.email, "role": row.role, "via": via }),
             )
             .await;
         Ok(row.into_response())
