@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::{CallLimits, EngineLimits};
 use crate::settings::RegistrationMode;
 
 /// The whole server configuration.
@@ -33,6 +34,27 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTP limits and CORS.
     pub http: HttpConfig,
+    /// The tool sandbox.
+    pub sandbox: SandboxConfig,
+}
+
+/// The tool sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxConfig {
+    /// Plugin instances alive at once; further calls wait for a slot.
+    pub max_concurrent_instances: u32,
+    /// Default per-call limits of every plugin.
+    pub call: CallLimits,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_concurrent_instances: EngineLimits::default().max_concurrent_instances,
+            call: CallLimits::default(),
+        }
+    }
 }
 
 /// Connection pool settings.
@@ -105,6 +127,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -205,6 +228,21 @@ impl Config {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 bail!("http.cors_allowed_origins: {origin:?} is not an http(s) origin or \"*\"");
             }
+        }
+        if !(1..=10_000).contains(&self.sandbox.max_concurrent_instances) {
+            bail!("sandbox.max_concurrent_instances: must be between 1 and 10000");
+        }
+        let call = &self.sandbox.call;
+        if call.max_memory_bytes < (1 << 20)
+            || call.max_memory_bytes > EngineLimits::default().max_memory_bytes
+        {
+            bail!("sandbox.call.max_memory_bytes: must be between 1 MiB and 256 MiB");
+        }
+        if call.timeout_ms == 0 {
+            bail!("sandbox.call.timeout_ms: must be at least 1");
+        }
+        if call.max_output_bytes == 0 {
+            bail!("sandbox.call.max_output_bytes: must be at least 1");
         }
         if self
             .log

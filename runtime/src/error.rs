@@ -54,6 +54,9 @@ pub enum Error {
     /// Well-formed input that breaks a business rule (422).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// A tool ran and failed, crashed, timed out or returned an invalid result (422).
+    #[error("{0}")]
+    ToolFailed(crate::sandbox::ToolError),
     /// A dependency (the database) is unavailable (503).
     #[error("{0}")]
     Unavailable(String),
@@ -116,7 +119,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable { .. } | Error::ToolFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +135,7 @@ impl Error {
             Error::Conflict { details, .. } => ("conflict", details.clone()),
             Error::PayloadTooLarge => ("payload_too_large", None),
             Error::Unprocessable { code, .. } => (*code, None),
+            Error::ToolFailed(e) => ("tool_failed", serde_json::to_value(e).ok()),
             Error::Unavailable(_) => ("service_unavailable", None),
             Error::Internal(_) => ("internal_error", None),
         };

@@ -24,7 +24,9 @@ use crate::http::middleware;
 use crate::http::openapi::ApiDoc;
 use crate::http::AppState;
 use crate::keys::Keys;
+use crate::sandbox::{EngineLimits, Sandbox};
 use crate::settings::SettingsService;
+use crate::tools::ToolCatalogue;
 use crate::users::credentials::JwtKeys;
 use crate::users::{TokenPolicy, UserService};
 
@@ -38,7 +40,19 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let keys = Keys::load_or_create(&config)?;
     let db = Db::connect(&config).await?;
     db.migrate().await?;
-    Ok(wire(config, db, &keys))
+    let sandbox = Arc::new(Sandbox::new(
+        EngineLimits {
+            max_concurrent_instances: config.sandbox.max_concurrent_instances,
+            ..EngineLimits::default()
+        },
+        Some(config.data_dir.join("cache").join("plugins")),
+    )?);
+    let state = wire(config, db, &keys);
+    state
+        .tools
+        .load_bundled(&sandbox, state.config.sandbox.call)
+        .await?;
+    Ok(state)
 }
 
 /// Builds the services over an open, migrated database.
@@ -55,7 +69,8 @@ pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
             refresh_ttl_secs: config.auth.refresh_token_ttl_secs,
         },
     );
-    let agents = AgentService::new(db.clone());
+    let tools = ToolCatalogue::new(audit.clone());
+    let agents = AgentService::new(db.clone(), tools.clone());
     let conversations = ConversationService::new(db.clone(), agents.clone());
     AppState {
         config: Arc::new(config),
@@ -65,6 +80,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
         conversations,
         audit,
         settings,
+        tools,
     }
 }
 
@@ -77,6 +93,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::conversations::routes::router())
         .merge(crate::settings::routes::router())
         .merge(crate::audit::routes::router())
+        .merge(crate::tools::routes::router())
         .split_for_parts()
 }
 

@@ -294,12 +294,13 @@ fn parse_model(model: ModelRef) -> Result<ModelRef> {
     })
 }
 
-/// Checks a tool name: 1 to 128 characters of letters, digits and `_ - . : /`.
+/// Checks a catalogue tool name: `^[a-zA-Z0-9_-]{1,64}$`, valid for every
+/// model vendor and for MCP.
 pub fn is_valid_tool_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
+    (1..=64).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn parse_tools(tools: Vec<String>) -> Result<Vec<String>> {
@@ -314,7 +315,7 @@ fn parse_tools(tools: Vec<String>) -> Result<Vec<String>> {
         if !is_valid_tool_name(tool) {
             return Err(Error::invalid_field(
                 "tools",
-                format!("{tool:?} is not a valid tool name (1 to 128 of A-Z a-z 0-9 _ - . : /)"),
+                format!("{tool:?} is not a valid tool name (1 to 64 of A-Z a-z 0-9 _ -)"),
             ));
         }
         if !seen.insert(tool.as_str()) {
@@ -400,13 +401,13 @@ mod tests {
     #[test]
     fn tools_must_be_valid_and_unique() {
         let mut i = input();
-        i.tools = vec!["web.fetch".into(), "web.fetch".into()];
+        i.tools = vec!["web_fetch".into(), "web_fetch".into()];
         assert!(i.into_spec().is_err());
         let mut i = input();
         i.tools = vec!["bad name".into()];
         assert!(i.into_spec().is_err());
         let mut i = input();
-        i.tools = vec!["mcp:github/create_issue".into()];
+        i.tools = vec!["github__create_issue".into()];
         assert!(i.into_spec().is_ok());
     }
 

@@ -9,6 +9,7 @@ use super::repo::{AgentRepo, AgentRow, RevisionRow};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::pagination::{Page, PageParams};
+use crate::tools::ToolCatalogue;
 use crate::users::model::{Permission, Principal};
 
 /// How many times an update without `If-Match` retries after losing a race.
@@ -18,6 +19,7 @@ const MAX_UPDATE_ATTEMPTS: usize = 64;
 #[derive(Clone, Debug)]
 pub struct AgentService {
     repo: AgentRepo,
+    tools: ToolCatalogue,
 }
 
 impl From<AgentRow> for AgentResponse {
@@ -60,9 +62,28 @@ enum Change {
 
 impl AgentService {
     /// A service over `db`.
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, tools: ToolCatalogue) -> Self {
         AgentService {
             repo: AgentRepo::new(db),
+            tools,
+        }
+    }
+
+    /// Refuses (422) a spec naming a tool the catalogue does not have.
+    fn check_tools(&self, spec: &AgentSpec) -> Result<()> {
+        let unknown: Vec<&str> = spec
+            .tools
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !self.tools.contains(name))
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::unprocessable(
+                "unknown_tool",
+                format!("no such tool in the catalogue: {}", unknown.join(", ")),
+            ))
         }
     }
 
@@ -78,6 +99,7 @@ impl AgentService {
     pub async fn create(&self, principal: &Principal, input: AgentInput) -> Result<AgentResponse> {
         principal.require(Permission::AgentCreate)?;
         let spec = input.into_spec()?;
+        self.check_tools(&spec)?;
         match self.repo.insert(principal.user_id, &spec).await {
             Err(Error::Conflict { .. }) => Err(duplicate_name(&spec.name)),
             other => Ok(other?.into()),
@@ -157,6 +179,9 @@ impl AgentService {
             };
             if spec == current.spec() {
                 return Ok(current.into());
+            }
+            if spec.tools != current.spec().tools {
+                self.check_tools(&spec)?;
             }
             match self
                 .repo

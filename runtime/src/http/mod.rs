@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::conversations::ConversationService;
 use crate::db::Db;
 use crate::settings::SettingsService;
+use crate::tools::ToolCatalogue;
 use crate::users::UserService;
 
 /// What every handler can reach.
@@ -35,4 +36,6 @@ pub struct AppState {
     pub audit: AuditService,
     /// Server-wide settings.
     pub settings: SettingsService,
+    /// Every tool: sandboxed plugins today.
+    pub tools: ToolCatalogue,
 }

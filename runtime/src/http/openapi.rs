@@ -29,6 +29,7 @@ use crate::http::AppState;
         (name = "api-keys", description = "Long-lived credentials for scripts and clients"),
         (name = "agents", description = "Agents and their revisions"),
         (name = "conversations", description = "Conversations and their messages"),
+        (name = "tools", description = "The tool catalogue: sandboxed plugins, run directly or by agents"),
         (name = "admin", description = "Server settings and the audit log"),
         (name = "health", description = "Liveness and readiness"),
     )

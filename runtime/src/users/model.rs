@@ -46,7 +46,7 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::User => !matches!(permission, UserManage | SettingsManage | AuditRead),
-            Role::Viewer => matches!(permission, AgentRead | ConversationRead),
+            Role::Viewer => matches!(permission, AgentRead | ConversationRead | ToolRead),
         }
     }
 }
@@ -74,6 +74,10 @@ pub enum Permission {
     SettingsManage,
     /// `audit:read`
     AuditRead,
+    /// `tool:read`: list the tool catalogue and plugins.
+    ToolRead,
+    /// `tool:invoke`: run a tool directly.
+    ToolInvoke,
 }
 
 impl Permission {
@@ -90,6 +94,8 @@ impl Permission {
             Permission::UserManage => "user:manage",
             Permission::SettingsManage => "settings:manage",
             Permission::AuditRead => "audit:read",
+            Permission::ToolRead => "tool:read",
+            Permission::ToolInvoke => "tool:invoke",
         }
     }
 }

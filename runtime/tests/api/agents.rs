@@ -23,7 +23,7 @@ dual_test!(
             .patch(
                 &path,
                 &admin.token,
-                json!({ "description": "finds things", "tools": ["web.fetch", "mcp:files/read"] }),
+                json!({ "description": "finds things", "tools": [] }),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{v2}");
@@ -32,7 +32,19 @@ dual_test!(
             v2["instructions"], "Be helpful.",
             "PATCH keeps absent fields"
         );
-        assert_eq!(v2["tools"], json!(["web.fetch", "mcp:files/read"]));
+        assert_eq!(v2["tools"], json!([]));
+        let unknown = app
+            .patch(
+                &path,
+                &admin.token,
+                json!({ "tools": ["calculator__evaluate", "nope__nothing"] }),
+            )
+            .await;
+        assert_error(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "unknown_tool");
+        assert!(unknown.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope__nothing"));
 
         let (status, v3) = app
         .put(
@@ -206,11 +218,11 @@ dual_test!(
             app.agent(&admin, name).await;
         }
         app.post(
-        "/api/v1/agents",
-        &admin.token,
-        json!({ "name": "100%_sure", "model": { "provider": "anthropic", "model": "claude" }, "tools": ["calc"] }),
-    )
-    .await;
+            "/api/v1/agents",
+            &admin.token,
+            json!({ "name": "100%_sure", "model": { "provider": "anthropic", "model": "claude" } }),
+        )
+        .await;
 
         let page = |q: &str| {
             let app = &app;
@@ -254,10 +266,11 @@ dual_test!(
         assert_eq!(names(&ci), vec!["alpha"]);
         let (_, by_provider) = page("provider=anthropic").await;
         assert_eq!(names(&by_provider), vec!["100%_sure"]);
-        let (_, by_tool) = page("tool=web.fetch").await;
+        let (_, by_tool) = page("tool=calculator__evaluate").await;
         assert_eq!(by_tool["total"], 5);
-        let (_, by_tool) = page("tool=calc").await;
-        assert_eq!(names(&by_tool), vec!["100%_sure"]);
+        assert!(!names(&by_tool).contains(&"100%_sure".to_owned()));
+        let (_, by_tool) = page("tool=nothing__here").await;
+        assert_eq!(by_tool["total"], 0);
 
         for bad in [
             "page=0",
@@ -396,6 +409,14 @@ dual_test!(
             let result = app.post("/api/v1/agents", &admin.token, case.clone()).await;
             assert_error(&result, StatusCode::BAD_REQUEST, "validation_error");
         }
+        let unknown = app
+            .post(
+                "/api/v1/agents",
+                &admin.token,
+                json!({ "name": "ok", "model": model, "tools": ["ghost__tool"] }),
+            )
+            .await;
+        assert_error(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "unknown_tool");
         assert_eq!(app.get("/api/v1/agents", &admin.token).await.1["total"], 0);
         let id = app.agent(&admin, "kept").await;
         let bad = app
@@ -408,6 +429,6 @@ dual_test!(
         assert_error(&bad, StatusCode::BAD_REQUEST, "validation_error");
         let (_, agent) = app.get(&format!("/api/v1/agents/{id}"), &admin.token).await;
         assert_eq!(agent["version"], 1);
-        assert_eq!(agent["tools"], json!(["web.fetch"]));
+        assert_eq!(agent["tools"], json!(["calculator__evaluate"]));
     }
 );

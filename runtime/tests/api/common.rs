@@ -276,7 +276,7 @@ impl TestApp {
                     "name": name,
                     "instructions": "Be helpful.",
                     "model": { "provider": "openai", "model": "gpt-4o-mini", "parameters": { "temperature": 0.2 } },
-                    "tools": ["web.fetch"],
+                    "tools": ["calculator__evaluate"],
                 }),
             )
             .await;

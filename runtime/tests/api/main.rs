@@ -8,3 +8,4 @@ mod auth;
 mod conversations;
 mod errors;
 mod tenancy;
+mod tools;

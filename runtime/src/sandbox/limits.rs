@@ -1,0 +1,73 @@
+//! The sandbox's limits, in one place, with the reason for each value.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits of one tool call. Every call gets a fresh instance, so these bound
+/// everything a call can consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CallLimits {
+    /// Largest linear memory of the instance, in bytes. 64 MiB holds any
+    /// reasonable text-processing tool; a memory bomb traps at this size.
+    pub max_memory_bytes: usize,
+    /// Wall-clock deadline of a call, in milliseconds (epoch interruption,
+    /// so a busy loop is stopped too). 10 s is long for a local tool and
+    /// short enough that a stuck one does not hold a conversation.
+    pub timeout_ms: u64,
+    /// Largest result, in bytes of JSON. 1 MiB is far more than a model can
+    /// use in one tool result and keeps a hostile plugin from flooding storage.
+    pub max_output_bytes: usize,
+    /// Log lines a call may write; more are dropped (and counted).
+    pub max_log_lines: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            max_memory_bytes: 64 << 20,
+            timeout_ms: 10_000,
+            max_output_bytes: 1 << 20,
+            max_log_lines: 100,
+        }
+    }
+}
+
+impl CallLimits {
+    /// The deadline as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Engine-wide settings, fixed at start.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Instances alive at once across all plugins. Each holds a pooled
+    /// memory slot; callers beyond this wait for a slot rather than fail.
+    pub max_concurrent_instances: u32,
+    /// Upper bound of any plugin's memory (the per-plugin limit is at most this).
+    pub max_memory_bytes: usize,
+    /// Wasm stack per call: deep recursion traps here instead of exhausting
+    /// the host thread's stack. wasmtime's default of 512 KiB.
+    pub max_wasm_stack: usize,
+    /// How often the epoch advances; the granularity of call deadlines.
+    pub epoch_tick: std::time::Duration,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            max_concurrent_instances: 64,
+            max_memory_bytes: 256 << 20,
+            max_wasm_stack: 512 << 10,
+            epoch_tick: std::time::Duration::from_millis(5),
+        }
+    }
+}
+
+/// Bytes of stderr kept from a call, to explain a crash (a panic message).
+pub const STDERR_CAPTURE_BYTES: usize = 4096;
+/// Longest log line kept; longer lines are cut.
+pub const MAX_LOG_LINE_BYTES: usize = 2048;

@@ -1,0 +1,296 @@
+//! The tool catalogue: every tool, whatever its source, under one stable
+//! namespaced name (`<source>__<tool>`, valid for every model vendor and for
+//! MCP: `^[a-zA-Z0-9_-]{1,64}$`), with its schemas and hints. Today the
+//! sources are WebAssembly plugins (the bundled ones load at start); MCP
+//! servers and built-ins join through the same [`ToolCatalogue`].
+
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::audit::AuditService;
+use crate::error::{Error, Result};
+use crate::sandbox::{CallLimits, LoadedPlugin, Sandbox, ToolError};
+use crate::users::model::{Permission, Principal};
+
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// Separates the source from the tool in a catalogue name.
+pub const SEPARATOR: &str = "__";
+
+/// Where a tool comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToolSource {
+    /// A WebAssembly plugin.
+    Plugin {
+        /// The plugin's name.
+        plugin: String,
+        /// Its version.
+        version: String,
+    },
+}
+
+/// A tool as the catalogue lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolInfo {
+    /// The catalogue name agents use, e.g. `calculator__evaluate`.
+    pub name: String,
+    /// What the tool does.
+    pub description: String,
+    /// JSON Schema of the arguments.
+    #[schema(value_type = Object)]
+    pub input_schema: Value,
+    /// JSON Schema of the result, if declared.
+    #[schema(value_type = Option<Object>)]
+    pub output_schema: Option<Value>,
+    /// Where it comes from.
+    pub source: ToolSource,
+    /// Only reads.
+    pub read_only: bool,
+    /// May destroy or overwrite data.
+    pub destructive: bool,
+    /// Safe to repeat with the same arguments.
+    pub idempotent: bool,
+}
+
+/// `POST /api/v1/tools/{name}/invoke`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    /// The arguments object.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub arguments: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// The result of a direct invocation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvokeResponse {
+    /// The tool's result.
+    #[schema(value_type = Object)]
+    pub result: Value,
+    /// Wall-clock time of the call, validation included, in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// A plugin as the catalogue lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PluginInfo {
+    /// Its name (the prefix of its tools' names).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it is for.
+    pub description: String,
+    /// SHA-256 of the component.
+    pub digest: String,
+    /// Whether it ships with Orchestra.
+    pub bundled: bool,
+    /// Catalogue names of its tools.
+    pub tools: Vec<String>,
+    /// What it asks for.
+    #[schema(value_type = Object)]
+    pub requested_capabilities: Value,
+    /// Per-call limits.
+    #[schema(value_type = Object)]
+    pub limits: Value,
+}
+
+struct Entry {
+    plugin: Arc<LoadedPlugin>,
+    bundled: bool,
+}
+
+/// Every tool the server can run.
+#[derive(Clone)]
+pub struct ToolCatalogue {
+    plugins: Arc<RwLock<BTreeMap<String, Entry>>>,
+    audit: AuditService,
+}
+
+impl std::fmt::Debug for ToolCatalogue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolCatalogue").finish_non_exhaustive()
+    }
+}
+
+impl ToolCatalogue {
+    /// An empty catalogue.
+    pub fn new(audit: AuditService) -> Self {
+        ToolCatalogue {
+            plugins: Arc::new(RwLock::new(BTreeMap::new())),
+            audit,
+        }
+    }
+
+    /// Loads the plugins built into this binary.
+    pub async fn load_bundled(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        limits: CallLimits,
+    ) -> anyhow::Result<()> {
+        for (dir, wasm) in BUNDLED {
+            let plugin = sandbox
+                .load(wasm.to_vec(), limits)
+                .await
+                .map_err(|e| anyhow::anyhow!("bundled plugin {dir}: {e:#}"))?;
+            self.add(Arc::new(plugin), true);
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) a plugin.
+    pub fn add(&self, plugin: Arc<LoadedPlugin>, bundled: bool) {
+        let name = plugin.manifest().name.clone();
+        self.plugins
+            .write()
+            .expect("catalogue lock")
+            .insert(name, Entry { plugin, bundled });
+    }
+
+    fn infos(&self) -> Vec<ToolInfo> {
+        let plugins = self.plugins.read().expect("catalogue lock");
+        plugins
+            .values()
+            .flat_map(|entry| {
+                let manifest = entry.plugin.manifest();
+                manifest.tools.iter().map(move |tool| ToolInfo {
+                    name: format!("{}{SEPARATOR}{}", manifest.name, tool.name),
+                    description: tool.description.clone(),
+                    input_schema: tool.input_schema.clone(),
+                    output_schema: tool.output_schema.clone(),
+                    source: ToolSource::Plugin {
+                        plugin: manifest.name.clone(),
+                        version: manifest.version.clone(),
+                    },
+                    read_only: tool.read_only,
+                    destructive: tool.destructive,
+                    idempotent: tool.idempotent,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `name` is a tool of the catalogue.
+    pub fn contains(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    fn resolve(&self, name: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        let (plugin, tool) = name.split_once(SEPARATOR)?;
+        let plugins = self.plugins.read().expect("catalogue lock");
+        let entry = plugins.get(plugin)?;
+        entry
+            .plugin
+            .manifest()
+            .tools
+            .iter()
+            .any(|t| t.name == tool)
+            .then(|| (entry.plugin.clone(), tool.to_owned()))
+    }
+
+    /// The tools the caller may use.
+    pub fn list(&self, principal: &Principal) -> Result<Vec<ToolInfo>> {
+        principal.require(Permission::ToolRead)?;
+        Ok(self.infos())
+    }
+
+    /// One tool.
+    pub fn get(&self, principal: &Principal, name: &str) -> Result<ToolInfo> {
+        principal.require(Permission::ToolRead)?;
+        self.infos()
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or(Error::NotFound("tool"))
+    }
+
+    /// The installed plugins.
+    pub fn plugins(&self, principal: &Principal) -> Result<Vec<PluginInfo>> {
+        principal.require(Permission::ToolRead)?;
+        let plugins = self.plugins.read().expect("catalogue lock");
+        Ok(plugins
+            .values()
+            .map(|entry| {
+                let manifest = entry.plugin.manifest();
+                PluginInfo {
+                    name: manifest.name.clone(),
+                    version: manifest.version.clone(),
+                    description: manifest.description.clone(),
+                    digest: entry.plugin.digest().to_owned(),
+                    bundled: entry.bundled,
+                    tools: manifest
+                        .tools
+                        .iter()
+                        .map(|t| format!("{}{SEPARATOR}{}", manifest.name, t.name))
+                        .collect(),
+                    requested_capabilities: serde_json::to_value(&manifest.capabilities)
+                        .unwrap_or(Value::Null),
+                    limits: serde_json::to_value(entry.plugin.limits()).unwrap_or(Value::Null),
+                }
+            })
+            .collect())
+    }
+
+    /// Runs a tool for the caller; every invocation is audited.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: &Value,
+    ) -> std::result::Result<Value, ToolError> {
+        let (plugin, tool) = self
+            .resolve(name)
+            .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+        plugin.call(&tool, arguments).await
+    }
+
+    /// Runs a tool directly (the API's invoke endpoint), audited.
+    pub async fn invoke(
+        &self,
+        principal: &Principal,
+        name: &str,
+        request: InvokeRequest,
+    ) -> Result<InvokeResponse> {
+        principal.require(Permission::ToolInvoke)?;
+        if !self.contains(name) {
+            return Err(Error::NotFound("tool"));
+        }
+        let started = Instant::now();
+        let outcome = self.call(name, &request.arguments).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = match &outcome {
+            Ok(_) => json!("ok"),
+            Err(e) => serde_json::to_value(e).unwrap_or(Value::Null),
+        };
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "tool.invoked",
+                None,
+                json!({ "tool": name, "outcome": status, "duration_ms": duration_ms }),
+            )
+            .await;
+        match outcome {
+            Ok(result) => Ok(InvokeResponse {
+                result,
+                duration_ms,
+            }),
+            Err(ToolError::InvalidArguments(message)) => Err(Error::Validation {
+                message: format!("invalid arguments: {message}"),
+                details: Some(json!({ "kind": "invalid_arguments" })),
+            }),
+            Err(ToolError::UnknownTool(_)) => Err(Error::NotFound("tool")),
+            Err(other) => Err(Error::ToolFailed(other)),
+        }
+    }
+}
