@@ -43,6 +43,34 @@ fn hostile_wasm() -> Vec<u8> {
     .clone()
 }
 
+/// Builds `examples/plugin-template` exactly as its README says an author would.
+fn template_wasm() -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = root.join("examples/plugin-template");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("plugins");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&dir)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the plugin template failed");
+    std::fs::read(target.join("wasm32-wasip2/release/word_stats.wasm")).unwrap()
+}
+
 fn calculator_wasm() -> Vec<u8> {
     orchestra::tools::BUNDLED
         .iter()
@@ -284,4 +312,22 @@ async fn what_is_not_a_plugin_is_refused_clearly() {
     // A core module is not a component.
     let module = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
     assert!(sandbox.load(module, limits()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_template_builds_and_runs() {
+    let sandbox = sandbox(None);
+    let plugin = load(&sandbox, template_wasm()).await;
+    assert_eq!(plugin.manifest().name, "word-stats");
+    let tool = &plugin.manifest().tools[0];
+    assert_eq!(
+        tool.input_schema["properties"]["text"]["description"],
+        "The text to measure."
+    );
+    assert!(tool.output_schema.is_some());
+    let out = plugin
+        .call("stats", &json!({ "text": "one two\nthree" }))
+        .await
+        .unwrap();
+    assert_eq!(out, json!({ "words": 3, "characters": 13, "lines": 2 }));
 }

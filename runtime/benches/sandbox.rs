@@ -1,0 +1,140 @@
+//! Sandbox benchmark (run on demand: `cargo bench --bench sandbox`). Prints,
+//! for the bundled calculator plugin: compile time, cached load time, per-call
+//! latency with a fresh instance per call (argument validation included), calls
+//! per second on 1 and 2 threads, and the memory an instance starts with.
+//! These are figures to read, not assertions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchestra::sandbox::{CallLimits, EngineLimits, LoadedPlugin, Sandbox};
+use serde_json::json;
+
+fn calculator() -> Vec<u8> {
+    orchestra::tools::BUNDLED
+        .iter()
+        .find(|(name, _)| *name == "calculator")
+        .expect("the calculator is bundled")
+        .1
+        .to_vec()
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn throughput(plugin: &Arc<LoadedPlugin>, threads: usize, seconds: u64) -> f64 {
+    let rt = runtime(threads);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    rt.block_on(async {
+        let deadline = started + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..threads * 4 {
+            let plugin = plugin.clone();
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let args = json!({ "expression": "1 + 2 * 3" });
+                while Instant::now() < deadline {
+                    plugin.call("evaluate", &args).await.expect("call succeeds");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let wasm = calculator();
+    let cache = tempfile::tempdir().unwrap();
+    let rt = runtime(2);
+
+    // Compile (cold: no cache) and load from the on-disk cache (as after a restart).
+    let cold =
+        Arc::new(Sandbox::new(EngineLimits::default(), Some(cache.path().to_path_buf())).unwrap());
+    let t = Instant::now();
+    rt.block_on(cold.load(wasm.clone(), CallLimits::default()))
+        .unwrap();
+    let compile = t.elapsed();
+    let mut cached_loads = Vec::new();
+    let mut plugin = None;
+    for _ in 0..5 {
+        let warm = Arc::new(
+            Sandbox::new(EngineLimits::default(), Some(cache.path().to_path_buf())).unwrap(),
+        );
+        let t = Instant::now();
+        let loaded = rt
+            .block_on(warm.load(wasm.clone(), CallLimits::default()))
+            .unwrap();
+        cached_loads.push(t.elapsed());
+        plugin = Some(Arc::new(loaded));
+    }
+    cached_loads.sort();
+    let plugin = plugin.unwrap();
+    drop(rt);
+
+    // Latency: one call at a time, a fresh instance each, validation included.
+    let rt = runtime(1);
+    let args = json!({ "expression": "2 * (3 + 4) ^ 2 / sqrt(16)" });
+    let mut samples = Vec::with_capacity(20_000);
+    rt.block_on(async {
+        for _ in 0..2_000 {
+            plugin.call("evaluate", &args).await.unwrap();
+        }
+        for _ in 0..20_000 {
+            let t = Instant::now();
+            plugin.call("evaluate", &args).await.unwrap();
+            samples.push(t.elapsed());
+        }
+    });
+    drop(rt);
+    samples.sort();
+
+    let one = throughput(&plugin, 1, 3);
+    let two = throughput(&plugin, 2, 3);
+
+    println!(
+        "sandbox benchmark: calculator plugin ({} KiB component)",
+        wasm.len() / 1024
+    );
+    println!(
+        "  compile (cold, no cache)     {:>10.2} ms",
+        compile.as_secs_f64() * 1e3
+    );
+    println!(
+        "  load from disk cache (p50)   {:>10.2} ms",
+        cached_loads[2].as_secs_f64() * 1e3
+    );
+    println!(
+        "  call latency p50             {:>10.1} µs",
+        percentile(&samples, 0.50).as_secs_f64() * 1e6
+    );
+    println!(
+        "  call latency p99             {:>10.1} µs",
+        percentile(&samples, 0.99).as_secs_f64() * 1e6
+    );
+    println!("  calls per second, 1 thread   {:>10.0}", one);
+    println!("  calls per second, 2 threads  {:>10.0}", two);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.to_owned())
+        })
+        .unwrap_or_default();
+    println!("  process peak RSS             {rss}");
+}
