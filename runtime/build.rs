@@ -19,6 +19,14 @@ fn main() {
         root.join("plugin-sdk").display()
     );
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let mut plugins: Vec<(String, String)> = Vec::new();
     for entry in std::fs::read_dir(root.join("plugins")).expect("plugins/ exists") {

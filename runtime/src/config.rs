@@ -46,6 +46,8 @@ pub struct SandboxConfig {
     pub max_concurrent_instances: u32,
     /// Default per-call limits of every plugin.
     pub call: CallLimits,
+    /// Where compiled plugins are cached (default `data_dir/cache/plugins`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -53,6 +55,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             max_concurrent_instances: EngineLimits::default().max_concurrent_instances,
             call: CallLimits::default(),
+            cache_dir: None,
         }
     }
 }

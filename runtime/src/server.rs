@@ -45,7 +45,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             max_concurrent_instances: config.sandbox.max_concurrent_instances,
             ..EngineLimits::default()
         },
-        Some(config.data_dir.join("cache").join("plugins")),
+        Some(
+            config
+                .sandbox
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("cache").join("plugins")),
+        ),
     )?);
     let state = wire(config, db, &keys);
     state

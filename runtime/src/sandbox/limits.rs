@@ -54,6 +54,11 @@ pub struct EngineLimits {
     pub max_wasm_stack: usize,
     /// How often the epoch advances; the granularity of call deadlines.
     pub epoch_tick: std::time::Duration,
+    /// Bytes at the start of each pooled memory slot that are reset by
+    /// zeroing instead of being returned to the kernel when an instance ends.
+    /// Zeroing is cheaper than `madvise` for the few pages a small plugin
+    /// touches, dearer for large ones; see `benches/sandbox.rs`.
+    pub memory_keep_resident: usize,
 }
 
 impl Default for EngineLimits {
@@ -63,6 +68,7 @@ impl Default for EngineLimits {
             max_memory_bytes: 256 << 20,
             max_wasm_stack: 512 << 10,
             epoch_tick: std::time::Duration::from_millis(5),
+            memory_keep_resident: 64 << 10,
         }
     }
 }

@@ -207,9 +207,7 @@ impl Sandbox {
             .max_memories_per_component(4)
             .max_tables_per_component(8)
             .max_memory_size(limits.max_memory_bytes)
-            // Keep the first pages of each slot resident between calls:
-            // resetting by memset is cheaper than madvise for small plugins.
-            .linear_memory_keep_resident(1 << 20)
+            .linear_memory_keep_resident(limits.memory_keep_resident)
             .table_keep_resident(64 << 10);
         let mut config = wasmtime::Config::new();
         config

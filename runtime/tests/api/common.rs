@@ -135,6 +135,9 @@ pub async fn spawn_app_with(
         ..Config::default()
     };
     config.database.max_connections = 5;
+    // One compiled-plugin cache for the whole test run: each app still loads
+    // the plugins, but compiles them only once.
+    config.sandbox.cache_dir = Some(std::env::temp_dir().join("orchestra-test-plugin-cache"));
     if backend == Backend::Postgres {
         let server = postgres_url()?;
         config.database_url = Some(fresh_postgres_database(&server).await);

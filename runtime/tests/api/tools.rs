@@ -117,3 +117,58 @@ dual_test!(
         assert_eq!(calc["tools"], json!(["calculator__evaluate"]));
     }
 );
+
+dual_test!(
+    the_text_and_time_plugins_work_through_the_api,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let invoke = |tool: &'static str, arguments: serde_json::Value| {
+            let app = &app;
+            let token = admin.token.clone();
+            async move {
+                app.post(
+                    &format!("/api/v1/tools/{tool}/invoke"),
+                    &token,
+                    json!({ "arguments": arguments }),
+                )
+                .await
+            }
+        };
+        let (status, found) = invoke(
+            "text__regex_search",
+            json!({ "text": "order 66 and 42", "pattern": r"\d+" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found["result"]["matches"].as_array().unwrap().len(), 2);
+        let (_, replaced) = invoke(
+        "text__regex_replace",
+        json!({ "text": "2025-01-31", "pattern": r"(\d+)-(\d+)-(\d+)", "replacement": "$3/$2/$1" }),
+    )
+    .await;
+        assert_eq!(replaced["result"]["text"], "31/01/2025");
+        let bad = invoke("text__regex_search", json!({ "text": "x", "pattern": "(" })).await;
+        assert_error(&bad, StatusCode::BAD_REQUEST, "validation_error");
+        let (_, digest) = invoke("text__sha256", json!({ "text": "abc" })).await;
+        assert_eq!(
+            digest["result"]["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let (status, now) = invoke("time__now", json!({ "offset": "+05:30" })).await;
+        assert_eq!(status, StatusCode::OK, "{now}");
+        assert!(now["result"]["rfc3339"]
+            .as_str()
+            .unwrap()
+            .ends_with("+05:30"));
+        assert!(
+            now["result"]["unix"].as_i64().unwrap() > 1_700_000_000,
+            "the wall clock is the host's"
+        );
+        let (_, diff) = invoke(
+            "time__diff",
+            json!({ "from": "2025-01-01T00:00:00Z", "to": "2025-01-01T01:00:00+00:00" }),
+        )
+        .await;
+        assert_eq!(diff["result"]["seconds"], 3600);
+    }
+);
