@@ -10,52 +10,19 @@ use std::time::{Duration, Instant};
 use orchestra::sandbox::{CallLimits, EngineLimits, LoadedPlugin, Sandbox, ToolError};
 use serde_json::{json, Value};
 
-/// Builds the hostile fixture once per test process and returns its bytes.
-fn hostile_wasm() -> Vec<u8> {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"))
-            .join("plugins");
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "-p",
-                "orchestra-plugin-hostile",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the hostile fixture failed");
-        std::fs::read(target.join("wasm32-wasip2/release/orchestra_plugin_hostile.wasm")).unwrap()
-    })
-    .clone()
-}
-
-/// Builds `examples/plugin-template` exactly as its README says an author would.
-fn template_wasm() -> Vec<u8> {
+/// Builds a plugin with plain `cargo build --release --target wasm32-wasip2`
+/// (into `target/plugins`, shared with `build.rs`) and returns its bytes.
+fn build_plugin(dir: &str, package: Option<&str>, artifact: &str) -> Vec<u8> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf();
-    let dir = root.join("examples/plugin-template");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
         .join("plugins");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&dir)
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root.join(dir))
         .args([
             "build",
             "--quiet",
@@ -64,11 +31,31 @@ fn template_wasm() -> Vec<u8> {
             "wasm32-wasip2",
             "--target-dir",
         ])
-        .arg(&target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the plugin template failed");
-    std::fs::read(target.join("wasm32-wasip2/release/word_stats.wasm")).unwrap()
+        .arg(&target);
+    if let Some(package) = package {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd.status().expect("run cargo");
+    assert!(status.success(), "building {dir} failed");
+    std::fs::read(target.join("wasm32-wasip2/release").join(artifact)).unwrap()
+}
+
+/// The hostile fixture, built once per test process.
+fn hostile_wasm() -> Vec<u8> {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        build_plugin(
+            ".",
+            Some("orchestra-plugin-hostile"),
+            "orchestra_plugin_hostile.wasm",
+        )
+    })
+    .clone()
+}
+
+/// `examples/plugin-template`, built exactly as its README tells an author.
+fn template_wasm() -> Vec<u8> {
+    build_plugin("examples/plugin-template", None, "word_stats.wasm")
 }
 
 fn calculator_wasm() -> Vec<u8> {
