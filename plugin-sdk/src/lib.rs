@@ -41,12 +41,15 @@ pub mod bindings {
     });
 }
 
+mod capabilities;
+
 use bindings::orchestra::plugin::types;
+pub use capabilities::{http, kv, secrets};
 pub use types::ToolError;
 
 /// Everything a plugin author needs.
 pub mod prelude {
-    pub use crate::log;
+    pub use crate::{http, kv, log, secrets};
     pub use crate::{Plugin, Tool, ToolError};
     pub use schemars::{self, JsonSchema};
     pub use serde::{self, Deserialize, Serialize};
@@ -177,7 +180,9 @@ impl Plugin {
         self
     }
 
-    /// Asks for outbound HTTPS to `host`.
+    /// Asks for outbound HTTP(S) to `host` (`api.example.com`,
+    /// `api.example.com:8443`, `*.example.com`, or `*` for whatever hosts an
+    /// admin grants).
     pub fn http_host(mut self, host: &str) -> Plugin {
         self.http_hosts.push(host.to_owned());
         self

@@ -48,6 +48,12 @@ pub struct SandboxConfig {
     pub call: CallLimits,
     /// Where compiled plugins are cached (default `data_dir/cache/plugins`).
     pub cache_dir: Option<PathBuf>,
+    /// Largest plugin component accepted for installation, in bytes.
+    pub max_plugin_bytes: usize,
+    /// Also accept plain `http://` URLs for `POST /api/v1/plugins` (still
+    /// pinned by SHA-256). Off by default: use it for a mirror on a trusted
+    /// network only.
+    pub allow_http_plugin_urls: bool,
 }
 
 impl Default for SandboxConfig {
@@ -56,6 +62,8 @@ impl Default for SandboxConfig {
             max_concurrent_instances: EngineLimits::default().max_concurrent_instances,
             call: CallLimits::default(),
             cache_dir: None,
+            max_plugin_bytes: 32 << 20,
+            allow_http_plugin_urls: false,
         }
     }
 }

@@ -24,7 +24,10 @@ use crate::http::middleware;
 use crate::http::openapi::ApiDoc;
 use crate::http::AppState;
 use crate::keys::Keys;
+use crate::plugins::host::DbHostServices;
+use crate::plugins::PluginService;
 use crate::sandbox::{EngineLimits, Sandbox};
+use crate::secrets::SecretService;
 use crate::settings::SettingsService;
 use crate::tools::ToolCatalogue;
 use crate::users::credentials::JwtKeys;
@@ -53,16 +56,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
                 .unwrap_or_else(|| config.data_dir.join("cache").join("plugins")),
         ),
     )?);
-    let state = wire(config, db, &keys);
-    state
-        .tools
-        .load_bundled(&sandbox, state.config.sandbox.call)
-        .await?;
+    let state = wire(config, db, &keys, sandbox);
+    state.plugins.load_all().await?;
     Ok(state)
 }
 
 /// Builds the services over an open, migrated database.
-pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
+pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppState {
     let audit = AuditService::new(db.clone());
     let settings = SettingsService::new(db.clone(), audit.clone(), config.auth.registration);
     let users = UserService::new(
@@ -75,7 +75,18 @@ pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
             refresh_ttl_secs: config.auth.refresh_token_ttl_secs,
         },
     );
-    let tools = ToolCatalogue::new(audit.clone());
+    let secrets = SecretService::new(db.clone(), audit.clone(), &keys.encryption_key);
+    let tools = ToolCatalogue::new(
+        audit.clone(),
+        Some(Arc::new(DbHostServices::new(db.clone(), secrets.clone()))),
+    );
+    let plugins = PluginService::new(
+        db.clone(),
+        sandbox,
+        tools.clone(),
+        audit.clone(),
+        config.sandbox.clone(),
+    );
     let agents = AgentService::new(db.clone(), tools.clone());
     let conversations = ConversationService::new(db.clone(), agents.clone());
     AppState {
@@ -87,6 +98,8 @@ pub fn wire(config: Config, db: Db, keys: &Keys) -> AppState {
         audit,
         settings,
         tools,
+        plugins,
+        secrets,
     }
 }
 
@@ -100,6 +113,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::settings::routes::router())
         .merge(crate::audit::routes::router())
         .merge(crate::tools::routes::router())
+        .merge(crate::plugins::routes::router())
+        .merge(crate::secrets::routes::router())
         .split_for_parts()
 }
 

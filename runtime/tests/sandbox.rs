@@ -2,61 +2,16 @@
 //! (`tests/fixtures/hostile`): every abuse fails only its own call, within
 //! its deadline, while other calls in flight complete.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestra::sandbox::{CallLimits, EngineLimits, LoadedPlugin, Sandbox, ToolError};
 use serde_json::{json, Value};
 
-/// Builds a plugin with plain `cargo build --release --target wasm32-wasip2`
-/// (into `target/plugins`, shared with `build.rs`) and returns its bytes.
-fn build_plugin(dir: &str, package: Option<&str>, artifact: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"))
-        .join("plugins");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(root.join(dir))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&target);
-    if let Some(package) = package {
-        cmd.args(["-p", package]);
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(status.success(), "building {dir} failed");
-    std::fs::read(target.join("wasm32-wasip2/release").join(artifact)).unwrap()
-}
-
-/// The hostile fixture, built once per test process.
-fn hostile_wasm() -> Vec<u8> {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        build_plugin(
-            ".",
-            Some("orchestra-plugin-hostile"),
-            "orchestra_plugin_hostile.wasm",
-        )
-    })
-    .clone()
-}
-
-/// `examples/plugin-template`, built exactly as its README tells an author.
-fn template_wasm() -> Vec<u8> {
-    build_plugin("examples/plugin-template", None, "word_stats.wasm")
-}
+#[path = "support/build.rs"]
+mod support;
+use support::{hostile_wasm, template_wasm};
 
 fn calculator_wasm() -> Vec<u8> {
     orchestra::tools::BUNDLED
@@ -317,4 +272,316 @@ async fn the_plugin_template_builds_and_runs() {
         .await
         .unwrap();
     assert_eq!(out, json!({ "words": 3, "characters": 13, "lines": 2 }));
+}
+
+// ---- Capabilities: HTTP to granted hosts only, secrets by grant, key-value.
+
+use orchestra::sandbox::{CallContext, Grants, HostServices, KvFailure, KvScope};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+fn bundled(name: &str) -> Vec<u8> {
+    orchestra::tools::BUNDLED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("{name} is bundled"))
+        .1
+        .to_vec()
+}
+
+/// A local web server; counts the requests it receives.
+struct Site {
+    addr: String,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn site(away: Option<String>) -> Site {
+    use axum::extract::State;
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::{Html, IntoResponse};
+    use axum::routing::get;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let away = away.unwrap_or_default();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|| async {
+                Html("<html><head><title> Granted   page </title></head><body><h1>Hello</h1><p>Readable <b>text</b> here, see <a href=\"https://docs.example/guide\">the guide</a>.</p></body></html>")
+            }),
+        )
+        .route(
+            "/home",
+            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/")]) }),
+        )
+        .route(
+            "/away",
+            get(|State((away, _)): State<(String, Arc<AtomicUsize>)>| async move {
+                (StatusCode::FOUND, [(header::LOCATION, format!("http://{away}/"))]).into_response()
+            }),
+        )
+        .route(
+            "/host",
+            get(|headers: HeaderMap| async move {
+                headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned()
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            hits.clone(),
+            |State(hits): State<Arc<AtomicUsize>>, req: axum::extract::Request, next: axum::middleware::Next| async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                next.run(req).await
+            },
+        ))
+        .with_state((away, hits.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Site { addr, hits }
+}
+
+fn granting(hosts: &[&str]) -> CallContext {
+    CallContext {
+        user: None,
+        grants: Arc::new(Grants {
+            http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Grants::default()
+        }),
+        services: None,
+    }
+}
+
+fn failure(result: Result<Value, ToolError>) -> String {
+    match result {
+        Err(ToolError::Failed(m)) => m,
+        other => panic!("expected a tool failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fetch_reaches_granted_hosts_and_nothing_else() {
+    let sandbox = sandbox(None);
+    let fetch = load(&sandbox, bundled("http-fetch")).await;
+    let other = site(None).await;
+    let granted = site(Some(other.addr.clone())).await;
+    let ctx = granting(&[&granted.addr]);
+    let get = |url: String, ctx: CallContext| {
+        let fetch = fetch.clone();
+        async move { fetch.call_with("fetch", &json!({ "url": url }), &ctx).await }
+    };
+
+    let page = get(format!("http://{}/", granted.addr), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(page["status"], 200);
+    assert_eq!(page["title"], "Granted page");
+    let text = page["text"].as_str().unwrap();
+    assert!(
+        text.contains("Hello") && text.contains("Readable text here"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("<p>") && !text.contains("**"),
+        "HTML is rendered as plain text: {text}"
+    );
+    assert!(
+        text.contains("https://docs.example/guide"),
+        "links are kept: {text}"
+    );
+
+    // A redirect within the granted host is followed.
+    let home = get(format!("http://{}/home", granted.addr), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(home["url"], format!("http://{}/", granted.addr));
+
+    // Not granted: refused before any connection.
+    let denied = failure(get(format!("http://{}/", other.addr), ctx.clone()).await);
+    assert!(denied.contains("denied"), "{denied}");
+    // A redirect from a granted host to another host is refused at the hop.
+    let away = failure(get(format!("http://{}/away", granted.addr), ctx.clone()).await);
+    assert!(away.contains("denied"), "{away}");
+    // The same host under another name is another host.
+    let port = granted.addr.rsplit_once(':').unwrap().1;
+    let by_name = failure(get(format!("http://localhost:{port}/"), ctx.clone()).await);
+    assert!(by_name.contains("denied"), "{by_name}");
+    // User info in the authority does not fool the check.
+    let trick = get(
+        format!("http://{}@{}/", granted.addr, other.addr),
+        ctx.clone(),
+    )
+    .await;
+    assert!(
+        matches!(&trick, Err(ToolError::Failed(m)) if m.contains("denied"))
+            || matches!(&trick, Err(ToolError::InvalidArguments(_))),
+        "{trick:?}"
+    );
+    // Nothing granted, nothing reachable.
+    let none = failure(get(format!("http://{}/", granted.addr), CallContext::default()).await);
+    assert!(none.contains("denied"), "{none}");
+
+    assert_eq!(
+        other.hits.load(Ordering::SeqCst),
+        0,
+        "the other host saw no request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_host_header_reaches_nothing() {
+    let sandbox = sandbox(None);
+    let hostile = load(&sandbox, hostile_wasm()).await;
+    let other = site(None).await;
+    let granted = site(None).await;
+    let ctx = granting(&[&granted.addr]);
+    let http = |url: String, headers: Value| {
+        let hostile = hostile.clone();
+        let ctx = ctx.clone();
+        async move {
+            hostile
+                .call_with("http", &json!({ "url": url, "headers": headers }), &ctx)
+                .await
+                .unwrap()
+        }
+    };
+
+    // To the other host, claiming to be the granted one.
+    let forged = http(
+        format!("http://{}/host", other.addr),
+        json!({ "host": granted.addr }),
+    )
+    .await;
+    assert!(forged.get("Err").is_some(), "{forged}");
+    let forged = http(format!("http://{}/host", other.addr), json!({})).await;
+    assert!(
+        forged["Err"].as_str().unwrap().contains("denied"),
+        "{forged}"
+    );
+    assert_eq!(other.hits.load(Ordering::SeqCst), 0);
+
+    // To the granted host, claiming to be another: the header is refused.
+    let lie = http(
+        format!("http://{}/host", granted.addr),
+        json!({ "Host": other.addr }),
+    )
+    .await;
+    assert!(
+        lie["Err"].as_str().unwrap().contains("invalid header"),
+        "{lie}"
+    );
+    // Without the lie, the host sets Host from the real destination.
+    let honest = http(format!("http://{}/host", granted.addr), json!({})).await;
+    assert_eq!(honest["Ok"]["body"], granted.addr.as_str(), "{honest}");
+}
+
+/// An in-memory store that records which secrets were looked up.
+#[derive(Default)]
+struct Memory {
+    kv: Mutex<HashMap<(KvScope, String), Vec<u8>>>,
+    secrets_read: Mutex<Vec<String>>,
+}
+
+impl HostServices for Memory {
+    fn kv_get<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+    ) -> orchestra::sandbox::host::BoxFuture<'a, Result<Option<Vec<u8>>, KvFailure>> {
+        let v = self
+            .kv
+            .lock()
+            .unwrap()
+            .get(&(scope.clone(), key.to_owned()))
+            .cloned();
+        Box::pin(async move { Ok(v) })
+    }
+    fn kv_set<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        value: &'a [u8],
+        _max_keys: u64,
+    ) -> orchestra::sandbox::host::BoxFuture<'a, Result<(), KvFailure>> {
+        self.kv
+            .lock()
+            .unwrap()
+            .insert((scope.clone(), key.to_owned()), value.to_vec());
+        Box::pin(async { Ok(()) })
+    }
+    fn kv_delete<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+    ) -> orchestra::sandbox::host::BoxFuture<'a, Result<bool, KvFailure>> {
+        let existed = self
+            .kv
+            .lock()
+            .unwrap()
+            .remove(&(scope.clone(), key.to_owned()))
+            .is_some();
+        Box::pin(async move { Ok(existed) })
+    }
+    fn kv_list<'a>(
+        &'a self,
+        _scope: &'a KvScope,
+        _prefix: &'a str,
+        _limit: u32,
+    ) -> orchestra::sandbox::host::BoxFuture<'a, Result<Vec<String>, KvFailure>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn secret<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> orchestra::sandbox::host::BoxFuture<'a, Result<Option<String>, String>> {
+        self.secrets_read.lock().unwrap().push(name.to_owned());
+        Box::pin(async move { Ok(Some(format!("value-of-{name}"))) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_the_store_need_a_grant() {
+    let sandbox = sandbox(None);
+    let hostile = load(&sandbox, hostile_wasm()).await;
+    let memory = Arc::new(Memory::default());
+    let ctx = |grants: Grants| CallContext {
+        user: Some("user-1".into()),
+        grants: Arc::new(grants),
+        services: Some(memory.clone()),
+    };
+    let call = |tool: &'static str, args: Value, ctx: CallContext| {
+        let hostile = hostile.clone();
+        async move { hostile.call_with(tool, &args, &ctx).await.unwrap() }
+    };
+
+    // Requested (api_token) but not granted.
+    let nothing = ctx(Grants::default());
+    let r = call("secret", json!({ "name": "api_token" }), nothing.clone()).await;
+    assert!(r["Err"].as_str().unwrap().contains("not granted"), "{r}");
+    let r = call("kv", json!({}), nothing).await;
+    assert!(r["Err"].as_str().unwrap().contains("not granted"), "{r}");
+
+    // Granted, including a secret it never asked for.
+    let granted = ctx(Grants {
+        key_value: true,
+        secrets: vec!["api_token".into(), "db_password".into()],
+        ..Grants::default()
+    });
+    let r = call("secret", json!({ "name": "api_token" }), granted.clone()).await;
+    assert_eq!(r["Ok"], "value-of-api_token");
+    let r = call("secret", json!({ "name": "db_password" }), granted.clone()).await;
+    assert!(
+        r["Err"].as_str().unwrap().contains("not granted"),
+        "granted but not requested is not effective: {r}"
+    );
+    assert_eq!(
+        *memory.secrets_read.lock().unwrap(),
+        vec!["api_token".to_owned()],
+        "a secret not granted is never even looked up"
+    );
+
+    let r = call("kv", json!({ "key": "a", "value": "1" }), granted.clone()).await;
+    assert_eq!(r["Ok"], "1");
+    let too_long = "k".repeat(300);
+    let r = call("kv", json!({ "key": too_long }), granted).await;
+    assert!(r["Err"].as_str().unwrap().contains("1 to 256 bytes"), "{r}");
 }

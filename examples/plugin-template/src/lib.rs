@@ -23,8 +23,19 @@ fn stats(args: Text) -> Result<Stats, ToolError> {
 }
 
 fn plugin() -> Plugin {
-    Plugin::new("word-stats", env!("CARGO_PKG_VERSION"), "Counts words, characters and lines")
-        .tool(Tool::new("stats", "Counts the words, characters and lines of a text", stats).read_only())
+    Plugin::new(
+        "word-stats",
+        env!("CARGO_PKG_VERSION"),
+        "Counts words, characters and lines",
+    )
+    .tool(
+        Tool::new(
+            "stats",
+            "Counts the words, characters and lines of a text",
+            stats,
+        )
+        .read_only(),
+    )
 }
 
 orchestra_plugin_sdk::export!(plugin);

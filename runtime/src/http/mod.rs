@@ -15,6 +15,8 @@ use crate::audit::AuditService;
 use crate::config::Config;
 use crate::conversations::ConversationService;
 use crate::db::Db;
+use crate::plugins::PluginService;
+use crate::secrets::SecretService;
 use crate::settings::SettingsService;
 use crate::tools::ToolCatalogue;
 use crate::users::UserService;
@@ -38,4 +40,8 @@ pub struct AppState {
     pub settings: SettingsService,
     /// Every tool: sandboxed plugins today.
     pub tools: ToolCatalogue,
+    /// Plugin installation and grants.
+    pub plugins: PluginService,
+    /// Named secrets.
+    pub secrets: SecretService,
 }

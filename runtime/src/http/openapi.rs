@@ -30,6 +30,8 @@ use crate::http::AppState;
         (name = "agents", description = "Agents and their revisions"),
         (name = "conversations", description = "Conversations and their messages"),
         (name = "tools", description = "The tool catalogue: sandboxed plugins, run directly or by agents"),
+        (name = "plugins", description = "Installing plugins, granting capabilities, upgrading and removing"),
+        (name = "secrets", description = "Named secrets that granted plugins read (values are write-only)"),
         (name = "admin", description = "Server settings and the audit log"),
         (name = "health", description = "Liveness and readiness"),
     )

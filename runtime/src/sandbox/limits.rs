@@ -77,3 +77,11 @@ impl Default for EngineLimits {
 pub const STDERR_CAPTURE_BYTES: usize = 4096;
 /// Longest log line kept; longer lines are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 2048;
+/// Longest key-value key, in bytes.
+pub const MAX_KV_KEY_BYTES: usize = 256;
+/// Largest key-value value: 256 KiB, room for a long note or a cached page.
+pub const MAX_KV_VALUE_BYTES: usize = 256 << 10;
+/// Keys one plugin may keep for one user.
+pub const MAX_KV_KEYS: u64 = 10_000;
+/// Most keys one `list-keys` returns.
+pub const MAX_KV_LIST: u32 = 1000;

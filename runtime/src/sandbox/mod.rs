@@ -17,6 +17,7 @@
 //! The sandbox never sees the database or HTTP types: it takes bytes and JSON
 //! and returns JSON or a [`ToolError`].
 
+pub mod host;
 pub mod limits;
 
 use std::collections::HashMap;
@@ -31,25 +32,27 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
 
+use host::HostState;
+pub use host::{CallContext, Grants, HostServices, KvFailure, KvScope};
 pub use limits::{CallLimits, EngineLimits};
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../plugin-sdk/wit",
         world: "plugin",
+        imports: { default: async },
         exports: { default: async },
     });
 }
 
-use bindings::orchestra::plugin::{log, types};
+use bindings::orchestra::plugin::types;
 
 /// Why a tool call failed. The variants map to what the caller can do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -95,7 +98,7 @@ pub struct ToolSpec {
 }
 
 /// Capabilities a plugin asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Capabilities {
     /// Outbound HTTPS hosts.
     pub http_hosts: Vec<String>,
@@ -118,52 +121,6 @@ pub struct Manifest {
     pub tools: Vec<ToolSpec>,
     /// What it asks for.
     pub capabilities: Capabilities,
-}
-
-/// Per-instance host state.
-struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    plugin: Arc<str>,
-    log_lines_left: usize,
-    log_lines_dropped: usize,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl types::Host for HostState {}
-
-impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) {
-        if self.log_lines_left == 0 {
-            self.log_lines_dropped += 1;
-            return;
-        }
-        self.log_lines_left -= 1;
-        let mut message = message;
-        if message.len() > limits::MAX_LOG_LINE_BYTES {
-            let mut cut = limits::MAX_LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let plugin = &*self.plugin;
-        match level {
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
-        }
-    }
 }
 
 /// The engine, the linker and the epoch ticker, shared by every plugin.
@@ -221,6 +178,8 @@ impl Sandbox {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking wasi:http: {e:#}"))?;
         bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("linking the plugin world: {e:#}"))?;
 
@@ -419,6 +378,15 @@ fn check_manifest(raw: types::Manifest) -> anyhow::Result<(Manifest, HashMap<Str
             idempotent: tool.idempotent || tool.read_only,
         });
     }
+    for host in &raw.capabilities.http_hosts {
+        host::check_host_pattern(&host.to_ascii_lowercase())
+            .map_err(|e| anyhow::anyhow!("requested HTTP host: {e}"))?;
+    }
+    for name in &raw.capabilities.secrets {
+        if !host::is_secret_name(name) {
+            bail!("requested secret {name:?} must be 1 to 64 of A-Z a-z 0-9 _ - .");
+        }
+    }
     Ok((
         Manifest {
             name: raw.name,
@@ -495,7 +463,7 @@ impl LoadedPlugin {
     }
 
     /// A fresh store with this plugin's limits, and its captured stderr.
-    fn new_store(&self) -> (Store<HostState>, MemoryOutputPipe) {
+    fn new_store(&self, ctx: &CallContext) -> (Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(limits::STDERR_CAPTURE_BYTES);
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
@@ -503,17 +471,17 @@ impl LoadedPlugin {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = HostState {
+        let state = HostState::new(
             wasi,
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
+            StoreLimitsBuilder::new()
                 .memory_size(self.limits.max_memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
-            plugin: Arc::from(self.manifest.name.as_str()),
-            log_lines_left: self.limits.max_log_lines,
-            log_lines_dropped: 0,
-        };
+            Arc::from(self.manifest.name.as_str()),
+            &self.manifest.capabilities,
+            ctx,
+            &self.limits,
+        );
         let mut store = Store::new(&self.sandbox.engine, state);
         store.limiter(|s| &mut s.limits);
         // Yield to the executor at every epoch tick: a busy guest cannot hold
@@ -531,7 +499,7 @@ impl LoadedPlugin {
     }
 
     async fn read_manifest(&self) -> anyhow::Result<types::Manifest> {
-        let (mut store, stderr) = self.new_store();
+        let (mut store, stderr) = self.new_store(&CallContext::default());
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_manifest(&mut store).await
@@ -595,9 +563,21 @@ impl LoadedPlugin {
         text
     }
 
-    /// Validates `arguments`, calls `tool` in a fresh instance, checks the
-    /// result. Waits for a free instance slot.
+    /// [`LoadedPlugin::call_with`] with no user and no grants: pure computation.
     pub async fn call(self: &Arc<Self>, tool: &str, arguments: &Value) -> Result<Value, ToolError> {
+        self.call_with(tool, arguments, &CallContext::default())
+            .await
+    }
+
+    /// Validates `arguments`, calls `tool` in a fresh instance for
+    /// `ctx.user` with the rights `ctx.grants` leaves it, checks the
+    /// result. Waits for a free instance slot.
+    pub async fn call_with(
+        self: &Arc<Self>,
+        tool: &str,
+        arguments: &Value,
+        ctx: &CallContext,
+    ) -> Result<Value, ToolError> {
         let validators = self
             .validators
             .get(tool)
@@ -619,7 +599,7 @@ impl LoadedPlugin {
             .await
             .map_err(|_| ToolError::Crashed("the sandbox is shutting down".to_owned()))?;
         let arguments = arguments.to_string();
-        let (mut store, stderr) = self.new_store();
+        let (mut store, stderr) = self.new_store(ctx);
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_call(&mut store, tool, &arguments).await

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::audit::AuditService;
 use crate::error::{Error, Result};
-use crate::sandbox::{CallLimits, LoadedPlugin, Sandbox, ToolError};
+use crate::sandbox::{CallContext, Grants, HostServices, LoadedPlugin, ToolError};
 use crate::users::model::{Permission, Principal};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
@@ -84,32 +84,15 @@ pub struct InvokeResponse {
     pub duration_ms: f64,
 }
 
-/// A plugin as the catalogue lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PluginInfo {
-    /// Its name (the prefix of its tools' names).
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// What it is for.
-    pub description: String,
-    /// SHA-256 of the component.
-    pub digest: String,
+/// A plugin in the catalogue: the loaded component and what it was granted.
+#[derive(Clone)]
+pub struct Entry {
+    /// The compiled, linked plugin.
+    pub plugin: Arc<LoadedPlugin>,
     /// Whether it ships with Orchestra.
     pub bundled: bool,
-    /// Catalogue names of its tools.
-    pub tools: Vec<String>,
-    /// What it asks for.
-    #[schema(value_type = Object)]
-    pub requested_capabilities: Value,
-    /// Per-call limits.
-    #[schema(value_type = Object)]
-    pub limits: Value,
-}
-
-struct Entry {
-    plugin: Arc<LoadedPlugin>,
-    bundled: bool,
+    /// What an admin granted it.
+    pub grants: Arc<Grants>,
 }
 
 /// Every tool the server can run.
@@ -117,6 +100,7 @@ struct Entry {
 pub struct ToolCatalogue {
     plugins: Arc<RwLock<BTreeMap<String, Entry>>>,
     audit: AuditService,
+    services: Option<Arc<dyn HostServices>>,
 }
 
 impl std::fmt::Debug for ToolCatalogue {
@@ -126,59 +110,76 @@ impl std::fmt::Debug for ToolCatalogue {
 }
 
 impl ToolCatalogue {
-    /// An empty catalogue.
-    pub fn new(audit: AuditService) -> Self {
+    /// An empty catalogue whose plugins reach key-value data and secrets
+    /// through `services`.
+    pub fn new(audit: AuditService, services: Option<Arc<dyn HostServices>>) -> Self {
         ToolCatalogue {
             plugins: Arc::new(RwLock::new(BTreeMap::new())),
             audit,
+            services,
         }
-    }
-
-    /// Loads the plugins built into this binary.
-    pub async fn load_bundled(
-        &self,
-        sandbox: &Arc<Sandbox>,
-        limits: CallLimits,
-    ) -> anyhow::Result<()> {
-        for (dir, wasm) in BUNDLED {
-            let plugin = sandbox
-                .load(wasm.to_vec(), limits)
-                .await
-                .map_err(|e| anyhow::anyhow!("bundled plugin {dir}: {e:#}"))?;
-            self.add(Arc::new(plugin), true);
-        }
-        Ok(())
     }
 
     /// Adds (or replaces) a plugin.
-    pub fn add(&self, plugin: Arc<LoadedPlugin>, bundled: bool) {
-        let name = plugin.manifest().name.clone();
+    pub fn add(&self, entry: Entry) {
+        let name = entry.plugin.manifest().name.clone();
         self.plugins
             .write()
             .expect("catalogue lock")
-            .insert(name, Entry { plugin, bundled });
+            .insert(name, entry);
+    }
+
+    /// Removes a plugin; its tools disappear at once (calls in flight finish).
+    pub fn remove(&self, name: &str) -> Option<Entry> {
+        self.plugins.write().expect("catalogue lock").remove(name)
+    }
+
+    /// The plugin `name`.
+    pub fn entry(&self, name: &str) -> Option<Entry> {
+        self.plugins
+            .read()
+            .expect("catalogue lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Every plugin, by name.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.plugins
+            .read()
+            .expect("catalogue lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The catalogue entries of one plugin's tools.
+    pub fn tools_of(plugin: &LoadedPlugin) -> Vec<ToolInfo> {
+        let manifest = plugin.manifest();
+        manifest
+            .tools
+            .iter()
+            .map(|tool| ToolInfo {
+                name: format!("{}{SEPARATOR}{}", manifest.name, tool.name),
+                description: tool.description.clone(),
+                input_schema: tool.input_schema.clone(),
+                output_schema: tool.output_schema.clone(),
+                source: ToolSource::Plugin {
+                    plugin: manifest.name.clone(),
+                    version: manifest.version.clone(),
+                },
+                read_only: tool.read_only,
+                destructive: tool.destructive,
+                idempotent: tool.idempotent,
+            })
+            .collect()
     }
 
     fn infos(&self) -> Vec<ToolInfo> {
         let plugins = self.plugins.read().expect("catalogue lock");
         plugins
             .values()
-            .flat_map(|entry| {
-                let manifest = entry.plugin.manifest();
-                manifest.tools.iter().map(move |tool| ToolInfo {
-                    name: format!("{}{SEPARATOR}{}", manifest.name, tool.name),
-                    description: tool.description.clone(),
-                    input_schema: tool.input_schema.clone(),
-                    output_schema: tool.output_schema.clone(),
-                    source: ToolSource::Plugin {
-                        plugin: manifest.name.clone(),
-                        version: manifest.version.clone(),
-                    },
-                    read_only: tool.read_only,
-                    destructive: tool.destructive,
-                    idempotent: tool.idempotent,
-                })
-            })
+            .flat_map(|entry| Self::tools_of(&entry.plugin))
             .collect()
     }
 
@@ -187,7 +188,7 @@ impl ToolCatalogue {
         self.resolve(name).is_some()
     }
 
-    fn resolve(&self, name: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+    fn resolve(&self, name: &str) -> Option<(Entry, String)> {
         let (plugin, tool) = name.split_once(SEPARATOR)?;
         let plugins = self.plugins.read().expect("catalogue lock");
         let entry = plugins.get(plugin)?;
@@ -197,7 +198,7 @@ impl ToolCatalogue {
             .tools
             .iter()
             .any(|t| t.name == tool)
-            .then(|| (entry.plugin.clone(), tool.to_owned()))
+            .then(|| (entry.clone(), tool.to_owned()))
     }
 
     /// The tools the caller may use.
@@ -215,43 +216,23 @@ impl ToolCatalogue {
             .ok_or(Error::NotFound("tool"))
     }
 
-    /// The installed plugins.
-    pub fn plugins(&self, principal: &Principal) -> Result<Vec<PluginInfo>> {
-        principal.require(Permission::ToolRead)?;
-        let plugins = self.plugins.read().expect("catalogue lock");
-        Ok(plugins
-            .values()
-            .map(|entry| {
-                let manifest = entry.plugin.manifest();
-                PluginInfo {
-                    name: manifest.name.clone(),
-                    version: manifest.version.clone(),
-                    description: manifest.description.clone(),
-                    digest: entry.plugin.digest().to_owned(),
-                    bundled: entry.bundled,
-                    tools: manifest
-                        .tools
-                        .iter()
-                        .map(|t| format!("{}{SEPARATOR}{}", manifest.name, t.name))
-                        .collect(),
-                    requested_capabilities: serde_json::to_value(&manifest.capabilities)
-                        .unwrap_or(Value::Null),
-                    limits: serde_json::to_value(entry.plugin.limits()).unwrap_or(Value::Null),
-                }
-            })
-            .collect())
-    }
-
-    /// Runs a tool for the caller; every invocation is audited.
+    /// Runs a tool for `user` (whose key-value data the plugin sees), with
+    /// the rights its plugin was granted.
     pub async fn call(
         &self,
         name: &str,
         arguments: &Value,
+        user: Option<uuid::Uuid>,
     ) -> std::result::Result<Value, ToolError> {
-        let (plugin, tool) = self
+        let (entry, tool) = self
             .resolve(name)
             .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
-        plugin.call(&tool, arguments).await
+        let ctx = CallContext {
+            user: user.map(|u| u.to_string()),
+            grants: entry.grants.clone(),
+            services: self.services.clone(),
+        };
+        entry.plugin.call_with(&tool, arguments, &ctx).await
     }
 
     /// Runs a tool directly (the API's invoke endpoint), audited.
@@ -266,7 +247,9 @@ impl ToolCatalogue {
             return Err(Error::NotFound("tool"));
         }
         let started = Instant::now();
-        let outcome = self.call(name, &request.arguments).await;
+        let outcome = self
+            .call(name, &request.arguments, Some(principal.user_id))
+            .await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let status = match &outcome {
             Ok(_) => json!("ok"),

@@ -1,10 +1,10 @@
-//! HTTP handlers of `/api/v1/tools` and `/api/v1/plugins`.
+//! HTTP handlers of `/api/v1/tools`.
 
 use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{InvokeRequest, InvokeResponse, PluginInfo, ToolInfo};
+use super::{InvokeRequest, InvokeResponse, ToolInfo};
 use crate::error::{ErrorResponse, Result};
 use crate::http::extract::{Json, Path};
 use crate::http::AppState;
@@ -16,7 +16,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_tools))
         .routes(routes!(get_tool))
         .routes(routes!(invoke_tool))
-        .routes(routes!(list_plugins))
 }
 
 /// Every tool you may use, with its schemas.
@@ -56,14 +55,4 @@ async fn invoke_tool(
     Json(request): Json<InvokeRequest>,
 ) -> Result<Json<InvokeResponse>> {
     Ok(Json(state.tools.invoke(&principal, &name, request).await?))
-}
-
-/// The installed plugins, their tools, requested capabilities and limits.
-#[utoipa::path(get, path = "/api/v1/plugins", tag = "tools", security(("bearer" = [])),
-    responses((status = 200, body = Vec<PluginInfo>), (status = 401, body = ErrorResponse)))]
-async fn list_plugins(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Vec<PluginInfo>>> {
-    Ok(Json(state.tools.plugins(&principal)?))
 }

@@ -45,7 +45,10 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::User => !matches!(permission, UserManage | SettingsManage | AuditRead),
+            Role::User => !matches!(
+                permission,
+                UserManage | SettingsManage | AuditRead | PluginManage | SecretManage
+            ),
             Role::Viewer => matches!(permission, AgentRead | ConversationRead | ToolRead),
         }
     }
@@ -78,6 +81,10 @@ pub enum Permission {
     ToolRead,
     /// `tool:invoke`: run a tool directly.
     ToolInvoke,
+    /// `plugin:manage`: install, grant, upgrade and remove plugins.
+    PluginManage,
+    /// `secret:manage`: set and delete named secrets.
+    SecretManage,
 }
 
 impl Permission {
@@ -96,6 +103,8 @@ impl Permission {
             Permission::AuditRead => "audit:read",
             Permission::ToolRead => "tool:read",
             Permission::ToolInvoke => "tool:invoke",
+            Permission::PluginManage => "plugin:manage",
+            Permission::SecretManage => "secret:manage",
         }
     }
 }

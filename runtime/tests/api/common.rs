@@ -23,6 +23,8 @@ pub enum Backend {
 /// A running server and a client for it.
 pub struct TestApp {
     pub base: String,
+    /// The configuration the server runs with (to start another on the same data).
+    pub config: Config,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -144,9 +146,10 @@ pub async fn spawn_app_with(
     }
     configure(&mut config);
     config.validate().expect("valid test configuration");
-    let state = orchestra::server::build_state(config)
+    let state = orchestra::server::build_state(config.clone())
         .await
         .expect("build the app");
+    let state_config = (*state.config).clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -161,6 +164,7 @@ pub async fn spawn_app_with(
     });
     Some(TestApp {
         base: format!("http://{addr}"),
+        config: state_config,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

@@ -2,10 +2,13 @@
 //! HTTP to it, once on SQLite and once on PostgreSQL.
 
 mod common;
+#[path = "../support/build.rs"]
+mod support;
 
 mod agents;
 mod auth;
 mod conversations;
 mod errors;
+mod plugins;
 mod tenancy;
 mod tools;

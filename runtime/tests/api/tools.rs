@@ -114,7 +114,13 @@ dual_test!(
             .unwrap();
         assert_eq!(calc["bundled"], true);
         assert_eq!(calc["digest"].as_str().unwrap().len(), 64);
-        assert_eq!(calc["tools"], json!(["calculator__evaluate"]));
+        assert_eq!(calc["tools"][0]["name"], "calculator__evaluate");
+        assert_eq!(calc["source"], "bundled");
+        assert_eq!(calc["requested"]["key_value"], false);
+        assert_eq!(
+            calc["effective"],
+            json!({ "http_hosts": [], "key_value": false, "secrets": [] })
+        );
     }
 );
 

@@ -1,0 +1,160 @@
+//! HTTP handlers of `/api/v1/plugins`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{InstallRequest, PluginInfo, Source, UpdatePluginRequest};
+use crate::error::{Error, ErrorResponse, Result};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::AppState;
+use crate::users::model::{Permission, Principal};
+
+/// Routes of the plugins domain.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_plugins, install_plugin))
+        .routes(routes!(get_plugin, update_plugin, remove_plugin))
+        .routes(routes!(upgrade_plugin))
+}
+
+/// Reads an install body: the raw component (`application/wasm` or
+/// `application/octet-stream`) or the JSON form, up to the plugin size limit.
+async fn source(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Source> {
+    let max = state.config.sandbox.max_plugin_bytes;
+    let bytes = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| Error::PayloadTooLarge)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match content_type.as_str() {
+        "application/wasm" | "application/octet-stream" => Ok(Source::Upload(bytes.to_vec())),
+        "application/json" => serde_json::from_slice::<InstallRequest>(&bytes)
+            .map(Source::Request)
+            .map_err(|e| Error::validation(format!("invalid JSON body: {e}"))),
+        other => Err(Error::validation(format!(
+            "Content-Type {other:?}: send application/json (path or url) or application/wasm (the component)"
+        ))),
+    }
+}
+
+/// Every plugin, with its tools and requested, granted and effective capabilities.
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", security(("bearer" = [])),
+    responses((status = 200, body = Vec<PluginInfo>), (status = 401, body = ErrorResponse)))]
+async fn list_plugins(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<PluginInfo>>> {
+    Ok(Json(state.plugins.list(&principal).await?))
+}
+
+/// Installs a plugin (admins): JSON `{"path": ...}` or `{"url": "https://...",
+/// "sha256": ...}`, optionally with `grants` and `limits`; or the component
+/// itself with `Content-Type: application/wasm`. Capabilities are granted
+/// only as listed in `grants` (default none).
+#[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", security(("bearer" = [])),
+    request_body(content = InstallRequest, description = "JSON, or the raw component as application/wasm"),
+    responses((status = 201, body = PluginInfo), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 409, body = ErrorResponse),
+              (status = 413, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+async fn install_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<PluginInfo>)> {
+    principal.require(Permission::PluginManage)?;
+    let source = source(&state, &headers, body).await?;
+    let info = state.plugins.install(&principal, source).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// One plugin.
+#[utoipa::path(get, path = "/api/v1/plugins/{name}", tag = "plugins", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = PluginInfo), (status = 404, body = ErrorResponse)))]
+async fn get_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<PluginInfo>> {
+    Ok(Json(state.plugins.get(&principal, &name).await?))
+}
+
+/// Grants or revokes capabilities (`grants` replaces the whole set) and sets
+/// per-call limits (admins). Takes effect at the next call.
+#[utoipa::path(patch, path = "/api/v1/plugins/{name}", tag = "plugins", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = UpdatePluginRequest,
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn update_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Json(request): Json<UpdatePluginRequest>,
+) -> Result<Json<PluginInfo>> {
+    Ok(Json(
+        state.plugins.update(&principal, &name, request).await?,
+    ))
+}
+
+/// `DELETE /api/v1/plugins/{name}` options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct RemoveParams {
+    /// Also delete every user's key-value data of the plugin.
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Removes an installed plugin (admins); its tools disappear at once.
+/// Bundled plugins cannot be removed (409).
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}", tag = "plugins", security(("bearer" = [])),
+    params(("name" = String, Path), RemoveParams),
+    responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse)))]
+async fn remove_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Query(params): Query<RemoveParams>,
+) -> Result<StatusCode> {
+    state
+        .plugins
+        .remove(&principal, &name, params.purge)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces an installed plugin's component with a new version, keeping its
+/// grants and limits (admins). Same body forms as installing.
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/upgrade", tag = "plugins", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    request_body(content = InstallRequest, description = "JSON, or the raw component as application/wasm"),
+    responses((status = 200, body = PluginInfo), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+              (status = 422, body = ErrorResponse)))]
+async fn upgrade_plugin(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PluginInfo>> {
+    principal.require(Permission::PluginManage)?;
+    let source = source(&state, &headers, body).await?;
+    Ok(Json(
+        state.plugins.upgrade(&principal, &name, source).await?,
+    ))
+}

@@ -1,0 +1,614 @@
+//! What the host gives a running plugin: logging, the key-value store, named
+//! secrets and outbound HTTP, each checked against the plugin's effective
+//! rights (what it requested in its manifest AND what an admin granted).
+//!
+//! The sandbox does not know where values live: the key-value store and the
+//! secrets come from a [`HostServices`] implementation (the database, in the
+//! server), handed in with each call's [`CallContext`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::bindings::orchestra::plugin::{kv, log, secrets, types};
+use super::limits;
+use super::Capabilities;
+
+/// A boxed future, for the object-safe [`HostServices`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whose key-value store a call uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KvScope {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The user the call is made for.
+    pub user: String,
+}
+
+/// Why a key-value operation failed on the host's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvFailure {
+    /// The scope holds as many keys as it may.
+    QuotaExceeded(String),
+    /// The store is unreachable.
+    Unavailable(String),
+}
+
+/// Where key-value data and secrets live.
+pub trait HostServices: Send + Sync {
+    /// The value under `key`.
+    fn kv_get<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvFailure>>;
+    /// Stores `value` under `key`, refusing a new key beyond `max_keys`.
+    fn kv_set<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+        value: &'a [u8],
+        max_keys: u64,
+    ) -> BoxFuture<'a, Result<(), KvFailure>>;
+    /// Removes `key`; whether it existed.
+    fn kv_delete<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, KvFailure>>;
+    /// Keys starting with `prefix`, in order, at most `limit`.
+    fn kv_list<'a>(
+        &'a self,
+        scope: &'a KvScope,
+        prefix: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<String>, KvFailure>>;
+    /// The decrypted value of the secret `name`, if set.
+    fn secret<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
+}
+
+/// What an admin granted a plugin. The plugin gets the intersection with
+/// what it requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// Hosts it may reach: `host`, `host:port`, `*.domain` or `*`. A host
+    /// without a port means the scheme's default port (80 or 443).
+    pub http_hosts: Vec<String>,
+    /// The private key-value store.
+    pub key_value: bool,
+    /// Secrets it may read, by name.
+    pub secrets: Vec<String>,
+}
+
+impl Grants {
+    /// Lower-cases hosts, drops duplicates, and checks every entry.
+    pub fn normalised(mut self) -> Result<Grants, String> {
+        for host in &mut self.http_hosts {
+            *host = host.trim().to_ascii_lowercase();
+            check_host_pattern(host)?;
+        }
+        self.http_hosts.sort();
+        self.http_hosts.dedup();
+        for name in &self.secrets {
+            if !is_secret_name(name) {
+                return Err(format!(
+                    "secret name {name:?} must be 1 to 64 of A-Z a-z 0-9 _ - ."
+                ));
+            }
+        }
+        self.secrets.sort();
+        self.secrets.dedup();
+        Ok(self)
+    }
+
+    /// What the plugin may actually use: granted AND requested.
+    pub fn effective(&self, requested: &Capabilities) -> Grants {
+        Grants {
+            http_hosts: self
+                .http_hosts
+                .iter()
+                .filter(|granted| {
+                    requested
+                        .http_hosts
+                        .iter()
+                        .any(|wanted| pattern_covers(&wanted.to_ascii_lowercase(), granted))
+                })
+                .cloned()
+                .collect(),
+            key_value: self.key_value && requested.key_value,
+            secrets: self
+                .secrets
+                .iter()
+                .filter(|s| requested.secrets.contains(s))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// `^[A-Za-z0-9_.-]{1,64}$`
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks `host`, `host:port`, `*.domain[:port]` or `*`.
+pub fn check_host_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let (host, port) = split_port(pattern);
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{pattern:?}: the port must be 1 to 65535"));
+        }
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ipv6 = name.starts_with('[') && name.ends_with(']');
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && (ipv6
+            || name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{pattern:?} is not a host, host:port, *.domain or *"
+        ))
+    }
+}
+
+/// `("host", Some("port"))`, understanding `[v6]:port`.
+fn split_port(pattern: &str) -> (&str, Option<&str>) {
+    if let Some(end) = pattern.rfind(']') {
+        return match pattern[end + 1..].strip_prefix(':') {
+            Some(port) => (&pattern[..=end], Some(port)),
+            None => (pattern, None),
+        };
+    }
+    match pattern.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (pattern, None),
+    }
+}
+
+/// Whether the request pattern `wanted` covers the grant `granted`: a grant
+/// is usable only where the plugin asked for it.
+fn pattern_covers(wanted: &str, granted: &str) -> bool {
+    if wanted == "*" {
+        return true;
+    }
+    if granted == "*" {
+        return false;
+    }
+    let (w_host, w_port) = split_port(wanted);
+    let (g_host, g_port) = split_port(granted);
+    // No port means the scheme's default port, on both sides.
+    if w_port != g_port {
+        return false;
+    }
+    match (w_host.strip_prefix("*."), g_host.strip_prefix("*.")) {
+        (None, None) => w_host == g_host,
+        (Some(domain), None) => g_host.ends_with(&format!(".{domain}")),
+        (Some(domain), Some(g_domain)) => {
+            g_domain == domain || g_domain.ends_with(&format!(".{domain}"))
+        }
+        (None, Some(_)) => false,
+    }
+}
+
+/// Whether `pattern` allows a request to `host:port` (`default_port` being
+/// the scheme's).
+fn pattern_allows(pattern: &str, host: &str, port: u16, default_port: u16) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (p_host, p_port) = split_port(pattern);
+    let port_ok = match p_port {
+        Some(p) => p.parse::<u16>().ok() == Some(port),
+        None => port == default_port,
+    };
+    let host_ok = match p_host.strip_prefix("*.") {
+        Some(domain) => host.ends_with(&format!(".{domain}")),
+        None => p_host == host,
+    };
+    port_ok && host_ok
+}
+
+/// Who a call is for and what it may use.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    /// The user the call is made for; the key-value store is theirs.
+    pub user: Option<String>,
+    /// What an admin granted the plugin.
+    pub grants: Arc<Grants>,
+    /// Where key-value data and secrets live.
+    pub services: Option<Arc<dyn HostServices>>,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("user", &self.user)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outbound HTTP policy of one call: every request's real destination
+/// (the URI the connection is made to, never a header) must match a host
+/// the plugin both requested and was granted.
+pub(super) struct HttpPolicy {
+    plugin: Arc<str>,
+    allowed: Vec<String>,
+    timeout: Duration,
+}
+
+impl HttpPolicy {
+    fn allows(&self, uri: &http::Uri) -> Result<(), String> {
+        let default_port = match uri.scheme_str() {
+            Some("https") => 443,
+            Some("http") => 80,
+            other => return Err(format!("scheme {other:?} is not http or https")),
+        };
+        let Some(authority) = uri.authority() else {
+            return Err("the request has no destination".to_owned());
+        };
+        let host = authority.host().to_ascii_lowercase();
+        let port = authority.port_u16().unwrap_or(default_port);
+        if self
+            .allowed
+            .iter()
+            .any(|p| pattern_allows(p, &host, port, default_port))
+        {
+            Ok(())
+        } else {
+            Err(format!("{host}:{port} is not among the hosts granted"))
+        }
+    }
+}
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        if let Err(reason) = self.allows(request.uri()) {
+            tracing::warn!(plugin = %self.plugin, uri = %request.uri(), %reason, "plugin HTTP request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        tracing::debug!(plugin = %self.plugin, method = %request.method(), uri = %request.uri(), "plugin HTTP request");
+        // The call's deadline bounds everything; these keep a silent peer
+        // from holding a connection open until then.
+        let cap = |d: Option<Duration>| Some(d.unwrap_or(self.timeout).min(self.timeout));
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
+            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// Per-instance host state.
+pub(super) struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    http: WasiHttpCtx,
+    hooks: HttpPolicy,
+    plugin: Arc<str>,
+    user: Option<String>,
+    effective: Grants,
+    services: Option<Arc<dyn HostServices>>,
+    pub(super) log_lines_left: usize,
+    pub(super) log_lines_dropped: usize,
+}
+
+impl HostState {
+    pub(super) fn new(
+        wasi: WasiCtx,
+        limits: StoreLimits,
+        plugin: Arc<str>,
+        requested: &Capabilities,
+        ctx: &CallContext,
+        call_limits: &limits::CallLimits,
+    ) -> HostState {
+        let effective = ctx.grants.effective(requested);
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            http: WasiHttpCtx::new(),
+            hooks: HttpPolicy {
+                plugin: plugin.clone(),
+                allowed: effective.http_hosts.clone(),
+                timeout: call_limits.timeout(),
+            },
+            plugin,
+            user: ctx.user.clone(),
+            effective,
+            services: ctx.services.clone(),
+            log_lines_left: call_limits.max_log_lines,
+            log_lines_dropped: 0,
+        }
+    }
+
+    fn kv_scope(&self) -> Result<(KvScope, Arc<dyn HostServices>), kv::KvError> {
+        if !self.effective.key_value {
+            return Err(kv::KvError::NotGranted);
+        }
+        let (Some(user), Some(services)) = (&self.user, &self.services) else {
+            return Err(kv::KvError::Unavailable(
+                "this call is not made for a user".to_owned(),
+            ));
+        };
+        Ok((
+            KvScope {
+                plugin: self.plugin.to_string(),
+                user: user.clone(),
+            },
+            services.clone(),
+        ))
+    }
+}
+
+fn check_key(key: &str) -> Result<(), kv::KvError> {
+    if key.is_empty() || key.len() > limits::MAX_KV_KEY_BYTES {
+        return Err(kv::KvError::Invalid(format!(
+            "a key is 1 to {} bytes, this one {}",
+            limits::MAX_KV_KEY_BYTES,
+            key.len()
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(kv::KvError::Invalid(
+            "a key may not contain control characters".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn kv_failure(f: KvFailure) -> kv::KvError {
+    match f {
+        KvFailure::QuotaExceeded(m) => kv::KvError::QuotaExceeded(m),
+        KvFailure::Unavailable(m) => kv::KvError::Unavailable(m),
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) {
+        if self.log_lines_left == 0 {
+            self.log_lines_dropped += 1;
+            return;
+        }
+        self.log_lines_left -= 1;
+        let mut message = message;
+        if message.len() > limits::MAX_LOG_LINE_BYTES {
+            let mut cut = limits::MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        let (scope, services) = self.kv_scope()?;
+        check_key(&key)?;
+        services.kv_get(&scope, &key).await.map_err(kv_failure)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
+        let (scope, services) = self.kv_scope()?;
+        check_key(&key)?;
+        if value.len() > limits::MAX_KV_VALUE_BYTES {
+            return Err(kv::KvError::Invalid(format!(
+                "a value is at most {} bytes, this one {}",
+                limits::MAX_KV_VALUE_BYTES,
+                value.len()
+            )));
+        }
+        services
+            .kv_set(&scope, &key, &value, limits::MAX_KV_KEYS)
+            .await
+            .map_err(kv_failure)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, kv::KvError> {
+        let (scope, services) = self.kv_scope()?;
+        check_key(&key)?;
+        services.kv_delete(&scope, &key).await.map_err(kv_failure)
+    }
+
+    async fn list_keys(&mut self, prefix: String, limit: u32) -> Result<Vec<String>, kv::KvError> {
+        let (scope, services) = self.kv_scope()?;
+        if prefix.len() > limits::MAX_KV_KEY_BYTES {
+            return Ok(Vec::new());
+        }
+        services
+            .kv_list(&scope, &prefix, limit.min(limits::MAX_KV_LIST))
+            .await
+            .map_err(kv_failure)
+    }
+}
+
+impl secrets::Host for HostState {
+    async fn get(&mut self, name: String) -> Result<String, secrets::SecretError> {
+        if !self.effective.secrets.contains(&name) {
+            tracing::warn!(plugin = %self.plugin, secret = %name, "plugin asked for a secret it was not granted");
+            return Err(secrets::SecretError::NotGranted);
+        }
+        let Some(services) = &self.services else {
+            return Err(secrets::SecretError::NotSet);
+        };
+        match services.secret(&name).await {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(secrets::SecretError::NotSet),
+            Err(e) => {
+                tracing::error!(plugin = %self.plugin, secret = %name, error = %e, "reading a secret failed");
+                Err(secrets::SecretError::NotSet)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(hosts: &[&str]) -> Capabilities {
+        Capabilities {
+            http_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            key_value: true,
+            secrets: vec!["token".into()],
+        }
+    }
+
+    #[test]
+    fn effective_rights_are_requested_and_granted() {
+        let grants = Grants {
+            http_hosts: vec![
+                "api.example.com".into(),
+                "evil.test".into(),
+                "a.b.example.com:8443".into(),
+                "*".into(),
+            ],
+            key_value: true,
+            secrets: vec!["token".into(), "other".into()],
+        };
+        let e = grants.effective(&caps(&["api.example.com", "*.b.example.com"]));
+        assert_eq!(e.http_hosts, vec!["api.example.com"]);
+        let e = grants.effective(&caps(&["*.b.example.com:8443"]));
+        assert_eq!(e.http_hosts, vec!["a.b.example.com:8443"]);
+        assert_eq!(e.secrets, vec!["token"]);
+        assert!(e.key_value);
+        let any = grants.effective(&caps(&["*"]));
+        assert_eq!(any.http_hosts.len(), 4);
+        let none = Grants::default().effective(&caps(&["*"]));
+        assert!(none.http_hosts.is_empty() && !none.key_value && none.secrets.is_empty());
+    }
+
+    #[test]
+    fn destinations_match_host_and_port() {
+        assert!(pattern_allows("example.com", "example.com", 443, 443));
+        assert!(!pattern_allows("example.com", "example.com", 8443, 443));
+        assert!(pattern_allows("example.com:8443", "example.com", 8443, 443));
+        assert!(!pattern_allows(
+            "example.com",
+            "example.com.evil.test",
+            443,
+            443
+        ));
+        assert!(!pattern_allows("example.com", "evilexample.com", 443, 443));
+        assert!(pattern_allows("*.example.com", "a.example.com", 443, 443));
+        assert!(!pattern_allows("*.example.com", "example.com", 443, 443));
+        assert!(!pattern_allows("*.example.com", "aexample.com", 443, 443));
+        assert!(pattern_allows("127.0.0.1:9000", "127.0.0.1", 9000, 80));
+        assert!(pattern_allows("*", "anything", 1, 80));
+    }
+
+    #[test]
+    fn the_policy_reads_the_uri_not_the_user_info() {
+        let policy = HttpPolicy {
+            plugin: Arc::from("p"),
+            allowed: vec!["good.test".into()],
+            timeout: Duration::from_secs(1),
+        };
+        let ok: http::Uri = "https://good.test/x".parse().unwrap();
+        assert!(policy.allows(&ok).is_ok());
+        let trick: http::Uri = "https://good.test@evil.test/x".parse().unwrap();
+        assert!(policy.allows(&trick).is_err());
+        let port: http::Uri = "http://good.test:8080/".parse().unwrap();
+        assert!(policy.allows(&port).is_err());
+    }
+
+    #[test]
+    fn grants_are_checked_and_normalised() {
+        let g = Grants {
+            http_hosts: vec![" API.Example.com ".into(), "api.example.com".into()],
+            key_value: false,
+            secrets: vec!["b".into(), "a".into(), "a".into()],
+        }
+        .normalised()
+        .unwrap();
+        assert_eq!(g.http_hosts, vec!["api.example.com"]);
+        assert_eq!(g.secrets, vec!["a", "b"]);
+        for bad in ["", "a b", "http://x", "x:0", "x:99999", "*.", "a/b"] {
+            assert!(check_host_pattern(bad).is_err(), "{bad:?}");
+        }
+        for good in ["*", "x", "*.x.com", "x.com:8080", "127.0.0.1:1", "[::1]:80"] {
+            assert!(check_host_pattern(good).is_ok(), "{good:?}");
+        }
+        assert!(!is_secret_name("a b") && is_secret_name("GITHUB_TOKEN"));
+    }
+}
