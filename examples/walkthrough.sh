@@ -2,7 +2,8 @@
 # A first session against a running Orchestra, with curl only:
 # register (the first account becomes admin), create an agent from
 # examples/agents/researcher.json, start a conversation, post a message,
-# read it back, and create an API key.
+# read it back, run a sandboxed tool, save a note, grant the http-fetch
+# plugin a host, and create an API key.
 #
 #   ./scripts/serve &              # in another terminal
 #   ./examples/walkthrough.sh      # ORCHESTRA_URL defaults to http://127.0.0.1:8080
@@ -43,6 +44,17 @@ echo "4. read the messages back"
 api "$url/api/v1/conversations/$conversation_id/messages"
 echo
 
-echo "5. create an API key (shown once)"
+echo "5. run a tool in the sandbox"
+api -d '{"arguments":{"expression":"2 * (3 + 4) ^ 2"}}' "$url/api/v1/tools/calculator__evaluate/invoke"
+echo
+api -d '{"arguments":{"title":"walkthrough","body":"Orchestra runs every tool in a fresh WebAssembly instance."}}' \
+  "$url/api/v1/tools/notes__save/invoke"
+echo
+
+echo "6. grant the http-fetch plugin one host (admins), and look at its rights"
+api -X PATCH -d '{"grants":{"http_hosts":["example.com"]}}' "$url/api/v1/plugins/http-fetch" \
+  | sed -n 's/.*\("effective":{[^}]*}\).*/   \1/p'
+
+echo "7. create an API key (shown once)"
 api -d '{"name":"walkthrough"}' "$url/api/v1/api-keys" | field key
 echo "done: browse the API at $url/docs"

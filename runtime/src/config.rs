@@ -54,6 +54,10 @@ pub struct SandboxConfig {
     /// pinned by SHA-256). Off by default: use it for a mirror on a trusted
     /// network only.
     pub allow_http_plugin_urls: bool,
+    /// How often each node re-reads installed plugins and grants from the
+    /// database, so that a change made through another node (a revoke, say)
+    /// takes effect here too. 0 turns it off (a single node).
+    pub refresh_secs: u64,
 }
 
 impl Default for SandboxConfig {
@@ -64,6 +68,7 @@ impl Default for SandboxConfig {
             cache_dir: None,
             max_plugin_bytes: 32 << 20,
             allow_http_plugin_urls: false,
+            refresh_secs: 5,
         }
     }
 }

@@ -58,6 +58,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     )?);
     let state = wire(config, db, &keys, sandbox);
     state.plugins.load_all().await?;
+    if state.config.sandbox.refresh_secs > 0 {
+        state
+            .plugins
+            .spawn_refresh(Duration::from_secs(state.config.sandbox.refresh_secs));
+    }
     Ok(state)
 }
 

@@ -303,6 +303,12 @@ fn the_readme_walkthrough_runs_against_a_fresh_server() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("What is WebAssembly?"), "{stdout}");
+    assert!(stdout.contains(r#""result":{"result":98.0}"#), "{stdout}");
+    assert!(stdout.contains(r#""replaced":false"#), "{stdout}");
+    assert!(
+        stdout.contains(r#""effective":{"http_hosts":["example.com"]"#),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("orc_"),
         "the API key is printed once: {stdout}"

@@ -311,6 +311,90 @@ impl PluginService {
         Ok(())
     }
 
+    /// Brings the catalogue in line with the `plugins` table: plugins
+    /// installed, upgraded, re-granted, re-limited or removed through another
+    /// node sharing the database. Returns how many plugins changed.
+    pub async fn refresh(&self) -> anyhow::Result<usize> {
+        type Brief = (
+            String,
+            bool,
+            String,
+            sqlx::types::Json<Grants>,
+            Option<sqlx::types::Json<CallLimits>>,
+        );
+        let rows: Vec<Brief> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT name, bundled, digest, grants, limits FROM plugins",
+        )
+        .fetch_all(pool)
+        .await?);
+        let mut changed = 0;
+        for (name, bundled, digest, grants, limits) in &rows {
+            let limits = self.effective_limits(limits.as_ref().map(|l| l.0));
+            let current = self.catalogue.entry(name);
+            let reload = match &current {
+                None => !bundled,
+                Some(e) => (!bundled && e.plugin.digest() != digest) || e.plugin.limits() != limits,
+            };
+            let plugin = if reload {
+                let wasm = match self.component_bytes(name).await {
+                    Ok(wasm) => wasm,
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %e, "refreshing a plugin");
+                        continue;
+                    }
+                };
+                match self.sandbox.load(wasm, limits).await {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %format!("{e:#}"), "refreshing a plugin");
+                        continue;
+                    }
+                }
+            } else if let Some(e) = &current {
+                if *e.grants == grants.0 {
+                    continue;
+                }
+                e.plugin.clone()
+            } else {
+                continue;
+            };
+            self.catalogue.add(Entry {
+                plugin,
+                bundled: *bundled,
+                grants: Arc::new(grants.0.clone()),
+            });
+            changed += 1;
+        }
+        for entry in self.catalogue.entries() {
+            let name = &entry.plugin.manifest().name;
+            if !entry.bundled && !rows.iter().any(|r| &r.0 == name) {
+                self.catalogue.remove(name);
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            tracing::info!(changed, "plugins refreshed from the database");
+        }
+        Ok(changed)
+    }
+
+    /// Refreshes the catalogue from the database every `every` (for
+    /// several nodes sharing one database), until the runtime stops.
+    pub fn spawn_refresh(&self, every: Duration) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.refresh().await {
+                    tracing::warn!(error = %format!("{e:#}"), "refreshing plugins from the database");
+                }
+            }
+        });
+    }
+
     fn info(&self, entry: &Entry, stored: Stored) -> PluginInfo {
         let manifest = entry.plugin.manifest();
         PluginInfo {

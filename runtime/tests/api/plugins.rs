@@ -250,15 +250,31 @@ dual_test!(
             .await;
         assert_error(&by_user, StatusCode::FORBIDDEN, "forbidden");
 
-        // What is installed and granted survives a restart.
-        let restarted = orchestra::server::build_state(app.config.clone())
+        // What is installed and granted survives a restart; a second node on
+        // the same database sees the same plugins.
+        let second = orchestra::server::build_state(app.config.clone())
             .await
             .unwrap();
-        assert!(restarted.tools.contains("word-stats__stats"));
-        let hostile_entry = restarted.tools.entry("hostile").unwrap();
+        assert!(second.tools.contains("word-stats__stats"));
+        let hostile_entry = second.tools.entry("hostile").unwrap();
         assert!(hostile_entry.grants.key_value);
         assert_eq!(hostile_entry.plugin.digest(), sha256(&hostile));
-        drop(restarted);
+        // A revoke through one node reaches the other at its next refresh.
+        let (status, _) = app
+            .patch(
+                "/api/v1/plugins/hostile",
+                &admin.token,
+                json!({ "grants": {} }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(second.plugins.refresh().await.unwrap() >= 1);
+        assert!(!second.tools.entry("hostile").unwrap().grants.key_value);
+        assert_eq!(
+            second.plugins.refresh().await.unwrap(),
+            0,
+            "nothing left to change"
+        );
 
         // Removing.
         let bundled = app.delete("/api/v1/plugins/calculator", &admin.token).await;
@@ -273,6 +289,12 @@ dual_test!(
         assert_error(&gone, StatusCode::NOT_FOUND, "not_found");
         let gone = app.get("/api/v1/plugins/word-stats", &admin.token).await;
         assert_error(&gone, StatusCode::NOT_FOUND, "not_found");
+        second.plugins.refresh().await.unwrap();
+        assert!(
+            !second.tools.contains("word-stats__stats"),
+            "removed on the other node too"
+        );
+        drop(second);
 
         let (_, log) = app
             .get("/api/v1/audit-log?action=plugin.installed", &admin.token)
