@@ -86,11 +86,24 @@ fn main() {
     let plugin = plugin.unwrap();
     drop(rt);
 
-    // How the pool resets memory between calls changes the per-call cost:
-    // zeroing resident pages (keep_resident) versus madvise and page faults.
-    for keep in [0usize, 64 << 10, 1 << 20] {
+    // How the pool resets memory between calls changes the per-call cost and
+    // how it scales over threads: zeroing resident pages (keep_resident),
+    // finding dirty pages with PAGEMAP_SCAN, or madvise (and page faults on
+    // the next call), with decommits flushed one by one or in batches.
+    println!("pool reset settings (keep_resident, pagemap_scan, decommit_batch):");
+    for (keep, scan, batch) in [
+        (0usize, false, 1usize),
+        (64 << 10, false, 1),
+        (64 << 10, false, 32),
+        (1 << 20, false, 1),
+        (1 << 20, true, 1),
+        (4 << 20, true, 1),
+        (4 << 20, true, 32),
+    ] {
         let limits = EngineLimits {
             memory_keep_resident: keep,
+            pagemap_scan: scan,
+            decommit_batch_size: batch,
             ..EngineLimits::default()
         };
         let sandbox = Arc::new(Sandbox::new(limits, Some(cache.path().to_path_buf())).unwrap());
@@ -112,8 +125,10 @@ fn main() {
         samples.drain(..500);
         samples.sort();
         println!(
-            "  (memory_keep_resident {:>7} B: p50 {:.1} µs, {:.0} calls/s on 1 thread, {:.0} on 2)",
+            "  {:>7} B, scan {:<5}, batch {:>2}: p50 {:>5.1} µs, {:>6.0} calls/s on 1 thread, {:>6.0} on 2",
             keep,
+            scan,
+            batch,
             percentile(&samples, 0.5).as_secs_f64() * 1e6,
             throughput(&plugin, 1, 2),
             throughput(&plugin, 2, 2),
@@ -162,13 +177,35 @@ fn main() {
     );
     println!("  calls per second, 1 thread   {:>10.0}", one);
     println!("  calls per second, 2 threads  {:>10.0}", two);
-    let rss = std::fs::read_to_string("/proc/self/status")
+    // Memory per concurrent instance: hold 32 instances that have each run
+    // one call, and divide the growth of the resident set.
+    let rt = runtime(1);
+    let before = status_kib("VmRSS");
+    let held = rt
+        .block_on(plugin.hold_instances(32, "evaluate", &args))
+        .unwrap();
+    let after = status_kib("VmRSS");
+    println!(
+        "  memory per live instance     {:>10.0} KiB (RSS growth with 32 held)",
+        (after.saturating_sub(before)) as f64 / 32.0
+    );
+    drop(held);
+    drop(rt);
+    println!(
+        "  process peak RSS             {:>10} KiB",
+        status_kib("VmHWM")
+    );
+}
+
+/// A `/proc/self/status` field, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .map(|l| l.to_owned())
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
         })
-        .unwrap_or_default();
-    println!("  process peak RSS             {rss}");
+        .unwrap_or(0)
 }

@@ -58,6 +58,9 @@ pub struct SandboxConfig {
     /// database, so that a change made through another node (a revoke, say)
     /// takes effect here too. 0 turns it off (a single node).
     pub refresh_secs: u64,
+    /// Meter fuel in every call, so that a plugin's `limits.max_fuel` caps its
+    /// computation deterministically. Off by default: it slows every call.
+    pub fuel: bool,
 }
 
 impl Default for SandboxConfig {
@@ -69,6 +72,7 @@ impl Default for SandboxConfig {
             max_plugin_bytes: 32 << 20,
             allow_http_plugin_urls: false,
             refresh_secs: 5,
+            fuel: false,
         }
     }
 }

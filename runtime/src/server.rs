@@ -46,6 +46,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let sandbox = Arc::new(Sandbox::new(
         EngineLimits {
             max_concurrent_instances: config.sandbox.max_concurrent_instances,
+            fuel: config.sandbox.fuel,
             ..EngineLimits::default()
         },
         Some(

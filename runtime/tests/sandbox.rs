@@ -28,6 +28,7 @@ fn limits() -> CallLimits {
         timeout_ms: 500,
         max_output_bytes: 1 << 20,
         max_log_lines: 10,
+        max_fuel: None,
     }
 }
 
@@ -203,6 +204,16 @@ async fn hostile_calls_do_not_disturb_calls_in_flight() {
             async move { hostile.call(tool, &json!({})).await },
         ));
     }
+    // Capability abuses without grants: HTTP and a secret.
+    let mut denied = Vec::new();
+    for (tool, args) in [
+        ("http", json!({ "url": "http://127.0.0.1:9/" })),
+        ("secret", json!({ "name": "api_token" })),
+        ("kv", json!({})),
+    ] {
+        let hostile = hostile.clone();
+        denied.push(tokio::spawn(async move { hostile.call(tool, &args).await }));
+    }
     let mut good = Vec::new();
     for i in 0..200 {
         let calc = calc.clone();
@@ -219,6 +230,13 @@ async fn hostile_calls_do_not_disturb_calls_in_flight() {
     }
     for handle in abuse {
         assert!(handle.await.unwrap().is_err());
+    }
+    for handle in denied {
+        let out = handle
+            .await
+            .unwrap()
+            .expect("a denial is the plugin's own result");
+        assert!(out.get("Err").is_some(), "{out}");
     }
 }
 
@@ -584,4 +602,46 @@ async fn secrets_and_the_store_need_a_grant() {
     let too_long = "k".repeat(300);
     let r = call("kv", json!({ "key": too_long }), granted).await;
     assert!(r["Err"].as_str().unwrap().contains("1 to 256 bytes"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fuel_budget_stops_a_loop_deterministically() {
+    let sandbox = Arc::new(
+        Sandbox::new(
+            EngineLimits {
+                fuel: true,
+                ..EngineLimits::default()
+            },
+            None,
+        )
+        .unwrap(),
+    );
+    let budget = CallLimits {
+        max_fuel: Some(5_000_000),
+        timeout_ms: 60_000,
+        ..limits()
+    };
+    let hostile = Arc::new(sandbox.load(hostile_wasm(), budget).await.unwrap());
+    let spin = hostile.call("spin", &json!({})).await;
+    assert!(
+        matches!(&spin, Err(ToolError::Crashed(m)) if m.contains("ran out of fuel (5000000 units)")),
+        "{spin:?}"
+    );
+    assert_eq!(
+        hostile.call("echo", &json!({ "n": 1 })).await,
+        Ok(json!({ "n": 1 })),
+        "a call within its budget runs"
+    );
+    // Without a budget, a metered engine runs plugins as before.
+    let calc = Arc::new(
+        sandbox
+            .load(calculator_wasm(), CallLimits::default())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        calc.call("evaluate", &json!({ "expression": "6 * 7" }))
+            .await,
+        Ok(json!({ "result": 42.0 }))
+    );
 }

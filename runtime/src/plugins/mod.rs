@@ -163,7 +163,22 @@ fn invalid_plugin(e: anyhow::Error) -> Error {
     Error::unprocessable("invalid_plugin", format!("{e:#}"))
 }
 
-fn check_limits(limits: &CallLimits) -> Result<()> {
+fn check_limits(limits: &CallLimits, fuel_metered: bool) -> Result<()> {
+    match limits.max_fuel {
+        Some(0) => {
+            return Err(Error::invalid_field(
+                "limits.max_fuel",
+                "must be at least 1",
+            ))
+        }
+        Some(_) if !fuel_metered => {
+            return Err(Error::invalid_field(
+                "limits.max_fuel",
+                "fuel is not metered on this server (set sandbox.fuel = true)",
+            ))
+        }
+        _ => {}
+    }
     if limits.timeout_ms == 0 || limits.timeout_ms > 600_000 {
         return Err(Error::invalid_field(
             "limits.timeout_ms",
@@ -577,7 +592,7 @@ impl PluginService {
         };
         let grants = normalise(grants.unwrap_or_default())?;
         if let Some(limits) = &limits {
-            check_limits(limits)?;
+            check_limits(limits, self.config.fuel)?;
         }
         let (wasm, label) = self.fetch(&source).await?;
         let plugin = self
@@ -717,7 +732,7 @@ impl PluginService {
             None => (*current.grants).clone(),
         };
         if let Some(Some(limits)) = &request.limits {
-            check_limits(limits)?;
+            check_limits(limits, self.config.fuel)?;
         }
         let mut plugin = current.plugin.clone();
         if let Some(limits) = request.limits {

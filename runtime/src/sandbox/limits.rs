@@ -21,6 +21,10 @@ pub struct CallLimits {
     pub max_output_bytes: usize,
     /// Log lines a call may write; more are dropped (and counted).
     pub max_log_lines: usize,
+    /// Fuel (roughly, wasm instructions) a call may burn, when the engine
+    /// meters fuel (`sandbox.fuel`); `None` for no budget. A deterministic
+    /// cap on computation, independent of machine load, beside the deadline.
+    pub max_fuel: Option<u64>,
 }
 
 impl Default for CallLimits {
@@ -30,6 +34,7 @@ impl Default for CallLimits {
             timeout_ms: 10_000,
             max_output_bytes: 1 << 20,
             max_log_lines: 100,
+            max_fuel: None,
         }
     }
 }
@@ -59,6 +64,17 @@ pub struct EngineLimits {
     /// Zeroing is cheaper than `madvise` for the few pages a small plugin
     /// touches, dearer for large ones; see `benches/sandbox.rs`.
     pub memory_keep_resident: usize,
+    /// Find the pages a call dirtied with Linux's `PAGEMAP_SCAN` (6.7+) and
+    /// reset only those (up to `memory_keep_resident`), instead of zeroing
+    /// the whole resident prefix and `madvise`-ing the rest. Ignored where
+    /// the kernel lacks it.
+    pub pagemap_scan: bool,
+    /// Decommits (`madvise`) queued before they are flushed together; fewer
+    /// system calls and TLB shootdowns when several threads run plugins.
+    pub decommit_batch_size: usize,
+    /// Meter fuel, so that `CallLimits::max_fuel` applies. Costs some speed
+    /// on every call of every plugin, so it is off unless asked for.
+    pub fuel: bool,
 }
 
 impl Default for EngineLimits {
@@ -69,6 +85,9 @@ impl Default for EngineLimits {
             max_wasm_stack: 512 << 10,
             epoch_tick: std::time::Duration::from_millis(5),
             memory_keep_resident: 64 << 10,
+            pagemap_scan: false,
+            decommit_batch_size: 1,
+            fuel: false,
         }
     }
 }

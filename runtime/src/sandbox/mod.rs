@@ -165,11 +165,18 @@ impl Sandbox {
             .max_tables_per_component(8)
             .max_memory_size(limits.max_memory_bytes)
             .linear_memory_keep_resident(limits.memory_keep_resident)
+            .decommit_batch_size(limits.decommit_batch_size.max(1))
+            .pagemap_scan(if limits.pagemap_scan {
+                wasmtime::Enabled::Auto
+            } else {
+                wasmtime::Enabled::No
+            })
             .table_keep_resident(64 << 10);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(limits.fuel)
             .max_wasm_stack(limits.max_wasm_stack)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine =
@@ -488,6 +495,11 @@ impl LoadedPlugin {
         // a runtime thread, and the deadline in `call` can drop it.
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
+        if self.sandbox.limits.fuel {
+            store
+                .set_fuel(self.limits.max_fuel.unwrap_or(u64::MAX))
+                .expect("the engine meters fuel");
+        }
         (store, stderr)
     }
 
@@ -527,6 +539,10 @@ impl LoadedPlugin {
         let mut text = match trap {
             Some(Trap::Interrupt) => format!("did not finish within {} ms", self.limits.timeout_ms),
             Some(Trap::StackOverflow) => "stack overflow (recursion too deep)".to_owned(),
+            Some(Trap::OutOfFuel) => format!(
+                "ran out of fuel ({} units)",
+                self.limits.max_fuel.unwrap_or(u64::MAX)
+            ),
             // A Rust guest keeps its own stack in linear memory: overflowing it
             // runs off the bottom of memory.
             Some(Trap::MemoryOutOfBounds) => {
@@ -561,6 +577,29 @@ impl LoadedPlugin {
             text.push_str(&format!(" (stderr: {tail})"));
         }
         text
+    }
+
+    /// For the benchmark: `n` instances, each having run `tool` once, kept
+    /// alive (as concurrent calls would be) until the returned value drops.
+    #[doc(hidden)]
+    pub async fn hold_instances(
+        self: &Arc<Self>,
+        n: usize,
+        tool: &str,
+        arguments: &Value,
+    ) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
+        let arguments = arguments.to_string();
+        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (mut store, _) = self.new_store(&CallContext::default());
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .call_call(&mut store, tool, &arguments)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            held.push(Box::new((store, instance)));
+        }
+        Ok(held)
     }
 
     /// [`LoadedPlugin::call_with`] with no user and no grants: pure computation.

@@ -215,6 +215,18 @@ dual_test!(
             )
             .await;
         assert_error(&zero, StatusCode::BAD_REQUEST, "validation_error");
+        let unmetered = app
+            .patch(
+                "/api/v1/plugins/word-stats",
+                &admin.token,
+                json!({ "limits": { "max_fuel": 1000000 } }),
+            )
+            .await;
+        assert_error(&unmetered, StatusCode::BAD_REQUEST, "validation_error");
+        assert!(unmetered.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("sandbox.fuel"));
         let (status, limited) = app
             .patch(
                 "/api/v1/plugins/word-stats",
