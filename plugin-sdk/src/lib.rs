@@ -158,6 +158,7 @@ pub struct Plugin {
     http_hosts: Vec<String>,
     key_value: bool,
     secrets: Vec<String>,
+    directories: Vec<String>,
 }
 
 impl Plugin {
@@ -171,6 +172,7 @@ impl Plugin {
             http_hosts: Vec::new(),
             key_value: false,
             secrets: Vec::new(),
+            directories: Vec::new(),
         }
     }
 
@@ -191,6 +193,14 @@ impl Plugin {
     /// Asks for a key-value store.
     pub fn key_value(mut self) -> Plugin {
         self.key_value = true;
+        self
+    }
+
+    /// Asks for a directory, seen by the plugin at the absolute path `path`
+    /// (e.g. `/data`) and used with `std::fs`; an admin maps it to a
+    /// directory of the server, read-only or writable.
+    pub fn directory(mut self, path: &str) -> Plugin {
+        self.directories.push(path.to_owned());
         self
     }
 
@@ -223,6 +233,7 @@ impl Plugin {
                 http_hosts: self.http_hosts.clone(),
                 key_value: self.key_value,
                 secrets: self.secrets.clone(),
+                directories: self.directories.clone(),
             },
         }
     }

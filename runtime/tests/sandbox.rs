@@ -645,3 +645,61 @@ async fn a_fuel_budget_stops_a_loop_deterministically() {
         Ok(json!({ "result": 42.0 }))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_granted_directory_is_visible_and_only_as_granted() {
+    use orchestra::sandbox::DirectoryGrant;
+    let sandbox = sandbox(None);
+    let hostile = load(&sandbox, hostile_wasm()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from the host").unwrap();
+    let with = |writable: bool| CallContext {
+        user: None,
+        grants: Arc::new(Grants {
+            directories: vec![DirectoryGrant {
+                path: "/data".into(),
+                host: dir.path().display().to_string(),
+                writable,
+            }],
+            ..Grants::default()
+        }),
+        services: None,
+    };
+    let fs = |args: Value, ctx: CallContext| {
+        let hostile = hostile.clone();
+        async move { hostile.call_with("fs", &args, &ctx).await.unwrap() }
+    };
+
+    let none = fs(json!({ "path": "/data/hello.txt" }), CallContext::default()).await;
+    assert!(none.get("Err").is_some(), "nothing granted: {none}");
+
+    let read = fs(json!({ "path": "/data/hello.txt" }), with(false)).await;
+    assert_eq!(read["Ok"], "hello from the host");
+    let write = fs(
+        json!({ "path": "/data/new.txt", "write": "x" }),
+        with(false),
+    )
+    .await;
+    assert!(write.get("Err").is_some(), "read-only: {write}");
+    assert!(!dir.path().join("new.txt").exists());
+    for escape in [
+        "/data/../etc/passwd",
+        "/etc/passwd",
+        "/data/../../../../etc/passwd",
+    ] {
+        let out = fs(json!({ "path": escape }), with(true)).await;
+        assert!(out.get("Err").is_some(), "{escape}: {out}");
+        assert!(!out.to_string().contains("root:"));
+    }
+
+    let write = fs(
+        json!({ "path": "/data/new.txt", "write": "written" }),
+        with(true),
+    )
+    .await;
+    assert_eq!(write["Ok"], Value::Null, "{write}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("new.txt")).unwrap(),
+        "written"
+    );
+}

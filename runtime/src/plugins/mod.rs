@@ -200,10 +200,25 @@ fn check_limits(limits: &CallLimits, fuel_metered: bool) -> Result<()> {
     Ok(())
 }
 
+/// Checks grants; a granted directory must exist on the server, and is
+/// stored by its canonical path.
 fn normalise(grants: Grants) -> Result<Grants> {
-    grants
+    let mut grants = grants
         .normalised()
-        .map_err(|m| Error::invalid_field("grants", m))
+        .map_err(|m| Error::invalid_field("grants", m))?;
+    for dir in &mut grants.directories {
+        let canonical = std::fs::canonicalize(&dir.host)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| {
+                Error::invalid_field(
+                    "grants.directories",
+                    format!("{:?} is not a directory of the server", dir.host),
+                )
+            })?;
+        dir.host = canonical.display().to_string();
+    }
+    Ok(grants)
 }
 
 impl PluginService {

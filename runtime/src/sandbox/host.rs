@@ -88,6 +88,39 @@ pub struct Grants {
     pub key_value: bool,
     /// Secrets it may read, by name.
     pub secrets: Vec<String>,
+    /// Directories of the server it may see, each under the path it asked for.
+    pub directories: Vec<DirectoryGrant>,
+}
+
+/// A directory of the server, shown to a plugin at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryGrant {
+    /// The absolute path the plugin uses (as requested in its manifest).
+    pub path: String,
+    /// The directory on the server.
+    pub host: String,
+    /// Whether the plugin may create, change and delete files (default: read only).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// An absolute path without `.`, `..` or empty segments, e.g. `/data`.
+pub fn check_guest_path(path: &str) -> Result<(), String> {
+    let valid = path.len() <= 255
+        && path.starts_with('/')
+        && path.len() > 1
+        && path[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !path.chars().any(char::is_control);
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} must be an absolute path such as /data, without . or .. segments"
+        ))
+    }
 }
 
 impl Grants {
@@ -108,6 +141,19 @@ impl Grants {
         }
         self.secrets.sort();
         self.secrets.dedup();
+        for dir in &self.directories {
+            check_guest_path(&dir.path)?;
+            if !std::path::Path::new(&dir.host).is_absolute() {
+                return Err(format!(
+                    "directory {:?}: the server path {:?} must be absolute",
+                    dir.path, dir.host
+                ));
+            }
+        }
+        self.directories.sort_by(|a, b| a.path.cmp(&b.path));
+        if self.directories.windows(2).any(|w| w[0].path == w[1].path) {
+            return Err("a directory path is granted twice".to_owned());
+        }
         Ok(self)
     }
 
@@ -130,6 +176,12 @@ impl Grants {
                 .secrets
                 .iter()
                 .filter(|s| requested.secrets.contains(s))
+                .cloned()
+                .collect(),
+            directories: self
+                .directories
+                .iter()
+                .filter(|d| requested.directories.contains(&d.path))
                 .cloned()
                 .collect(),
         }
@@ -531,6 +583,7 @@ mod tests {
             http_hosts: hosts.iter().map(|s| s.to_string()).collect(),
             key_value: true,
             secrets: vec!["token".into()],
+            directories: vec!["/data".into()],
         }
     }
 
@@ -545,6 +598,18 @@ mod tests {
             ],
             key_value: true,
             secrets: vec!["token".into(), "other".into()],
+            directories: vec![
+                DirectoryGrant {
+                    path: "/data".into(),
+                    host: "/srv/data".into(),
+                    writable: false,
+                },
+                DirectoryGrant {
+                    path: "/etc".into(),
+                    host: "/etc".into(),
+                    writable: false,
+                },
+            ],
         };
         let e = grants.effective(&caps(&["api.example.com", "*.b.example.com"]));
         assert_eq!(e.http_hosts, vec!["api.example.com"]);
@@ -552,10 +617,13 @@ mod tests {
         assert_eq!(e.http_hosts, vec!["a.b.example.com:8443"]);
         assert_eq!(e.secrets, vec!["token"]);
         assert!(e.key_value);
+        assert_eq!(e.directories.len(), 1);
+        assert_eq!(e.directories[0].path, "/data");
         let any = grants.effective(&caps(&["*"]));
         assert_eq!(any.http_hosts.len(), 4);
         let none = Grants::default().effective(&caps(&["*"]));
         assert!(none.http_hosts.is_empty() && !none.key_value && none.secrets.is_empty());
+        assert!(none.directories.is_empty());
     }
 
     #[test]
@@ -598,6 +666,7 @@ mod tests {
             http_hosts: vec![" API.Example.com ".into(), "api.example.com".into()],
             key_value: false,
             secrets: vec!["b".into(), "a".into(), "a".into()],
+            directories: vec![],
         }
         .normalised()
         .unwrap();
@@ -610,5 +679,9 @@ mod tests {
             assert!(check_host_pattern(good).is_ok(), "{good:?}");
         }
         assert!(!is_secret_name("a b") && is_secret_name("GITHUB_TOKEN"));
+        for bad in ["", "/", "data", "/a/../b", "/a//b", "/./a"] {
+            assert!(check_guest_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_guest_path("/data/cache").is_ok());
     }
 }

@@ -40,7 +40,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtx;
 
 use host::HostState;
-pub use host::{CallContext, Grants, HostServices, KvFailure, KvScope};
+pub use host::{CallContext, DirectoryGrant, Grants, HostServices, KvFailure, KvScope};
 pub use limits::{CallLimits, EngineLimits};
 
 mod bindings {
@@ -106,6 +106,9 @@ pub struct Capabilities {
     pub key_value: bool,
     /// Secrets by name.
     pub secrets: Vec<String>,
+    /// Directories, by the absolute path the plugin uses.
+    #[serde(default)]
+    pub directories: Vec<String>,
 }
 
 /// What a plugin says about itself, checked.
@@ -389,6 +392,9 @@ fn check_manifest(raw: types::Manifest) -> anyhow::Result<(Manifest, HashMap<Str
         host::check_host_pattern(&host.to_ascii_lowercase())
             .map_err(|e| anyhow::anyhow!("requested HTTP host: {e}"))?;
     }
+    for path in &raw.capabilities.directories {
+        host::check_guest_path(path).map_err(|e| anyhow::anyhow!("requested directory: {e}"))?;
+    }
     for name in &raw.capabilities.secrets {
         if !host::is_secret_name(name) {
             bail!("requested secret {name:?} must be 1 to 64 of A-Z a-z 0-9 _ - .");
@@ -404,6 +410,7 @@ fn check_manifest(raw: types::Manifest) -> anyhow::Result<(Manifest, HashMap<Str
                 http_hosts: raw.capabilities.http_hosts,
                 key_value: raw.capabilities.key_value,
                 secrets: raw.capabilities.secrets,
+                directories: raw.capabilities.directories,
             },
         },
         validators,
@@ -470,14 +477,37 @@ impl LoadedPlugin {
     }
 
     /// A fresh store with this plugin's limits, and its captured stderr.
-    fn new_store(&self, ctx: &CallContext) -> (Store<HostState>, MemoryOutputPipe) {
+    fn new_store(
+        &self,
+        ctx: &CallContext,
+    ) -> Result<(Store<HostState>, MemoryOutputPipe), ToolError> {
         let stderr = MemoryOutputPipe::new(limits::STDERR_CAPTURE_BYTES);
-        let wasi = WasiCtx::builder()
+        let mut builder = WasiCtx::builder();
+        builder
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        for dir in ctx
+            .grants
+            .effective(&self.manifest.capabilities)
+            .directories
+        {
+            let perms = if dir.writable {
+                wasmtime_wasi::FsPerms::ReadWrite
+            } else {
+                wasmtime_wasi::FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.path, perms)
+                .map_err(|e| {
+                    ToolError::Failed(format!(
+                        "the directory granted as {} cannot be opened: {e}",
+                        dir.path
+                    ))
+                })?;
+        }
+        let wasi = builder.build();
         let state = HostState::new(
             wasi,
             StoreLimitsBuilder::new()
@@ -500,7 +530,7 @@ impl LoadedPlugin {
                 .set_fuel(self.limits.max_fuel.unwrap_or(u64::MAX))
                 .expect("the engine meters fuel");
         }
-        (store, stderr)
+        Ok((store, stderr))
     }
 
     fn log_dropped(&self, store: &Store<HostState>) {
@@ -511,7 +541,9 @@ impl LoadedPlugin {
     }
 
     async fn read_manifest(&self) -> anyhow::Result<types::Manifest> {
-        let (mut store, stderr) = self.new_store(&CallContext::default());
+        let (mut store, stderr) = self
+            .new_store(&CallContext::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_manifest(&mut store).await
@@ -591,7 +623,9 @@ impl LoadedPlugin {
         let arguments = arguments.to_string();
         let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(n);
         for _ in 0..n {
-            let (mut store, _) = self.new_store(&CallContext::default());
+            let (mut store, _) = self
+                .new_store(&CallContext::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
                 .call_call(&mut store, tool, &arguments)
@@ -638,7 +672,7 @@ impl LoadedPlugin {
             .await
             .map_err(|_| ToolError::Crashed("the sandbox is shutting down".to_owned()))?;
         let arguments = arguments.to_string();
-        let (mut store, stderr) = self.new_store(ctx);
+        let (mut store, stderr) = self.new_store(ctx)?;
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_call(&mut store, tool, &arguments).await

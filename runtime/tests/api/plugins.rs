@@ -59,7 +59,7 @@ dual_test!(
         assert_eq!(installed["tools"][0]["name"], "word-stats__stats");
         assert_eq!(
             installed["granted"],
-            json!({ "http_hosts": [], "key_value": false, "secrets": [] })
+            json!({ "http_hosts": [], "key_value": false, "secrets": [], "directories": [] })
         );
         assert_eq!(installed["installed_by"], admin.user_id.as_str());
 
@@ -122,7 +122,7 @@ dual_test!(
         );
         assert_eq!(
             body["effective"],
-            json!({ "http_hosts": [], "key_value": true, "secrets": ["api_token"] })
+            json!({ "http_hosts": [], "key_value": true, "secrets": ["api_token"], "directories": [] })
         );
 
         // Everything that is not a plugin, or not a valid request, is refused clearly.
@@ -253,6 +253,24 @@ dual_test!(
             )
             .await;
         assert_error(&bad_host, StatusCode::BAD_REQUEST, "validation_error");
+        let missing_dir = app
+            .patch(
+                "/api/v1/plugins/hostile",
+                &admin.token,
+                json!({ "grants": { "directories": [{ "path": "/data", "host": "/nonexistent/dir" }] } }),
+            )
+            .await;
+        assert_error(&missing_dir, StatusCode::BAD_REQUEST, "validation_error");
+        let (status, with_dir) = app
+            .patch(
+                "/api/v1/plugins/hostile",
+                &admin.token,
+                json!({ "grants": { "key_value": true, "directories": [{ "path": "/data", "host": dir.path() }] } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{with_dir}");
+        assert_eq!(with_dir["effective"]["directories"][0]["path"], "/data");
+        assert_eq!(with_dir["effective"]["directories"][0]["writable"], false);
         let by_user = app
             .patch(
                 "/api/v1/plugins/word-stats",
