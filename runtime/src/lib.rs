@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod pagination;
 pub mod plugins;
+pub mod providers;
 pub mod sandbox;
 pub mod schema;
 pub mod secrets;
