@@ -36,6 +36,60 @@ pub struct Config {
     pub http: HttpConfig,
     /// The tool sandbox.
     pub sandbox: SandboxConfig,
+    /// Providers registered from the conventional environment variables
+    /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
+    /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
+    #[serde(skip)]
+    pub env_providers: Vec<EnvProvider>,
+}
+
+/// A provider registered from environment variables at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvProvider {
+    /// Its name (`openai` or `anthropic`).
+    pub name: String,
+    /// `openai` or `anthropic`.
+    pub kind: String,
+    /// The API's base URL.
+    pub base_url: String,
+    /// The API key.
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for EnvProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnvProvider {
+    /// The providers the process environment defines.
+    pub fn from_env() -> Vec<EnvProvider> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut out = Vec::new();
+        if let Some(key) = var("OPENAI_API_KEY") {
+            out.push(EnvProvider {
+                name: "openai".into(),
+                kind: "openai".into(),
+                base_url: var("OPENAI_BASE_URL")
+                    .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                api_key: key,
+            });
+        }
+        if let Some(key) = var("ANTHROPIC_API_KEY") {
+            out.push(EnvProvider {
+                name: "anthropic".into(),
+                kind: "anthropic".into(),
+                base_url: var("ANTHROPIC_BASE_URL")
+                    .unwrap_or_else(|| "https://api.anthropic.com".into()),
+                api_key: key,
+            });
+        }
+        out
+    }
 }
 
 /// The tool sandbox.
@@ -148,6 +202,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             sandbox: SandboxConfig::default(),
+            env_providers: Vec::new(),
         }
     }
 }
@@ -209,9 +264,10 @@ impl Config {
                     .map(|_| "database_url".into()),
             )
             .merge(Env::prefixed("ORCHESTRA_").ignore(&["config"]).split("__"));
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.env_providers = EnvProvider::from_env();
         config.validate()?;
         Ok(config)
     }

@@ -24,6 +24,7 @@ use crate::http::middleware;
 use crate::http::openapi::ApiDoc;
 use crate::http::AppState;
 use crate::keys::Keys;
+use crate::models::ModelService;
 use crate::plugins::host::DbHostServices;
 use crate::plugins::PluginService;
 use crate::sandbox::{EngineLimits, Sandbox};
@@ -82,6 +83,12 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         },
     );
     let secrets = SecretService::new(db.clone(), audit.clone(), &keys.encryption_key);
+    let models = ModelService::new(
+        db.clone(),
+        audit.clone(),
+        &keys.encryption_key,
+        config.env_providers.clone(),
+    );
     let tools = ToolCatalogue::new(
         audit.clone(),
         Some(Arc::new(DbHostServices::new(db.clone(), secrets.clone()))),
@@ -106,6 +113,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         tools,
         plugins,
         secrets,
+        models,
     }
 }
 
@@ -121,6 +129,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::tools::routes::router())
         .merge(crate::plugins::routes::router())
         .merge(crate::secrets::routes::router())
+        .merge(crate::models::routes::router())
         .split_for_parts()
 }
 

@@ -15,6 +15,7 @@ use crate::audit::AuditService;
 use crate::config::Config;
 use crate::conversations::ConversationService;
 use crate::db::Db;
+use crate::models::ModelService;
 use crate::plugins::PluginService;
 use crate::secrets::SecretService;
 use crate::settings::SettingsService;
@@ -44,4 +45,6 @@ pub struct AppState {
     pub plugins: PluginService,
     /// Named secrets.
     pub secrets: SecretService,
+    /// Model providers and models.
+    pub models: ModelService,
 }

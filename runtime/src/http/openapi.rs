@@ -31,6 +31,7 @@ use crate::http::AppState;
         (name = "conversations", description = "Conversations and their messages"),
         (name = "tools", description = "The tool catalogue: sandboxed plugins, run directly or by agents"),
         (name = "plugins", description = "Installing plugins, granting capabilities, upgrading and removing"),
+        (name = "models", description = "Model providers (keys write-only) and the models agents can use"),
         (name = "secrets", description = "Named secrets that granted plugins read (values are write-only)"),
         (name = "admin", description = "Server settings and the audit log"),
         (name = "health", description = "Liveness and readiness"),

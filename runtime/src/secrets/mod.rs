@@ -6,8 +6,6 @@
 
 pub mod routes;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -15,6 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::AuditService;
+use crate::crypto::Sealer;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use crate::on_db;
@@ -50,7 +49,7 @@ pub struct SetSecretRequest {
 pub struct SecretService {
     db: Db,
     audit: AuditService,
-    cipher: ChaCha20Poly1305,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for SecretService {
@@ -67,7 +66,7 @@ impl SecretService {
         SecretService {
             db,
             audit,
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            sealer: Sealer::new(key),
         }
     }
 
@@ -108,18 +107,9 @@ impl SecretService {
                 format!("a secret value is 1 to {MAX_SECRET_BYTES} bytes"),
             ));
         }
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("random nonce: {e}"))?;
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: request.value.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| anyhow::anyhow!("encrypting a secret failed"))?;
+        let (nonce, ciphertext) = self
+            .sealer
+            .seal(name.as_bytes(), request.value.as_bytes())?;
         let now = db::now();
         let row: Row = on_db!(&self.db, pool => sqlx::query_as(
             "INSERT INTO secrets (name, nonce, ciphertext, created_at, updated_at, updated_by)
@@ -129,7 +119,7 @@ impl SecretService {
              RETURNING name, created_at, updated_at, updated_by",
         )
         .bind(name)
-        .bind(&nonce[..])
+        .bind(&nonce)
         .bind(&ciphertext)
         .bind(now)
         .bind(principal.user_id)
@@ -179,23 +169,10 @@ impl SecretService {
         let Some((nonce, ciphertext)) = row else {
             return Ok(None);
         };
-        if nonce.len() != 12 {
-            anyhow::bail!("secret {name:?}: malformed nonce");
-        }
         let plain = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "secret {name:?} does not decrypt (was the encryption key changed?)"
-                )
-            })?;
+            .sealer
+            .open(name.as_bytes(), &nonce, &ciphertext)
+            .map_err(|e| anyhow::anyhow!("secret {name:?}: {e}"))?;
         Ok(Some(String::from_utf8(plain)?))
     }
 }

@@ -47,7 +47,12 @@ impl Role {
             Role::Admin => true,
             Role::User => !matches!(
                 permission,
-                UserManage | SettingsManage | AuditRead | PluginManage | SecretManage
+                UserManage
+                    | SettingsManage
+                    | AuditRead
+                    | PluginManage
+                    | SecretManage
+                    | ProviderManage
             ),
             Role::Viewer => matches!(permission, AgentRead | ConversationRead | ToolRead),
         }
@@ -85,6 +90,8 @@ pub enum Permission {
     PluginManage,
     /// `secret:manage`: set and delete named secrets.
     SecretManage,
+    /// `provider:manage`: configure model providers and their keys.
+    ProviderManage,
 }
 
 impl Permission {
@@ -105,6 +112,7 @@ impl Permission {
             Permission::ToolInvoke => "tool:invoke",
             Permission::PluginManage => "plugin:manage",
             Permission::SecretManage => "secret:manage",
+            Permission::ProviderManage => "provider:manage",
         }
     }
 }

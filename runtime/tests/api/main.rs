@@ -9,6 +9,7 @@ mod agents;
 mod auth;
 mod conversations;
 mod errors;
+mod models;
 mod plugins;
 mod tenancy;
 mod tools;

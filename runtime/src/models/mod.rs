@@ -1,0 +1,581 @@
+//! Model providers as an admin configures them, and the models users can
+//! pick. A provider is a named endpoint of a kind (`openai`: any
+//! OpenAI-compatible Chat Completions server; `anthropic`: Anthropic
+//! Messages) with an API key encrypted at rest (never returned, never
+//! logged). Providers also come from the conventional environment variables
+//! at start. Agents name a provider by its `name` in `model.provider`.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::AuditService;
+use crate::config::EnvProvider;
+use crate::crypto::Sealer;
+use crate::db::{self, Db};
+use crate::error::{Error, Result};
+use crate::on_db;
+use crate::providers::anthropic::{AnthropicProvider, API_VERSION};
+use crate::providers::openai::OpenAiProvider;
+use crate::providers::{http_client, ClientPolicy, Provider};
+use crate::users::model::{Permission, Principal};
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible Chat Completions (OpenAI, Ollama, vLLM, llama.cpp, Groq, OpenRouter).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl ProviderKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ProviderKind> {
+        match s {
+            "openai" => Some(ProviderKind::Openai),
+            "anthropic" => Some(ProviderKind::Anthropic),
+            _ => None,
+        }
+    }
+
+    fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+        }
+    }
+}
+
+/// A provider as the API shows it: never its key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProviderInfo {
+    /// What agents put in `model.provider`.
+    pub name: String,
+    /// The wire format.
+    pub kind: ProviderKind,
+    /// The API's base URL.
+    pub base_url: String,
+    /// Whether an API key is set.
+    pub has_api_key: bool,
+    /// The models offered; empty means "ask the provider".
+    pub models: Vec<String>,
+    /// `database` (managed over the API) or `environment` (read-only).
+    pub source: String,
+    /// When it was created (database providers).
+    pub created_at: Option<DateTime<Utc>>,
+    /// When it last changed (database providers).
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/v1/providers`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProviderRequest {
+    /// 1 to 64 of `a-z 0-9 _ -`, starting with a letter or digit.
+    pub name: String,
+    /// The wire format.
+    pub kind: ProviderKind,
+    /// Default: the vendor's public API.
+    pub base_url: Option<String>,
+    /// Stored encrypted; never shown again.
+    pub api_key: Option<String>,
+    /// Models to offer; empty asks the provider's model list.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+/// `PATCH /api/v1/providers/{name}`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProviderRequest {
+    /// New base URL.
+    pub base_url: Option<String>,
+    /// New API key; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub api_key: Option<Option<String>>,
+    /// New model list.
+    pub models: Option<Vec<String>>,
+}
+
+fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A model a user can pick.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelInfo {
+    /// The provider's name (an agent's `model.provider`).
+    pub provider: String,
+    /// The model id (an agent's `model.model`).
+    pub model: String,
+}
+
+/// A provider whose model list could not be read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Unavailable {
+    /// The provider.
+    pub provider: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `GET /api/v1/models`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Every model of every reachable provider.
+    pub models: Vec<ModelInfo>,
+    /// Providers that did not answer.
+    pub unavailable: Vec<Unavailable>,
+}
+
+type Row = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    sqlx::types::Json<Vec<String>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+const COLUMNS: &str =
+    "id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_at, updated_at";
+
+/// How long a provider's model list is kept.
+const MODEL_LIST_TTL: Duration = Duration::from_secs(300);
+
+/// Configures providers and hands out clients.
+#[derive(Clone)]
+pub struct ModelService {
+    db: Db,
+    audit: AuditService,
+    sealer: Sealer,
+    env: Arc<Vec<EnvProvider>>,
+    policy: ClientPolicy,
+    client: reqwest::Client,
+    listed: Arc<Mutex<HashMap<String, (Instant, Vec<String>)>>>,
+}
+
+impl std::fmt::Debug for ModelService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelService { .. }")
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_field(
+            "name",
+            "1 to 64 of a-z 0-9 _ -, starting with a letter or digit",
+        ))
+    }
+}
+
+fn check_base_url(url: &str) -> Result<String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::invalid_field("base_url", format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(Error::invalid_field(
+            "base_url",
+            "an http(s) URL with a host",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn check_models(models: &[String]) -> Result<()> {
+    if models.len() > 500
+        || models
+            .iter()
+            .any(|m| m.trim().is_empty() || m.len() > 200 || m.chars().any(char::is_control))
+    {
+        return Err(Error::invalid_field(
+            "models",
+            "at most 500 model ids of 1 to 200 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.trim().is_empty() || key.len() > 4096 || key.chars().any(char::is_control) {
+        return Err(Error::invalid_field(
+            "api_key",
+            "1 to 4096 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+impl ModelService {
+    /// A service over `db`, encrypting keys with `key`, plus the providers
+    /// of the environment.
+    pub fn new(db: Db, audit: AuditService, key: &[u8; 32], env: Vec<EnvProvider>) -> Self {
+        let policy = ClientPolicy::default();
+        ModelService {
+            db,
+            audit,
+            sealer: Sealer::new(key),
+            env: Arc::new(env),
+            client: http_client(&policy),
+            policy,
+            listed: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn aad(id: Uuid) -> Vec<u8> {
+        format!("provider:{id}").into_bytes()
+    }
+
+    fn env_info(env: &EnvProvider) -> ProviderInfo {
+        ProviderInfo {
+            name: env.name.clone(),
+            kind: ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai),
+            base_url: env.base_url.clone(),
+            has_api_key: true,
+            models: Vec::new(),
+            source: "environment".into(),
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    fn row_info(row: &Row) -> ProviderInfo {
+        ProviderInfo {
+            name: row.1.clone(),
+            kind: ProviderKind::parse(&row.2).unwrap_or(ProviderKind::Openai),
+            base_url: row.3.clone(),
+            has_api_key: row.5.is_some(),
+            models: row.6 .0.clone(),
+            source: "database".into(),
+            created_at: Some(row.7),
+            updated_at: Some(row.8),
+        }
+    }
+
+    async fn rows(&self) -> Result<Vec<Row>> {
+        let sql = format!("SELECT {COLUMNS} FROM providers ORDER BY name");
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).fetch_all(pool).await?))
+    }
+
+    async fn row(&self, name: &str) -> Result<Option<Row>> {
+        let sql = format!("SELECT {COLUMNS} FROM providers WHERE name = $1");
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(name).fetch_optional(pool).await?))
+    }
+
+    /// Every provider (admins).
+    pub async fn list(&self, principal: &Principal) -> Result<Vec<ProviderInfo>> {
+        principal.require(Permission::ProviderManage)?;
+        let mut out: Vec<ProviderInfo> = self.env.iter().map(Self::env_info).collect();
+        out.extend(self.rows().await?.iter().map(Self::row_info));
+        Ok(out)
+    }
+
+    /// One provider (admins).
+    pub async fn get(&self, principal: &Principal, name: &str) -> Result<ProviderInfo> {
+        principal.require(Permission::ProviderManage)?;
+        if let Some(env) = self.env.iter().find(|e| e.name == name) {
+            return Ok(Self::env_info(env));
+        }
+        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        Ok(Self::row_info(&row))
+    }
+
+    /// Adds a provider (admins).
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateProviderRequest,
+    ) -> Result<ProviderInfo> {
+        principal.require(Permission::ProviderManage)?;
+        check_name(&request.name)?;
+        let base_url = check_base_url(
+            request
+                .base_url
+                .as_deref()
+                .unwrap_or(request.kind.default_base_url()),
+        )?;
+        check_models(&request.models)?;
+        if let Some(key) = &request.api_key {
+            check_key(key)?;
+        }
+        if self.env.iter().any(|e| e.name == request.name) {
+            return Err(Error::conflict(format!(
+                "the provider {:?} comes from the environment",
+                request.name
+            )));
+        }
+        let id = Uuid::now_v7();
+        let sealed = match &request.api_key {
+            Some(key) => Some(self.sealer.seal(&Self::aad(id), key.as_bytes())?),
+            None => None,
+        };
+        let (nonce, ciphertext) = sealed.unzip();
+        let now = db::now();
+        let inserted = on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO providers (id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(id)
+        .bind(&request.name)
+        .bind(request.kind.as_str())
+        .bind(&base_url)
+        .bind(nonce)
+        .bind(ciphertext)
+        .bind(sqlx::types::Json(&request.models))
+        .bind(principal.user_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if inserted == 0 {
+            return Err(Error::conflict(format!(
+                "a provider named {:?} exists",
+                request.name
+            )));
+        }
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "provider.created",
+                None,
+                json!({ "name": request.name, "kind": request.kind, "base_url": base_url }),
+            )
+            .await;
+        self.get(principal, &request.name).await
+    }
+
+    /// Changes a provider (admins).
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        name: &str,
+        request: UpdateProviderRequest,
+    ) -> Result<ProviderInfo> {
+        principal.require(Permission::ProviderManage)?;
+        if self.env.iter().any(|e| e.name == name) {
+            return Err(Error::conflict(
+                "a provider from the environment is changed in the environment",
+            ));
+        }
+        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let base_url = match &request.base_url {
+            Some(url) => check_base_url(url)?,
+            None => row.3.clone(),
+        };
+        let models = request.models.clone().unwrap_or_else(|| row.6 .0.clone());
+        check_models(&models)?;
+        let (nonce, ciphertext) = match &request.api_key {
+            None => (row.4.clone(), row.5.clone()),
+            Some(None) => (None, None),
+            Some(Some(key)) => {
+                check_key(key)?;
+                let (n, c) = self.sealer.seal(&Self::aad(row.0), key.as_bytes())?;
+                (Some(n), Some(c))
+            }
+        };
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE providers SET base_url = $2, api_key_nonce = $3, api_key_ciphertext = $4, models = $5, updated_at = $6 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(&base_url)
+        .bind(nonce)
+        .bind(ciphertext)
+        .bind(sqlx::types::Json(&models))
+        .bind(db::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        self.listed.lock().expect("model cache").remove(name);
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "provider.updated",
+                None,
+                json!({ "name": name, "base_url": base_url, "api_key_changed": request.api_key.is_some() }),
+            )
+            .await;
+        self.get(principal, name).await
+    }
+
+    /// Removes a provider (admins).
+    pub async fn delete(&self, principal: &Principal, name: &str) -> Result<()> {
+        principal.require(Permission::ProviderManage)?;
+        if self.env.iter().any(|e| e.name == name) {
+            return Err(Error::conflict(
+                "a provider from the environment is removed from the environment",
+            ));
+        }
+        let deleted = on_db!(&self.db, pool => sqlx::query("DELETE FROM providers WHERE name = $1")
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        if deleted == 0 {
+            return Err(Error::NotFound("provider"));
+        }
+        self.listed.lock().expect("model cache").remove(name);
+        self.audit
+            .record(
+                Some(principal.user_id),
+                "provider.deleted",
+                None,
+                json!({ "name": name }),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Kind, base URL and decrypted key of `name`.
+    async fn endpoint(&self, name: &str) -> Result<(ProviderKind, String, Option<String>)> {
+        if let Some(env) = self.env.iter().find(|e| e.name == name) {
+            let kind = ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai);
+            return Ok((kind, env.base_url.clone(), Some(env.api_key.clone())));
+        }
+        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let kind = ProviderKind::parse(&row.2)
+            .ok_or_else(|| anyhow::anyhow!("provider {name:?} has an unknown kind"))?;
+        let key = match (&row.4, &row.5) {
+            (Some(nonce), Some(ciphertext)) => Some(
+                String::from_utf8(self.sealer.open(&Self::aad(row.0), nonce, ciphertext)?)
+                    .map_err(|e| anyhow::anyhow!("provider key: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok((kind, row.3, key))
+    }
+
+    /// A client of the provider `name`, for runs.
+    pub async fn client(&self, name: &str) -> Result<Arc<dyn Provider>> {
+        let (kind, base_url, key) = self.endpoint(name).await?;
+        Ok(match kind {
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(
+                &base_url,
+                key,
+                self.client.clone(),
+                self.policy,
+            )),
+            ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(
+                &base_url,
+                key.unwrap_or_default(),
+                self.client.clone(),
+                self.policy,
+            )),
+        })
+    }
+
+    /// The model list of a provider that configured none: its `/models`.
+    async fn remote_models(&self, name: &str) -> std::result::Result<Vec<String>, String> {
+        if let Some((at, models)) = self.listed.lock().expect("model cache").get(name) {
+            if at.elapsed() < MODEL_LIST_TTL {
+                return Ok(models.clone());
+            }
+        }
+        let (kind, base_url, key) = self.endpoint(name).await.map_err(|e| e.to_string())?;
+        let request = match kind {
+            ProviderKind::Openai => {
+                let r = self.client.get(format!("{base_url}/models"));
+                match &key {
+                    Some(k) => r.bearer_auth(k),
+                    None => r,
+                }
+            }
+            ProviderKind::Anthropic => self
+                .client
+                .get(format!("{base_url}/v1/models?limit=1000"))
+                .header("x-api-key", key.unwrap_or_default())
+                .header("anthropic-version", API_VERSION),
+        };
+        let response = request
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("could not reach the provider: {e}"))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("the model list is not JSON: {e}"))?;
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            return Err(format!("the provider answered {status}: {message}"));
+        }
+        let mut models: Vec<String> = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        models.sort();
+        self.listed
+            .lock()
+            .expect("model cache")
+            .insert(name.to_owned(), (Instant::now(), models.clone()));
+        Ok(models)
+    }
+
+    /// Every model the caller can use: the configured lists, and the lists
+    /// of providers that configured none (asked live, kept 5 minutes).
+    pub async fn models(&self, principal: &Principal) -> Result<ModelList> {
+        principal.require(Permission::AgentRead)?;
+        let mut providers: Vec<(String, Vec<String>)> = self
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), Vec::new()))
+            .collect();
+        providers.extend(self.rows().await?.into_iter().map(|r| (r.1, r.6 .0)));
+        let mut list = ModelList {
+            models: Vec::new(),
+            unavailable: Vec::new(),
+        };
+        for (provider, configured) in providers {
+            let models = if configured.is_empty() {
+                match self.remote_models(&provider).await {
+                    Ok(m) => m,
+                    Err(reason) => {
+                        list.unavailable.push(Unavailable { provider, reason });
+                        continue;
+                    }
+                }
+            } else {
+                configured
+            };
+            list.models
+                .extend(models.into_iter().map(|model| ModelInfo {
+                    provider: provider.clone(),
+                    model,
+                }));
+        }
+        Ok(list)
+    }
+}
