@@ -176,8 +176,11 @@ pub struct ModelService {
     env: Arc<Vec<EnvProvider>>,
     policy: ClientPolicy,
     client: reqwest::Client,
-    listed: Arc<Mutex<HashMap<String, (Instant, Vec<String>)>>>,
+    listed: Arc<Mutex<ModelCache>>,
 }
+
+/// Model lists read from providers, by provider, with when they were read.
+type ModelCache = HashMap<String, (Instant, Vec<String>)>;
 
 impl std::fmt::Debug for ModelService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
