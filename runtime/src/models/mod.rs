@@ -107,19 +107,11 @@ pub struct UpdateProviderRequest {
     /// New base URL.
     pub base_url: Option<String>,
     /// New API key; `null` removes it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::schema::present")]
     #[schema(value_type = Option<String>)]
     pub api_key: Option<Option<String>>,
     /// New model list.
     pub models: Option<Vec<String>>,
-}
-
-fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A model a user can pick.

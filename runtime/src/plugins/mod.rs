@@ -92,17 +92,9 @@ pub struct UpdatePluginRequest {
     /// The complete new grant set (replaces the old one).
     pub grants: Option<Grants>,
     /// New per-call limits; `null` returns to the server's defaults.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "crate::schema::present")]
     #[schema(value_type = Option<Object>)]
     pub limits: Option<Option<CallLimits>>,
-}
-
-fn double_option<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Where a component comes from.

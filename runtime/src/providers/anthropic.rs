@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    schema, send_with_retries, spawn_stream, ChatMessage, ChatRequest, ClientPolicy, EventStream,
-    FinishReason, Provider, ProviderError, SseReader, StreamEvent, Usage,
+    pump, schema, send_with_retries, spawn_stream, ChatMessage, ChatRequest, ClientPolicy,
+    EventStream, FinishReason, Provider, ProviderError, StreamEvent, Usage,
 };
 
 /// The API version sent with every request.
@@ -275,43 +275,18 @@ impl Provider for AnthropicProvider {
                     return;
                 }
             };
-            let mut reader = SseReader::new(response, this.policy.idle_timeout);
-            loop {
-                let outcome = match reader.next().await {
-                    Ok(event) => serde_json::from_str::<Value>(&event.data)
-                        .map_err(|e| {
-                            ProviderError::Protocol(format!(
-                                "event {:?} is not JSON ({e})",
-                                event.event
-                            ))
-                        })
-                        .and_then(|data| {
-                            let name = if event.event.is_empty() {
-                                data["type"].as_str().unwrap_or("").to_owned()
-                            } else {
-                                event.event.clone()
-                            };
-                            event_events(&name, &data)
-                        }),
-                    Err(e) => Err(e),
+            pump(&sink, response, this.policy.idle_timeout, |event| {
+                let data: Value = serde_json::from_str(&event.data).map_err(|e| {
+                    ProviderError::Protocol(format!("event {:?} is not JSON ({e})", event.event))
+                })?;
+                let name = if event.event.is_empty() {
+                    data["type"].as_str().unwrap_or("").to_owned()
+                } else {
+                    event.event.clone()
                 };
-                match outcome {
-                    Ok((events, done)) => {
-                        for event in events {
-                            if !sink.send(Ok(event)).await {
-                                return;
-                            }
-                        }
-                        if done {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        sink.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
+                event_events(&name, &data)
+            })
+            .await;
         })
     }
 }

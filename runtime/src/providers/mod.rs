@@ -399,6 +399,36 @@ impl SseReader {
     }
 }
 
+/// Streams a successful response's SSE events into `sink`, each turned into
+/// stream events by `parse` (which also says when the answer is complete),
+/// until the answer ends, the consumer leaves or an error comes.
+pub(crate) async fn pump(
+    sink: &Sink,
+    response: reqwest::Response,
+    idle: Duration,
+    mut parse: impl FnMut(&eventsource_stream::Event) -> Result<(Vec<StreamEvent>, bool), ProviderError>,
+) {
+    let mut reader = SseReader::new(response, idle);
+    loop {
+        match reader.next().await.and_then(|event| parse(&event)) {
+            Ok((events, done)) => {
+                for event in events {
+                    if !sink.send(Ok(event)).await {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+            Err(e) => {
+                sink.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
 /// A whole answer.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Completion {

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    schema, send_with_retries, spawn_stream, ChatMessage, ChatRequest, ClientPolicy, EventStream,
-    FinishReason, Provider, ProviderError, SseReader, StreamEvent, Usage,
+    pump, schema, send_with_retries, spawn_stream, ChatMessage, ChatRequest, ClientPolicy,
+    EventStream, FinishReason, Provider, ProviderError, StreamEvent, Usage,
 };
 
 /// A Chat Completions endpoint.
@@ -213,38 +213,17 @@ impl Provider for OpenAiProvider {
                     return;
                 }
             };
-            let mut reader = SseReader::new(response, this.policy.idle_timeout);
-            loop {
-                let events = match reader.next().await {
-                    Ok(event) => {
-                        let data = event.data.trim();
-                        if data == "[DONE]" {
-                            return;
-                        }
-                        serde_json::from_str::<Value>(data)
-                            .map_err(|e| {
-                                ProviderError::Protocol(format!(
-                                    "a chunk is not JSON ({e}): {data}"
-                                ))
-                            })
-                            .and_then(|chunk| chunk_events(&chunk))
-                    }
-                    Err(e) => Err(e),
-                };
-                match events {
-                    Ok(events) => {
-                        for event in events {
-                            if !sink.send(Ok(event)).await {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        sink.send(Err(e)).await;
-                        return;
-                    }
+            pump(&sink, response, this.policy.idle_timeout, |event| {
+                let data = event.data.trim();
+                if data == "[DONE]" {
+                    return Ok((Vec::new(), true));
                 }
-            }
+                let chunk: Value = serde_json::from_str(data).map_err(|e| {
+                    ProviderError::Protocol(format!("a chunk is not JSON ({e}): {data}"))
+                })?;
+                Ok((chunk_events(&chunk)?, false))
+            })
+            .await;
         })
     }
 }
