@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,13 +23,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(upgrade_plugin))
 }
 
+/// How much of an oversized upload is read (and dropped) before answering 413.
+const DRAIN_BYTES: usize = 64 << 20;
+
 /// Reads an install body: the raw component (`application/wasm` or
 /// `application/octet-stream`) or the JSON form, up to the plugin size limit.
 async fn source(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Source> {
     let max = state.config.sandbox.max_plugin_bytes;
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| Error::PayloadTooLarge)?;
+    // An oversized upload is read to its end (up to a bound) before the 413,
+    // so that the client receives the answer instead of a broken connection.
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::validation(format!("reading the body: {e}")))?;
+        seen += chunk.len();
+        if seen <= max {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > max.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+    }
+    if seen > max {
+        return Err(Error::PayloadTooLarge);
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +57,7 @@ async fn source(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Sou
         .trim()
         .to_ascii_lowercase();
     match content_type.as_str() {
-        "application/wasm" | "application/octet-stream" => Ok(Source::Upload(bytes.to_vec())),
+        "application/wasm" | "application/octet-stream" => Ok(Source::Upload(bytes)),
         "application/json" => serde_json::from_slice::<InstallRequest>(&bytes)
             .map(Source::Request)
             .map_err(|e| Error::validation(format!("invalid JSON body: {e}"))),

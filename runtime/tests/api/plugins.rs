@@ -521,3 +521,105 @@ dual_test!(
         assert_error(&gone, StatusCode::NOT_FOUND, "not_found");
     }
 );
+
+/// Serves `bytes` at `/plugin.wasm` on a local HTTP server; returns its base URL.
+async fn file_server(bytes: Vec<u8>) -> String {
+    let app = axum::Router::new().route(
+        "/plugin.wasm",
+        axum::routing::get(move || {
+            let bytes = bytes.clone();
+            async move { bytes }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+dual_test!(
+    plugins_download_from_a_url_pinned_by_digest,
+    |config: &mut orchestra::config::Config| {
+        // Plain http for the local test server; https is the default rule.
+        config.sandbox.allow_http_plugin_urls = true;
+        config.sandbox.max_plugin_bytes = 4 << 20;
+    },
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let template = template_wasm();
+        let base = file_server(template.clone()).await;
+        let url = format!("{base}/plugin.wasm");
+
+        let wrong = app
+            .post(
+                "/api/v1/plugins",
+                &admin.token,
+                json!({ "url": url, "sha256": sha256(b"other") }),
+            )
+            .await;
+        assert_error(&wrong, StatusCode::BAD_REQUEST, "validation_error");
+        assert_eq!(wrong.1["details"]["actual"], sha256(&template));
+        let missing = app
+            .post(
+                "/api/v1/plugins",
+                &admin.token,
+                json!({ "url": format!("{base}/nothing.wasm"), "sha256": sha256(&template) }),
+            )
+            .await;
+        assert_error(
+            &missing,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "download_failed",
+        );
+        let unreachable = app
+            .post(
+                "/api/v1/plugins",
+                &admin.token,
+                json!({ "url": "http://127.0.0.1:9/plugin.wasm", "sha256": sha256(&template) }),
+            )
+            .await;
+        assert_error(
+            &unreachable,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "download_failed",
+        );
+
+        let (status, installed) = app
+            .post(
+                "/api/v1/plugins",
+                &admin.token,
+                json!({ "url": url, "sha256": sha256(&template).to_uppercase() }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{installed}");
+        assert_eq!(installed["source"], format!("url:{url}"));
+        assert_eq!(installed["digest"], sha256(&template));
+
+        // A component larger than sandbox.max_plugin_bytes is refused while downloading.
+        let big = file_server(vec![0u8; 5 << 20]).await;
+        let too_big = app
+            .post(
+                "/api/v1/plugins",
+                &admin.token,
+                json!({ "url": format!("{big}/plugin.wasm"), "sha256": sha256(b"x") }),
+            )
+            .await;
+        assert_error(
+            &too_big,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "download_failed",
+        );
+        assert!(too_big.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit"));
+        let upload_too_big =
+            upload(&app, "/api/v1/plugins", &admin.token, vec![0u8; 5 << 20]).await;
+        assert_eq!(
+            upload_too_big.0,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            upload_too_big.1
+        );
+    }
+);
