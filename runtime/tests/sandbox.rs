@@ -29,6 +29,7 @@ fn limits() -> CallLimits {
         max_output_bytes: 1 << 20,
         max_log_lines: 10,
         max_fuel: None,
+        max_concurrent_calls: None,
     }
 }
 
@@ -701,5 +702,41 @@ async fn only_a_granted_directory_is_visible_and_only_as_granted() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join("new.txt")).unwrap(),
         "written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cap_on_concurrent_calls_leaves_slots_to_others() {
+    let sandbox = sandbox(None);
+    let capped = CallLimits {
+        max_concurrent_calls: Some(1),
+        timeout_ms: 300,
+        ..limits()
+    };
+    let hostile = Arc::new(sandbox.load(hostile_wasm(), capped).await.unwrap());
+    let calc = load(&sandbox, calculator_wasm()).await;
+    // Three sleepers, one at a time: the last ends after about three deadlines.
+    let started = Instant::now();
+    let sleepers: Vec<_> = (0..3)
+        .map(|_| {
+            let hostile = hostile.clone();
+            tokio::spawn(async move { hostile.call("sleep", &json!({})).await })
+        })
+        .collect();
+    // Meanwhile another plugin is not held up.
+    for i in 0..20 {
+        assert_eq!(
+            calc.call("evaluate", &json!({ "expression": format!("{i}+1") }))
+                .await,
+            Ok(json!({ "result": (i + 1) as f64 }))
+        );
+    }
+    for s in sleepers {
+        assert_eq!(s.await.unwrap(), Err(ToolError::Timeout(300)));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the sleepers ran one after another ({:?})",
+        started.elapsed()
     );
 }

@@ -156,6 +156,12 @@ fn invalid_plugin(e: anyhow::Error) -> Error {
 }
 
 fn check_limits(limits: &CallLimits, fuel_metered: bool) -> Result<()> {
+    if limits.max_concurrent_calls == Some(0) {
+        return Err(Error::invalid_field(
+            "limits.max_concurrent_calls",
+            "must be at least 1",
+        ));
+    }
     match limits.max_fuel {
         Some(0) => {
             return Err(Error::invalid_field(

@@ -25,6 +25,9 @@ pub struct CallLimits {
     /// meters fuel (`sandbox.fuel`); `None` for no budget. A deterministic
     /// cap on computation, independent of machine load, beside the deadline.
     pub max_fuel: Option<u64>,
+    /// Calls of this plugin running at once; more wait. `None`: only the
+    /// engine-wide cap applies. Keeps one busy plugin from taking every slot.
+    pub max_concurrent_calls: Option<u32>,
 }
 
 impl Default for CallLimits {
@@ -35,6 +38,7 @@ impl Default for CallLimits {
             max_output_bytes: 1 << 20,
             max_log_lines: 100,
             max_fuel: None,
+            max_concurrent_calls: None,
         }
     }
 }

@@ -262,6 +262,9 @@ impl Sandbox {
                 capabilities: Capabilities::default(),
             },
             validators: HashMap::new(),
+            own_slots: limits
+                .max_concurrent_calls
+                .map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
         };
         let raw = plugin.read_manifest().await?;
         let (manifest, validators) = check_manifest(raw)?;
@@ -449,6 +452,8 @@ pub struct LoadedPlugin {
     limits: CallLimits,
     manifest: Manifest,
     validators: HashMap<String, Validators>,
+    /// This plugin's own cap on calls at once (`CallLimits::max_concurrent_calls`).
+    own_slots: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -665,6 +670,17 @@ impl LoadedPlugin {
             };
             return Err(ToolError::InvalidArguments(format!("{at}: {error}")));
         }
+        // The plugin's own cap first, so that a busy plugin waits on its own
+        // slots without holding any of the engine's.
+        let _own = match &self.own_slots {
+            Some(slots) => Some(
+                slots
+                    .acquire()
+                    .await
+                    .map_err(|_| ToolError::Crashed("the sandbox is shutting down".to_owned()))?,
+            ),
+            None => None,
+        };
         let _permit = self
             .sandbox
             .slots
