@@ -1,4 +1,4 @@
-//! Encryption at rest for what the server must be able to read back (plugin
+//! Digests, and encryption at rest for what the server must be able to read back (plugin
 //! secrets, provider API keys): ChaCha20-Poly1305 under the server's
 //! encryption key, a random 96-bit nonce per value, and associated data that
 //! binds each ciphertext to its row (a ciphertext copied to another row does
@@ -6,6 +6,15 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use sha2::{Digest, Sha256};
+
+/// The SHA-256 digest of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Seals and opens values under one key.
 #[derive(Clone)]

@@ -14,12 +14,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::AuditService;
 use crate::config::SandboxConfig;
+use crate::crypto::sha256_hex;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use crate::on_db;
@@ -145,10 +145,6 @@ impl std::fmt::Debug for PluginService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PluginService { .. }")
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn invalid_plugin(e: anyhow::Error) -> Error {
@@ -529,7 +525,7 @@ impl PluginService {
             if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(Error::invalid_field("sha256", "64 hexadecimal digits"));
             }
-            let actual = hex(&Sha256::digest(&bytes));
+            let actual = sha256_hex(&bytes);
             if actual != pin {
                 return Err(Error::Validation {
                     message: format!("sha256: the component's digest is {actual}, not {pin}"),
@@ -794,7 +790,7 @@ impl PluginService {
                 .entry(name)
                 .map(|e| e.plugin.digest().to_owned());
             for (_, wasm) in BUNDLED {
-                if Some(hex(&Sha256::digest(wasm))) == digest {
+                if Some(sha256_hex(wasm)) == digest {
                     return Ok(wasm.to_vec());
                 }
             }

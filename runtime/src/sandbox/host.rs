@@ -401,11 +401,10 @@ impl HostState {
         wasi: WasiCtx,
         limits: StoreLimits,
         plugin: Arc<str>,
-        requested: &Capabilities,
+        effective: Grants,
         ctx: &CallContext,
         call_limits: &limits::CallLimits,
     ) -> HostState {
-        let effective = ctx.grants.effective(requested);
         HostState {
             wasi,
             table: ResourceTable::new(),

@@ -30,7 +30,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -234,7 +233,7 @@ impl Sandbox {
         limits: CallLimits,
     ) -> anyhow::Result<LoadedPlugin> {
         let started = Instant::now();
-        let digest = hex(&Sha256::digest(&wasm));
+        let digest = crate::crypto::sha256_hex(&wasm);
         let (component, from_cache) = {
             let sandbox = self.clone();
             let digest = digest.clone();
@@ -328,10 +327,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks names and schemas of a manifest and compiles the validators.
@@ -493,11 +488,9 @@ impl LoadedPlugin {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        for dir in ctx
-            .grants
-            .effective(&self.manifest.capabilities)
-            .directories
-        {
+        // What the plugin may use: requested AND granted, computed once per call.
+        let effective = ctx.grants.effective(&self.manifest.capabilities);
+        for dir in &effective.directories {
             let perms = if dir.writable {
                 wasmtime_wasi::FsPerms::ReadWrite
             } else {
@@ -520,7 +513,7 @@ impl LoadedPlugin {
                 .trap_on_grow_failure(true)
                 .build(),
             Arc::from(self.manifest.name.as_str()),
-            &self.manifest.capabilities,
+            effective,
             ctx,
             &self.limits,
         );
