@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::runs::model::{ActivePolicy, RunLimits};
 use crate::sandbox::{CallLimits, EngineLimits};
 use crate::settings::RegistrationMode;
 
@@ -36,6 +37,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The tool sandbox.
     pub sandbox: SandboxConfig,
+    /// The run engine.
+    pub runs: RunsConfig,
     /// Providers registered from the conventional environment variables
     /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
     /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
@@ -131,6 +134,60 @@ impl Default for SandboxConfig {
     }
 }
 
+/// The run engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunsConfig {
+    /// Execute runs on this node (a node with `false` only serves the API).
+    pub worker: bool,
+    /// Runs this node executes at once; more wait in the queue.
+    pub max_concurrent: usize,
+    /// Seconds a worker's claim on a run lasts without a heartbeat; after
+    /// that another node (or this one, restarted) resumes the run.
+    pub lease_secs: u64,
+    /// How often, in milliseconds, an idle worker looks for queued runs
+    /// when no notification woke it.
+    pub poll_ms: u64,
+    /// Most times a run is picked up (after crashes) before it fails.
+    pub max_attempts: i64,
+    /// What a new run does when its conversation already has one.
+    pub on_active: ActivePolicy,
+    /// Limits of a run unless the agent or the request sets tighter ones.
+    pub default_limits: RunLimits,
+    /// The most an agent or a request may ask for.
+    pub max_limits: RunLimits,
+    /// Seconds a tool call waits for approval before it counts as rejected.
+    pub approval_ttl_secs: u64,
+    /// Text and tool-call deltas are stored and streamed in batches at most
+    /// this many milliseconds apart.
+    pub delta_flush_ms: u64,
+    /// Tokens a user may spend per day unless an admin sets a limit for them
+    /// (absent: unlimited).
+    pub default_daily_tokens: Option<i64>,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        RunsConfig {
+            worker: true,
+            max_concurrent: 10_000,
+            lease_secs: 30,
+            poll_ms: 1000,
+            max_attempts: 5,
+            on_active: ActivePolicy::Queue,
+            default_limits: RunLimits::default(),
+            max_limits: RunLimits {
+                max_steps: 200,
+                max_tokens: None,
+                timeout_secs: 3600,
+            },
+            approval_ttl_secs: 24 * 3600,
+            delta_flush_ms: 50,
+            default_daily_tokens: None,
+        }
+    }
+}
+
 /// Connection pool settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -202,6 +259,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             sandbox: SandboxConfig::default(),
+            runs: RunsConfig::default(),
             env_providers: Vec::new(),
         }
     }
@@ -275,6 +333,20 @@ impl Config {
     /// Checks every setting, naming the first bad one.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        let runs = &self.runs;
+        if runs.lease_secs < 2 || runs.max_concurrent == 0 || runs.poll_ms == 0 {
+            bail!("runs: lease_secs must be at least 2, max_concurrent and poll_ms at least 1");
+        }
+        let (d, m) = (&runs.default_limits, &runs.max_limits);
+        if d.max_steps == 0
+            || d.max_steps > m.max_steps
+            || d.timeout_secs == 0
+            || d.timeout_secs > m.timeout_secs
+            || matches!((d.max_tokens, m.max_tokens), (None, Some(_)))
+            || matches!((d.max_tokens, m.max_tokens), (Some(a), Some(b)) if a > b)
+        {
+            bail!("runs.default_limits must be positive and within runs.max_limits");
+        }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("postgres://")
                 || url.starts_with("postgresql://")

@@ -57,6 +57,13 @@ pub enum Error {
     /// A tool ran and failed, crashed, timed out or returned an invalid result (422).
     #[error("{0}")]
     ToolFailed(crate::sandbox::ToolError),
+    /// A quota is spent (429).
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
     /// A dependency (the database) is unavailable (503).
     #[error("{0}")]
     Unavailable(String),
@@ -120,6 +127,7 @@ impl Error {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unprocessable { .. } | Error::ToolFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -136,6 +144,7 @@ impl Error {
             Error::PayloadTooLarge => ("payload_too_large", None),
             Error::Unprocessable { code, .. } => (*code, None),
             Error::ToolFailed(e) => ("tool_failed", serde_json::to_value(e).ok()),
+            Error::TooManyRequests { code, details, .. } => (*code, details.clone()),
             Error::Unavailable(_) => ("service_unavailable", None),
             Error::Internal(_) => ("internal_error", None),
         };

@@ -15,6 +15,7 @@ pub mod models;
 pub mod pagination;
 pub mod plugins;
 pub mod providers;
+pub mod runs;
 pub mod sandbox;
 pub mod schema;
 pub mod secrets;

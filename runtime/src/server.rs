@@ -27,6 +27,9 @@ use crate::keys::Keys;
 use crate::models::ModelService;
 use crate::plugins::host::DbHostServices;
 use crate::plugins::PluginService;
+use crate::runs::bus::Bus;
+use crate::runs::engine::Engine;
+use crate::runs::RunService;
 use crate::sandbox::{EngineLimits, Sandbox};
 use crate::secrets::SecretService;
 use crate::settings::SettingsService;
@@ -60,6 +63,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     )?);
     let state = wire(config, db, &keys, sandbox);
     state.plugins.load_all().await?;
+    state.runs.bus().listen_postgres(&state.db);
+    if state.config.runs.worker {
+        state.engine.start();
+    }
     if state.config.sandbox.refresh_secs > 0 {
         state
             .plugins
@@ -102,6 +109,21 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
     );
     let agents = AgentService::new(db.clone(), tools.clone());
     let conversations = ConversationService::new(db.clone(), agents.clone());
+    let bus = Bus::default();
+    let runs = RunService::new(
+        db.clone(),
+        conversations.clone(),
+        models.clone(),
+        bus.clone(),
+        config.runs.clone(),
+    );
+    let engine = Engine::new(
+        db.clone(),
+        tools.clone(),
+        models.clone(),
+        bus,
+        config.runs.clone(),
+    );
     AppState {
         config: Arc::new(config),
         db,
@@ -114,6 +136,8 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         plugins,
         secrets,
         models,
+        runs,
+        engine,
     }
 }
 
@@ -130,6 +154,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::plugins::routes::router())
         .merge(crate::secrets::routes::router())
         .merge(crate::models::routes::router())
+        .merge(crate::runs::routes::router())
         .split_for_parts()
 }
 

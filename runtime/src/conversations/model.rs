@@ -130,6 +130,27 @@ pub enum ContentPart {
         /// Where the image is.
         url: String,
     },
+    /// A tool call the agent asked for (written by runs only).
+    ToolCall {
+        /// The call's id, answered by a `tool_result` with the same `call_id`.
+        id: String,
+        /// The catalogue name of the tool.
+        name: String,
+        /// The arguments object.
+        #[schema(value_type = Object)]
+        arguments: Value,
+    },
+    /// The result of a tool call (written by runs only).
+    ToolResult {
+        /// The id of the call it answers.
+        call_id: String,
+        /// The catalogue name of the tool.
+        name: String,
+        /// The result as the model saw it (JSON text for structured results).
+        content: String,
+        /// Whether the call failed.
+        is_error: bool,
+    },
 }
 
 /// Content as sent: a plain string, or a list of parts.
@@ -287,6 +308,12 @@ impl MessageInput {
                     return Err(Error::invalid_field(
                         "content",
                         "image urls must be http(s) or data:image/ URLs",
+                    ));
+                }
+                ContentPart::ToolCall { .. } | ContentPart::ToolResult { .. } => {
+                    return Err(Error::invalid_field(
+                        "content",
+                        "tool_call and tool_result parts are written by runs, not posted",
                     ));
                 }
                 _ => {}

@@ -17,6 +17,8 @@ use crate::conversations::ConversationService;
 use crate::db::Db;
 use crate::models::ModelService;
 use crate::plugins::PluginService;
+use crate::runs::engine::Engine;
+use crate::runs::RunService;
 use crate::secrets::SecretService;
 use crate::settings::SettingsService;
 use crate::tools::ToolCatalogue;
@@ -47,4 +49,9 @@ pub struct AppState {
     pub secrets: SecretService,
     /// Model providers and models.
     pub models: ModelService,
+    /// Runs, their events, approvals and usage.
+    pub runs: RunService,
+    /// The run engine of this process (started by `build_state` when
+    /// `runs.worker` is on).
+    pub engine: Engine,
 }

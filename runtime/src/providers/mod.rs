@@ -442,25 +442,26 @@ pub struct Completion {
     pub finish: Option<FinishReason>,
 }
 
-/// Folds a stream into a [`Completion`], calling `on_event` for each event
-/// (to forward deltas live).
-pub async fn collect(
-    mut stream: EventStream,
-    mut on_event: impl FnMut(&StreamEvent),
-) -> Result<Completion, ProviderError> {
-    let mut completion = Completion::default();
-    let mut calls: Vec<(usize, String, String, String)> = Vec::new();
-    while let Some(event) = stream.next().await {
-        let event = event?;
-        on_event(&event);
+/// Folds events into a [`Completion`] one at a time (for callers that
+/// forward deltas while the answer streams).
+#[derive(Debug, Default)]
+pub struct Accumulator {
+    completion: Completion,
+    calls: Vec<(usize, String, String, String)>,
+}
+
+impl Accumulator {
+    /// Adds one event.
+    pub fn push(&mut self, event: &StreamEvent) -> Result<(), ProviderError> {
         match event {
-            StreamEvent::TextDelta(text) => completion.text.push_str(&text),
+            StreamEvent::TextDelta(text) => self.completion.text.push_str(text),
             StreamEvent::ToolCallStart { index, id, name } => {
-                calls.push((index, id, name, String::new()))
+                self.calls
+                    .push((*index, id.clone(), name.clone(), String::new()))
             }
             StreamEvent::ToolCallDelta { index, fragment } => {
-                match calls.iter_mut().rev().find(|c| c.0 == index) {
-                    Some(call) => call.3.push_str(&fragment),
+                match self.calls.iter_mut().rev().find(|c| c.0 == *index) {
+                    Some(call) => call.3.push_str(fragment),
                     None => {
                         return Err(ProviderError::Protocol(format!(
                             "arguments for tool call {index} before its start"
@@ -470,41 +471,63 @@ pub async fn collect(
             }
             StreamEvent::Usage(usage) => {
                 if usage.input_tokens.is_some() {
-                    completion.usage.input_tokens = usage.input_tokens;
+                    self.completion.usage.input_tokens = usage.input_tokens;
                 }
                 if usage.output_tokens.is_some() {
-                    completion.usage.output_tokens = usage.output_tokens;
+                    self.completion.usage.output_tokens = usage.output_tokens;
                 }
             }
-            StreamEvent::Finish(reason) => completion.finish = Some(reason),
+            StreamEvent::Finish(reason) => self.completion.finish = Some(reason.clone()),
         }
+        Ok(())
     }
-    calls.sort_by_key(|c| c.0);
-    completion.tool_calls = calls
-        .into_iter()
-        .map(|(_, id, name, raw)| {
-            let (arguments, arguments_error) = if raw.trim().is_empty() {
-                (Value::Object(Default::default()), None)
-            } else {
-                match serde_json::from_str::<Value>(&raw) {
-                    Ok(v @ Value::Object(_)) => (v, None),
-                    Ok(_) => (
-                        Value::Object(Default::default()),
-                        Some("the arguments are not a JSON object".to_owned()),
-                    ),
-                    Err(e) => (
-                        Value::Object(Default::default()),
-                        Some(format!("the arguments are not valid JSON: {e}")),
-                    ),
+
+    /// The whole answer, tool-call arguments parsed.
+    pub fn finish(self) -> Completion {
+        let mut completion = self.completion;
+        let mut calls = self.calls;
+        calls.sort_by_key(|c| c.0);
+        completion.tool_calls = calls
+            .into_iter()
+            .map(|(_, id, name, raw)| {
+                let (arguments, arguments_error) = if raw.trim().is_empty() {
+                    (Value::Object(Default::default()), None)
+                } else {
+                    match serde_json::from_str::<Value>(&raw) {
+                        Ok(v @ Value::Object(_)) => (v, None),
+                        Ok(_) => (
+                            Value::Object(Default::default()),
+                            Some("the arguments are not a JSON object".to_owned()),
+                        ),
+                        Err(e) => (
+                            Value::Object(Default::default()),
+                            Some(format!("the arguments are not valid JSON: {e}")),
+                        ),
+                    }
+                };
+                ToolCall {
+                    id,
+                    name,
+                    arguments,
+                    arguments_error,
                 }
-            };
-            ToolCall {
-                id,
-                name,
-                arguments,
-                arguments_error,
-            }
-        })
-        .collect();
-    Ok(completion)
+            })
+            .collect();
+        completion
+    }
+}
+
+/// Folds a stream into a [`Completion`], calling `on_event` for each event
+/// (to forward deltas live).
+pub async fn collect(
+    mut stream: EventStream,
+    mut on_event: impl FnMut(&StreamEvent),
+) -> Result<Completion, ProviderError> {
+    let mut acc = Accumulator::default();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        on_event(&event);
+        acc.push(&event)?;
+    }
+    Ok(acc.finish())
 }

@@ -183,6 +183,14 @@ impl ToolCatalogue {
             .collect()
     }
 
+    /// The catalogue entry of tool `name`.
+    pub fn info(&self, name: &str) -> Option<ToolInfo> {
+        let (entry, tool) = self.resolve(name)?;
+        Self::tools_of(&entry.plugin)
+            .into_iter()
+            .find(|t| t.name.split_once(SEPARATOR).map(|(_, n)| n) == Some(tool.as_str()))
+    }
+
     /// Whether `name` is a tool of the catalogue.
     pub fn contains(&self, name: &str) -> bool {
         self.resolve(name).is_some()

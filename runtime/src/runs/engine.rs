@@ -1,0 +1,1031 @@
+//! The worker: claims queued runs, executes the agent loop, persists every
+//! step before the next, and resumes runs whose worker died.
+//!
+//! A run's state is derived from what is stored, never from memory: the
+//! conversation's messages written by the run (tagged with its id in their
+//! metadata) and the run's `run_tool_calls`. So the first execution and a
+//! resumption after a crash are the same code: look at the last message the
+//! run wrote; if it asked for tool calls, answer the unanswered ones (a
+//! non-idempotent call that was started but not recorded gets an
+//! "interrupted" result instead of a second execution); otherwise call the
+//! model; stop at a final answer or a limit.
+//!
+//! One process runs one dispatcher (claims runs while it has free slots), one
+//! heartbeat (extends the leases of its runs in one statement and picks up
+//! cancellations the bus missed) and one sweeper (re-queues runs whose lease
+//! expired, expires approvals).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::bus::{Bus, RunWatch};
+use super::model::*;
+use super::repo::*;
+use crate::agents::repo::{AgentRepo, AgentRow};
+use crate::config::RunsConfig;
+use crate::conversations::model::{ContentPart, MessageRole};
+use crate::conversations::repo::{ConversationRepo, MessageRow};
+use crate::db::Db;
+use crate::models::ModelService;
+use crate::providers::{
+    Accumulator, ChatMessage, ChatRequest, Provider, StreamEvent, ToolCall, ToolDefinition,
+};
+use crate::tools::ToolCatalogue;
+
+/// Runs claimed per query.
+const CLAIM_BATCH: usize = 64;
+
+/// The run engine of one process.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    repo: RunRepo,
+    conversations: ConversationRepo,
+    agents: AgentRepo,
+    tools: ToolCatalogue,
+    models: ModelService,
+    bus: Bus,
+    node: Uuid,
+    config: RunsConfig,
+    slots: Arc<Semaphore>,
+}
+
+/// How a run's execution ended on this worker.
+enum Stop {
+    /// The run reached a final state or parked for approval.
+    Done,
+    /// Cancelled by a user.
+    Cancelled,
+    /// A limit or a failure ends it.
+    Failed(RunError),
+}
+
+impl Engine {
+    /// An engine over `db`; call [`Engine::start`] to execute runs.
+    pub fn new(
+        db: Db,
+        tools: ToolCatalogue,
+        models: ModelService,
+        bus: Bus,
+        config: RunsConfig,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                repo: RunRepo::new(db.clone()),
+                conversations: ConversationRepo::new(db.clone()),
+                agents: AgentRepo::new(db),
+                tools,
+                models,
+                bus,
+                node: Uuid::now_v7(),
+                slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                config,
+            }),
+        }
+    }
+
+    /// This process's worker id (the `lease_owner` of its runs).
+    pub fn node(&self) -> Uuid {
+        self.inner.node
+    }
+
+    /// Starts the dispatcher, the heartbeat and the sweeper.
+    pub fn start(&self) {
+        let lease = Duration::from_secs(self.inner.config.lease_secs);
+        let me = self.inner.clone();
+        tokio::spawn(async move { me.dispatch().await });
+        let me = self.inner.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            loop {
+                tick.tick().await;
+                match me.repo.heartbeat(me.node, me.lease_ms()).await {
+                    Ok(cancelled) => cancelled.into_iter().for_each(|id| me.bus.cancel(id)),
+                    Err(e) => tracing::warn!(error = %e, "run heartbeat failed"),
+                }
+            }
+        });
+        let me = self.inner.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((lease / 2).max(Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                match me.repo.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(runs = n, "re-queued runs (expired lease or approval)");
+                        me.bus.queued();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "run sweeper failed"),
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn lease_ms(&self) -> i64 {
+        (self.config.lease_secs * 1000) as i64
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        let poll = Duration::from_millis(self.config.poll_ms);
+        loop {
+            let free = self.slots.available_permits().min(CLAIM_BATCH);
+            let mut claimed = 0;
+            if free > 0 {
+                match self
+                    .repo
+                    .claim(self.node, self.lease_ms(), free as i64)
+                    .await
+                {
+                    Ok(rows) => {
+                        claimed = rows.len();
+                        for row in rows {
+                            let permit = self
+                                .slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("a slot was free");
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                let id = row.id;
+                                me.execute(row).await;
+                                drop(permit);
+                                // The conversation's next run, or another
+                                // waiting for a slot, may go now.
+                                me.bus.queued();
+                                tracing::debug!(run = %id, "run left the worker");
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming runs failed"),
+                }
+            }
+            if claimed == free && free > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = self.bus.wait_queued() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn execute(self: &Arc<Self>, run: RunRow) {
+        let watch = self.bus.watch(run.id);
+        let id = run.id;
+        let mut exec = match Execution::new(self.clone(), run, watch).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(run = %id, error = %e, "cannot start the run; its lease will expire and it will be retried");
+                return;
+            }
+        };
+        let stop = exec.drive().await;
+        let outcome = match stop {
+            Ok(Stop::Done) => Ok(()),
+            Ok(Stop::Cancelled) => exec.finish(RunStatus::Cancelled, None).await,
+            Ok(Stop::Failed(error)) => exec.finish(RunStatus::Failed, Some(error)).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(StepError::LeaseLost) => {
+                tracing::info!(run = %id, "the run was taken over or ended elsewhere; this worker stops")
+            }
+            Err(StepError::Db(e)) => {
+                tracing::error!(run = %id, error = %e, "run step failed; the run will be resumed when its lease expires")
+            }
+        }
+    }
+}
+
+/// One run on this worker.
+struct Execution {
+    engine: Arc<Inner>,
+    run: RunRow,
+    watch: RunWatch,
+    seq: i64,
+    deadline: tokio::time::Instant,
+    history: Vec<MessageRow>,
+}
+
+/// What the stored story says comes next.
+enum Next {
+    Model,
+    Tools(Vec<ToolCall>),
+    Finished,
+}
+
+fn text_of(parts: &[ContentPart]) -> String {
+    let mut out = String::new();
+    for part in parts {
+        if let ContentPart::Text { text } = part {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+    }
+    out
+}
+
+fn run_of(message: &MessageRow) -> Option<Uuid> {
+    message.metadata.0.get("run_id")?.as_str()?.parse().ok()
+}
+
+/// The result text a model sees for a tool's value.
+fn result_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Execution {
+    async fn new(
+        engine: Arc<Inner>,
+        run: RunRow,
+        watch: RunWatch,
+    ) -> Result<Self, crate::error::Error> {
+        let seq = engine.repo.last_event(run.id).await?;
+        let history = engine
+            .conversations
+            .messages(run.conversation_id, 0, i64::MAX)
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(run.limits.timeout_secs);
+        Ok(Execution {
+            engine,
+            run,
+            watch,
+            seq,
+            deadline,
+            history,
+        })
+    }
+
+    fn event(&mut self, kind: &'static str, data: Value) -> NewEvent {
+        self.seq += 1;
+        NewEvent {
+            seq: self.seq,
+            kind,
+            data,
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        *self.watch.cancel.borrow()
+    }
+
+    /// One fenced write; keeps the local view in step with what was stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &mut self,
+        messages: &[NewMessage],
+        new_calls: &[NewCall],
+        started: &[String],
+        outcomes: &[CallOutcome],
+        update: RunUpdate,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<MessageRow>, StepError> {
+        let rows = self
+            .engine
+            .repo
+            .step(
+                &self.run,
+                self.engine.node,
+                messages,
+                new_calls,
+                started,
+                outcomes,
+                &update,
+                &events,
+            )
+            .await?;
+        self.run.step_count += update.steps;
+        self.run.input_tokens += update.input_tokens;
+        self.run.output_tokens += update.output_tokens;
+        if update.sets_input {
+            self.run.input_seq = rows.first().map(|r| r.seq);
+        }
+        self.history.extend(rows.iter().cloned());
+        if !events.is_empty() {
+            self.engine.bus.events(self.run.id);
+        }
+        Ok(rows)
+    }
+
+    /// A message of this run (tagged with its id).
+    fn message(&self, role: MessageRole, content: Vec<ContentPart>) -> NewMessage {
+        let mut metadata = Map::new();
+        metadata.insert("run_id".into(), json!(self.run.id));
+        NewMessage {
+            id: Uuid::now_v7(),
+            role: role.as_str(),
+            content,
+            metadata,
+        }
+    }
+
+    /// Ends the run in `status`.
+    async fn finish(&mut self, status: RunStatus, error: Option<RunError>) -> Result<(), StepError> {
+        let mut data = json!({ "status": status });
+        if let Some(e) = &error {
+            data["error"] = json!(e);
+        }
+        let events = vec![
+            self.event("run.status", data.clone()),
+            self.event("done", data),
+        ];
+        self.write(
+            &[],
+            &[],
+            &[],
+            &[],
+            RunUpdate {
+                status: Some(status),
+                error,
+                ..RunUpdate::default()
+            },
+            events,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn drive(&mut self) -> Result<Stop, StepError> {
+        if self.run.cancel_requested {
+            return Ok(Stop::Cancelled);
+        }
+        if self.run.attempts > self.engine.config.max_attempts {
+            return Ok(Stop::Failed(RunError::new(
+                "internal",
+                format!(
+                    "the run was interrupted {} times; giving up",
+                    self.run.attempts - 1
+                ),
+            )));
+        }
+        let agent = match self.engine.agents.get(self.run.agent_id, None).await {
+            Ok(Some(agent)) => agent,
+            Ok(None) => {
+                return Ok(Stop::Failed(RunError::new(
+                    "agent_deleted",
+                    "the agent was deleted",
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let provider = match self.engine.models.client(&self.run.provider).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Stop::Failed(RunError::new(
+                    "provider_unavailable",
+                    format!("provider {:?}: {e}", self.run.provider),
+                )))
+            }
+        };
+        // Start (or resume): the status event, and the run's own message.
+        let mut events = vec![self.event(
+            "run.status",
+            json!({ "status": "running", "attempt": self.run.attempts }),
+        )];
+        let mut messages = Vec::new();
+        if self.run.input_seq.is_none() {
+            if let Some(input) = &self.run.input {
+                let message = self.message(MessageRole::User, input.0.clone());
+                events.push(self.event("message.completed", message_preview(&message)));
+                messages.push(message);
+            }
+        }
+        let update = RunUpdate {
+            sets_input: !messages.is_empty(),
+            ..RunUpdate::default()
+        };
+        self.write(&messages, &[], &[], &[], update, events).await?;
+        loop {
+            if self.cancelled() {
+                return Ok(Stop::Cancelled);
+            }
+            let next = self.next();
+            let stop = match next {
+                Next::Finished => {
+                    self.finish(RunStatus::Completed, None).await?;
+                    return Ok(Stop::Done);
+                }
+                Next::Model => self.model_step(&agent, provider.as_ref()).await?,
+                Next::Tools(calls) => self.tool_step(&agent, calls).await?,
+            };
+            if let Some(stop) = stop {
+                return Ok(stop);
+            }
+        }
+    }
+
+    /// What the stored story says comes next.
+    fn next(&self) -> Next {
+        let id = self.run.id;
+        let Some(pos) = self.history.iter().rposition(|m| {
+            run_of(m) == Some(id) && m.role == MessageRole::Assistant.as_str()
+        }) else {
+            return Next::Model;
+        };
+        let assistant = &self.history[pos];
+        let calls: Vec<ToolCall> = assistant
+            .content
+            .0
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => Some(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                    arguments_error: None,
+                }),
+                _ => None,
+            })
+            .collect();
+        if calls.is_empty() {
+            return Next::Finished;
+        }
+        let answered: Vec<&str> = self.history[pos + 1..]
+            .iter()
+            .flat_map(|m| m.content.0.iter())
+            .filter_map(|p| match p {
+                ContentPart::ToolResult { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let pending: Vec<ToolCall> = calls
+            .into_iter()
+            .filter(|c| !answered.contains(&c.id.as_str()))
+            .collect();
+        if pending.is_empty() {
+            Next::Model
+        } else {
+            Next::Tools(pending)
+        }
+    }
+
+    fn chat_history(&self, agent: &AgentRow) -> (Option<String>, Vec<ChatMessage>) {
+        let mut system = agent.instructions.clone();
+        let mut out = Vec::with_capacity(self.history.len());
+        for m in &self.history {
+            match MessageRole::parse(&m.role) {
+                Some(MessageRole::System) => {
+                    if !system.is_empty() {
+                        system.push_str("\n\n");
+                    }
+                    system.push_str(&text_of(&m.content.0));
+                }
+                Some(MessageRole::User) => out.push(ChatMessage::User {
+                    text: text_of(&m.content.0),
+                }),
+                Some(MessageRole::Assistant) => {
+                    let text = text_of(&m.content.0);
+                    let tool_calls = m
+                        .content
+                        .0
+                        .iter()
+                        .filter_map(|p| match p {
+                            ContentPart::ToolCall {
+                                id,
+                                name,
+                                arguments,
+                            } => Some(ToolCall {
+                                id: id.clone(),
+                                name: name.clone(),
+                                arguments: arguments.clone(),
+                                arguments_error: None,
+                            }),
+                            _ => None,
+                        })
+                        .collect();
+                    out.push(ChatMessage::Assistant {
+                        text: (!text.is_empty()).then_some(text),
+                        tool_calls,
+                    });
+                }
+                Some(MessageRole::Tool) | None => {
+                    for p in &m.content.0 {
+                        if let ContentPart::ToolResult {
+                            call_id,
+                            content,
+                            is_error,
+                            ..
+                        } = p
+                        {
+                            out.push(ChatMessage::ToolResult {
+                                call_id: call_id.clone(),
+                                content: content.clone(),
+                                is_error: *is_error,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        ((!system.is_empty()).then_some(system), out)
+    }
+
+    fn tool_definitions(&self, agent: &AgentRow) -> Vec<ToolDefinition> {
+        agent
+            .tools
+            .0
+            .iter()
+            .filter_map(|name| self.engine.tools.info(name))
+            .map(|t| ToolDefinition {
+                name: t.name,
+                description: t.description,
+                parameters: t.input_schema,
+            })
+            .collect()
+    }
+
+    /// Calls the model once and stores its answer.
+    async fn model_step(
+        &mut self,
+        agent: &AgentRow,
+        provider: &dyn Provider,
+    ) -> Result<Option<Stop>, StepError> {
+        let limits = self.run.limits.0;
+        if self.run.step_count >= limits.max_steps as i64 {
+            return Ok(Some(Stop::Failed(RunError::new(
+                "max_steps",
+                format!(
+                    "the run reached its limit of {} model calls",
+                    limits.max_steps
+                ),
+            ))));
+        }
+        let spent = (self.run.input_tokens + self.run.output_tokens) as u64;
+        if let Some(max) = limits.max_tokens {
+            if spent >= max {
+                return Ok(Some(Stop::Failed(RunError::new(
+                    "max_tokens",
+                    format!("the run used {spent} tokens, its limit is {max}"),
+                ))));
+            }
+        }
+        let (system, messages) = self.chat_history(agent);
+        let params = &agent.model.0.parameters;
+        let request = ChatRequest {
+            model: self.run.model.clone(),
+            system,
+            messages,
+            tools: self.tool_definitions(agent),
+            max_tokens: params
+                .get("max_tokens")
+                .and_then(Value::as_u64)
+                .map(|n| n.min(u32::MAX as u64) as u32),
+            temperature: params.get("temperature").and_then(Value::as_f64),
+            parallel_tool_calls: params
+                .get("parallel_tool_calls")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+        };
+        let mut stream = provider.stream(request);
+        let mut acc = Accumulator::default();
+        let flush_every = Duration::from_millis(self.engine.config.delta_flush_ms);
+        let mut last_flush = Instant::now();
+        let mut text = String::new();
+        let mut call_deltas: Vec<Value> = Vec::new();
+        let mut cancel = self.watch.cancel.clone();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = cancel.wait_for(|c| *c) => return Ok(Some(Stop::Cancelled)),
+                _ = tokio::time::sleep_until(self.deadline) => return Ok(Some(Stop::Failed(timeout_error(limits)))),
+                event = stream.next() => event,
+            };
+            let Some(event) = event else { break };
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    let mut error = RunError::new("provider_error", e.to_string());
+                    error.details = serde_json::to_value(&e).ok();
+                    return Ok(Some(Stop::Failed(error)));
+                }
+            };
+            if let Err(e) = acc.push(&event) {
+                return Ok(Some(Stop::Failed(RunError::new(
+                    "provider_error",
+                    e.to_string(),
+                ))));
+            }
+            match event {
+                StreamEvent::TextDelta(t) => text.push_str(&t),
+                StreamEvent::ToolCallStart { index, id, name } => {
+                    call_deltas.push(json!({ "index": index, "id": id, "name": name, "arguments": "" }))
+                }
+                StreamEvent::ToolCallDelta { index, fragment } => match call_deltas.last_mut() {
+                    Some(last) if last["index"] == index => {
+                        let joined = format!("{}{fragment}", last["arguments"].as_str().unwrap_or(""));
+                        last["arguments"] = json!(joined);
+                    }
+                    _ => call_deltas.push(json!({ "index": index, "arguments": fragment })),
+                },
+                _ => {}
+            }
+            if last_flush.elapsed() >= flush_every && (!text.is_empty() || !call_deltas.is_empty()) {
+                let events = self.delta_events(&mut text, &mut call_deltas);
+                self.write(&[], &[], &[], &[], RunUpdate::default(), events)
+                    .await?;
+                last_flush = Instant::now();
+            }
+        }
+        drop(stream);
+        let completion = acc.finish();
+        let mut events = self.delta_events(&mut text, &mut call_deltas);
+        let usage = RunUsage {
+            input_tokens: completion.usage.input_tokens.unwrap_or(0) as i64,
+            output_tokens: completion.usage.output_tokens.unwrap_or(0) as i64,
+        };
+        // The answer as a message.
+        let mut content = Vec::new();
+        if !completion.text.is_empty() || completion.tool_calls.is_empty() {
+            content.push(ContentPart::Text {
+                text: completion.text.clone(),
+            });
+        }
+        let approval = approval_rule(&agent.config.0);
+        let ttl_ms = (self.engine.config.approval_ttl_secs * 1000) as i64;
+        let mut new_calls = Vec::new();
+        for (position, call) in completion.tool_calls.iter().enumerate() {
+            content.push(ContentPart::ToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            });
+            let known = agent.tools.0.contains(&call.name);
+            let info = self.engine.tools.info(&call.name);
+            let needs_approval = known && approval.requires(&call.name);
+            new_calls.push(NewCall {
+                call_id: call.id.clone(),
+                position: position as i64,
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                arguments_error: call.arguments_error.clone(),
+                idempotent: info.map(|i| i.idempotent).unwrap_or(true),
+                status: if needs_approval {
+                    "pending_approval"
+                } else {
+                    "planned"
+                },
+                approval_expires_ms: needs_approval.then(|| now_ms() + ttl_ms),
+            });
+        }
+        let message = self.message(MessageRole::Assistant, content);
+        let total = RunUsage {
+            input_tokens: self.run.input_tokens + usage.input_tokens,
+            output_tokens: self.run.output_tokens + usage.output_tokens,
+        };
+        let pending: Vec<&NewCall> = new_calls
+            .iter()
+            .filter(|c| c.status == "pending_approval")
+            .collect();
+        let mut update = RunUpdate {
+            steps: 1,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            ..RunUpdate::default()
+        };
+        // The message event needs the stored row: written in a second
+        // statement of the same step below.
+        events.push(self.event(
+            "usage",
+            json!({ "step": usage, "run": total, "finish_reason": completion.finish }),
+        ));
+        let final_answer = completion.tool_calls.is_empty();
+        let park = !pending.is_empty();
+        let message_seq = self.event("message.completed", Value::Null).seq;
+        let mut tail = Vec::new();
+        if park {
+            let calls: Vec<Value> = pending
+                .iter()
+                .map(|c| {
+                    json!({ "call_id": c.call_id, "name": c.name, "arguments": c.arguments,
+                            "approval_expires_in_secs": self.engine.config.approval_ttl_secs })
+                })
+                .collect();
+            tail.push(self.event("approval.required", json!({ "tool_calls": calls })));
+            tail.push(self.event("run.status", json!({ "status": "requires_action" })));
+            update.status = Some(RunStatus::RequiresAction);
+        } else if final_answer {
+            let data = json!({ "status": "completed" });
+            tail.push(self.event("run.status", data.clone()));
+            tail.push(self.event("done", data));
+            update.status = Some(RunStatus::Completed);
+        }
+        events.push(NewEvent {
+            seq: message_seq,
+            kind: "message.completed",
+            data: message_preview(&message),
+        });
+        events.extend(tail);
+        events.sort_by_key(|e| e.seq);
+        self.write(&[message], &new_calls, &[], &[], update, events)
+            .await?;
+        if park || final_answer {
+            return Ok(Some(Stop::Done));
+        }
+        Ok(None)
+    }
+
+    fn delta_events(&mut self, text: &mut String, calls: &mut Vec<Value>) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        if !text.is_empty() {
+            let t = std::mem::take(text);
+            events.push(self.event("message.delta", json!({ "text": t })));
+        }
+        for c in std::mem::take(calls) {
+            events.push(self.event("tool_call.delta", c));
+        }
+        events
+    }
+
+    /// Answers the pending tool calls of the last model answer.
+    async fn tool_step(
+        &mut self,
+        agent: &AgentRow,
+        calls: Vec<ToolCall>,
+    ) -> Result<Option<Stop>, StepError> {
+        let rows: HashMap<String, ToolCallRow> = self
+            .engine
+            .repo
+            .tool_calls(self.run.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.call_id.clone(), r))
+            .collect();
+        // Decide each call's fate from its stored record.
+        let mut immediate: Vec<(ToolCall, Value, bool)> = Vec::new();
+        let mut to_run: Vec<(ToolCall, Value)> = Vec::new();
+        let mut waiting = false;
+        for call in calls {
+            let Some(row) = rows.get(&call.id) else {
+                immediate.push((call, json!("the call was not recorded; it was not run"), true));
+                continue;
+            };
+            if let Some(error) = &row.arguments_error {
+                let msg = format!("invalid arguments: {error}");
+                immediate.push((call, json!(msg), true));
+                continue;
+            }
+            if !agent.tools.0.contains(&row.name) || !self.engine.tools.contains(&row.name) {
+                let msg = format!("unknown tool {:?}: it is not one of this agent's tools", row.name);
+                immediate.push((call, json!(msg), true));
+                continue;
+            }
+            let arguments = row.arguments.0.clone();
+            match (row.status.as_str(), row.decision.as_ref().map(|d| &d.0)) {
+                ("pending_approval", _) => waiting = true,
+                ("approved", Some(d)) => match d.action {
+                    DecisionAction::Accept => to_run.push((call, arguments)),
+                    DecisionAction::Edit => {
+                        to_run.push((call, d.arguments.clone().unwrap_or(arguments)))
+                    }
+                    DecisionAction::Reject => {
+                        let reason = d.reason.clone().unwrap_or_else(|| "no reason given".into());
+                        immediate.push((call, json!(format!("the user rejected this call: {reason}")), true))
+                    }
+                    DecisionAction::Answer => {
+                        immediate.push((call, d.result.clone().unwrap_or(Value::Null), false))
+                    }
+                },
+                ("started", _) if !row.idempotent => immediate.push((
+                    call,
+                    json!("interrupted: the server stopped while this call was running; it was not repeated because the tool is not idempotent"),
+                    true,
+                )),
+                _ => to_run.push((call, arguments)),
+            }
+        }
+        if waiting {
+            // Still waiting for decisions (resumed too early): park again.
+            let event = self.event("run.status", json!({ "status": "requires_action" }));
+            self.write(
+                &[],
+                &[],
+                &[],
+                &[],
+                RunUpdate {
+                    status: Some(RunStatus::RequiresAction),
+                    ..RunUpdate::default()
+                },
+                vec![event],
+            )
+            .await?;
+            return Ok(Some(Stop::Done));
+        }
+        // Answers that need no execution.
+        for (call, result, is_error) in immediate {
+            self.record(&call, result, is_error, 0.0).await?;
+        }
+        if to_run.is_empty() {
+            return Ok(None);
+        }
+        // Mark the executions started (non-idempotent ones durably) ...
+        let started: Vec<String> = to_run
+            .iter()
+            .filter(|(c, _)| rows.get(&c.id).is_some_and(|r| !r.idempotent))
+            .map(|(c, _)| c.id.clone())
+            .collect();
+        let events: Vec<NewEvent> = to_run
+            .iter()
+            .map(|(c, args)| {
+                (
+                    "tool_call.started",
+                    json!({ "call_id": c.id, "name": c.name, "arguments": args }),
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(k, d)| self.event(k, d))
+            .collect();
+        self.write(&[], &[], &started, &[], RunUpdate::default(), events)
+            .await?;
+        // ... then run them in parallel, recording each as it finishes.
+        let user = self.run.user_id;
+        let mut running: FuturesUnordered<_> = to_run
+            .into_iter()
+            .map(|(call, args)| {
+                let tools = self.engine.tools.clone();
+                let handle = tokio::spawn(async move {
+                    let started = Instant::now();
+                    let outcome = tools.call(&call.name, &args, Some(user)).await;
+                    (call, outcome, started.elapsed())
+                });
+                AbortOnDrop(Some(handle))
+            })
+            .collect();
+        let mut cancel = self.watch.cancel.clone();
+        loop {
+            let done = tokio::select! {
+                biased;
+                _ = cancel.wait_for(|c| *c) => return Ok(Some(Stop::Cancelled)),
+                _ = tokio::time::sleep_until(self.deadline) => return Ok(Some(Stop::Failed(timeout_error(self.run.limits.0)))),
+                done = running.next() => done,
+            };
+            let Some(joined) = done else { break };
+            let (call, outcome, elapsed) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "a tool task failed");
+                    continue;
+                }
+            };
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            match outcome {
+                Ok(value) => self.record(&call, value, false, ms).await?,
+                Err(e) => self.record(&call, json!(e.to_string()), true, ms).await?,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores one call's result as a tool message.
+    async fn record(
+        &mut self,
+        call: &ToolCall,
+        result: Value,
+        is_error: bool,
+        duration_ms: f64,
+    ) -> Result<(), StepError> {
+        let content = result_text(&result);
+        let message = self.message(
+            MessageRole::Tool,
+            vec![ContentPart::ToolResult {
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                content,
+                is_error,
+            }],
+        );
+        let event = self.event(
+            "tool_call.completed",
+            json!({ "call_id": call.id, "name": call.name, "result": result,
+                    "is_error": is_error, "duration_ms": duration_ms }),
+        );
+        self.write(
+            &[message],
+            &[],
+            &[],
+            &[CallOutcome {
+                call_id: call.id.clone(),
+                result,
+                is_error,
+            }],
+            RunUpdate::default(),
+            vec![event],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Aborts a tool task when the run stops waiting for it.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let handle = self.0.as_mut().expect("polled after completion");
+        std::pin::Pin::new(handle).poll(cx)
+    }
+}
+
+fn timeout_error(limits: RunLimits) -> RunError {
+    RunError::new(
+        "timeout",
+        format!(
+            "the run exceeded its wall-clock budget of {} s",
+            limits.timeout_secs
+        ),
+    )
+}
+
+/// The payload of `message.completed`: the message as stored (its `seq`
+/// is assigned by the same transaction, so it is not part of the event).
+fn message_preview(message: &NewMessage) -> Value {
+    json!({ "message": {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "metadata": message.metadata,
+    }})
+}
+
+/// Which tool calls of an agent need a human's approval, from its
+/// `config.require_approval`: `true` or `"*"` for every tool, or a list of
+/// tool names.
+pub struct ApprovalRule {
+    all: bool,
+    tools: Vec<String>,
+}
+
+impl ApprovalRule {
+    /// Whether calls of `tool` wait for approval.
+    pub fn requires(&self, tool: &str) -> bool {
+        self.all || self.tools.iter().any(|t| t == tool)
+    }
+}
+
+/// The approval rule of an agent's configuration.
+pub fn approval_rule(config: &Map<String, Value>) -> ApprovalRule {
+    match config.get("require_approval") {
+        Some(Value::Bool(true)) => ApprovalRule {
+            all: true,
+            tools: Vec::new(),
+        },
+        Some(Value::String(s)) if s == "*" => ApprovalRule {
+            all: true,
+            tools: Vec::new(),
+        },
+        Some(Value::Array(items)) => ApprovalRule {
+            all: false,
+            tools: items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        },
+        _ => ApprovalRule {
+            all: false,
+            tools: Vec::new(),
+        },
+    }
+}

@@ -1,0 +1,300 @@
+//! Runs: a user's message to a conversation becomes a durable job that the
+//! run engine ([`engine`]) executes (the agent loop of model calls and tool
+//! calls), streaming its story as events ([`RunService::events`], SSE in
+//! [`routes`]) and stopping for human approval where the agent requires it.
+
+pub mod bus;
+pub mod engine;
+pub mod model;
+pub mod repo;
+pub mod routes;
+pub mod usage;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use self::bus::Bus;
+use self::model::*;
+use self::repo::{EventRow, RunRepo, RunRow, ToolCallRow};
+use crate::agents::repo::AgentRepo;
+use crate::config::RunsConfig;
+use crate::conversations::ConversationService;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::models::ModelService;
+use crate::pagination::{Page, PageParams};
+use crate::users::model::{Permission, Principal};
+
+/// Runs, their events and approvals.
+#[derive(Clone, Debug)]
+pub struct RunService {
+    repo: RunRepo,
+    agents: AgentRepo,
+    conversations: ConversationService,
+    models: ModelService,
+    usage: usage::UsageService,
+    bus: Bus,
+    config: RunsConfig,
+}
+
+fn expires_at(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.and_then(DateTime::<Utc>::from_timestamp_millis)
+}
+
+fn response(row: RunRow, calls: &[ToolCallRow]) -> RunResponse {
+    let pending = calls
+        .iter()
+        .filter(|c| c.status == "pending_approval")
+        .map(|c| ToolCallInfo {
+            call_id: c.call_id.clone(),
+            name: c.name.clone(),
+            arguments: c.arguments.0.clone(),
+            status: c.status.clone(),
+            approval_expires_at: expires_at(c.approval_expires_ms),
+        })
+        .collect();
+    RunResponse {
+        id: row.id,
+        conversation_id: row.conversation_id,
+        agent_id: row.agent_id,
+        owner_id: row.user_id,
+        status: row.status(),
+        provider: row.provider,
+        model: row.model,
+        step_count: row.step_count,
+        usage: RunUsage {
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+        },
+        limits: row.limits.0,
+        error: row.error.map(|e| e.0),
+        cancel_requested: row.cancel_requested,
+        pending_tool_calls: pending,
+        attempts: row.attempts,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    }
+}
+
+impl From<EventRow> for RunEvent {
+    fn from(row: EventRow) -> Self {
+        RunEvent {
+            seq: row.seq,
+            kind: row.kind,
+            data: row.data.0,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl RunService {
+    /// A service over `db`.
+    pub fn new(
+        db: Db,
+        conversations: ConversationService,
+        models: ModelService,
+        bus: Bus,
+        config: RunsConfig,
+    ) -> Self {
+        RunService {
+            repo: RunRepo::new(db.clone()),
+            agents: AgentRepo::new(db.clone()),
+            usage: usage::UsageService::new(db),
+            conversations,
+            models,
+            bus,
+            config,
+        }
+    }
+
+    /// Usage figures and limits.
+    pub fn usage(&self) -> &usage::UsageService {
+        &self.usage
+    }
+
+    /// The signal hub (for SSE streams).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    async fn visible(&self, principal: &Principal, id: Uuid) -> Result<RunRow> {
+        self.repo
+            .get(id, principal.owner_scope())
+            .await?
+            .ok_or(Error::NotFound("run"))
+    }
+
+    async fn respond(&self, row: RunRow) -> Result<RunResponse> {
+        let calls = if row.status == "requires_action" {
+            self.repo.tool_calls(row.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(response(row, &calls))
+    }
+
+    /// Starts a run in a conversation (queued behind its unfinished runs,
+    /// or as `on_active` says).
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        conversation: Uuid,
+        mut input: RunInput,
+    ) -> Result<RunResponse> {
+        principal.require(Permission::ConversationWrite)?;
+        let parts = input.message_parts()?;
+        let conv = self.conversations.get(principal, conversation).await?;
+        let agent = self
+            .agents
+            .get(conv.agent_id, None)
+            .await?
+            .ok_or(Error::NotFound("agent"))?;
+        let model = agent.model.0.clone();
+        if let Err(e) = self.models.client(&model.provider).await {
+            return Err(Error::unprocessable(
+                "unknown_provider",
+                format!(
+                    "the agent's provider {:?} is not usable: {e}",
+                    model.provider
+                ),
+            ));
+        }
+        let mut limits = self.config.default_limits;
+        if let Some(agent_limits) = agent.config.0.get("limits") {
+            let asked: LimitsInput =
+                serde_json::from_value(agent_limits.clone()).map_err(|e| {
+                    Error::unprocessable(
+                        "invalid_agent_limits",
+                        format!("the agent's config.limits is invalid: {e}"),
+                    )
+                })?;
+            limits = limits
+                .apply(&asked, &self.config.max_limits, "agent.config.limits")
+                .map_err(|e| Error::unprocessable("invalid_agent_limits", e.to_string()))?;
+        }
+        if let Some(asked) = &input.limits {
+            limits = limits.apply(asked, &self.config.max_limits, "limits")?;
+        }
+        self.usage
+            .check_quota(conv.owner_id, self.config.default_daily_tokens)
+            .await?;
+        let policy = input.on_active.unwrap_or(self.config.on_active);
+        let (row, interrupted) = self
+            .repo
+            .create(
+                conversation,
+                conv.owner_id,
+                agent.id,
+                parts.as_deref(),
+                &limits,
+                &model.provider,
+                &model.model,
+                policy,
+            )
+            .await?;
+        for other in interrupted {
+            self.bus.cancel(other);
+        }
+        self.bus.queued();
+        self.respond(row).await
+    }
+
+    /// One run.
+    pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<RunResponse> {
+        principal.require(Permission::ConversationRead)?;
+        let row = self.visible(principal, id).await?;
+        self.respond(row).await
+    }
+
+    /// The runs of a conversation, newest first.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        conversation: Uuid,
+        filter: RunFilter,
+        page: PageParams,
+    ) -> Result<Page<RunResponse>> {
+        principal.require(Permission::ConversationRead)?;
+        let page = page.validate()?;
+        self.conversations.get(principal, conversation).await?;
+        let (rows, total) = self
+            .repo
+            .list(conversation, filter.status, page.limit(), page.offset())
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            items.push(self.respond(row).await?);
+        }
+        Ok(page.wrap(items, total))
+    }
+
+    /// Cancels a run: at once when queued or waiting, at the worker's next
+    /// await point when running (its status changes shortly after).
+    pub async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<RunResponse> {
+        principal.require(Permission::ConversationWrite)?;
+        let row = self.visible(principal, id).await?;
+        if row.status().is_terminal() {
+            return Err(Error::conflict(format!("the run is already {}", row.status)));
+        }
+        match self.repo.cancel(id, "cancelled by the user").await? {
+            Some(true) => {
+                self.bus.events(id);
+                self.bus.queued();
+            }
+            Some(false) => self.bus.cancel(id),
+            None => return Err(Error::NotFound("run")),
+        }
+        self.get(principal, id).await
+    }
+
+    /// Applies approval decisions; the run continues once none is pending.
+    pub async fn approve(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        input: ApprovalInput,
+    ) -> Result<RunResponse> {
+        principal.require(Permission::ConversationWrite)?;
+        if input.decisions.is_empty() {
+            return Err(Error::invalid_field("decisions", "must not be empty"));
+        }
+        let mut decisions = input.decisions;
+        for (i, d) in decisions.iter_mut().enumerate() {
+            d.check(i)?;
+            d.decided_by = Some(principal.user_id);
+        }
+        for (i, d) in decisions.iter().enumerate() {
+            if decisions[..i].iter().any(|e| e.call_id == d.call_id) {
+                return Err(Error::invalid_field(
+                    &format!("decisions[{i}].call_id"),
+                    "decided twice",
+                ));
+            }
+        }
+        self.visible(principal, id).await?;
+        let requeued = self.repo.decide(id, &decisions).await?;
+        self.bus.events(id);
+        if requeued {
+            self.bus.queued();
+        }
+        self.get(principal, id).await
+    }
+
+    /// Checks access to a run's events; returns the run's id.
+    pub async fn open_events(&self, principal: &Principal, id: Uuid) -> Result<Uuid> {
+        principal.require(Permission::ConversationRead)?;
+        Ok(self.visible(principal, id).await?.id)
+    }
+
+    /// Stored events after `after`.
+    pub async fn events(&self, id: Uuid, after: i64, limit: i64) -> Result<Vec<RunEvent>> {
+        Ok(self
+            .repo
+            .events(id, after, limit)
+            .await?
+            .into_iter()
+            .map(RunEvent::from)
+            .collect())
+    }
+}

@@ -1,0 +1,776 @@
+//! SQL of runs, their tool calls and events.
+//!
+//! Every write a worker makes is fenced by its lease: the statement that
+//! changes the run row carries `lease_owner = <this node>` and
+//! `status = 'running'`, in the same transaction as the messages and events
+//! it writes, so a worker whose run was taken over (its lease expired) writes
+//! nothing. On PostgreSQL each such transaction also sends a `NOTIFY` (see
+//! [`super::bus`]), delivered when it commits.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::bus::CHANNEL;
+use super::model::*;
+use crate::conversations::model::ContentPart;
+use crate::conversations::repo::MessageRow;
+use crate::db::{self, Db};
+use crate::error::{Error, Result};
+use crate::on_db;
+
+/// A row of `runs` (without the lease columns).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    pub agent_id: Uuid,
+    pub status: String,
+    pub input: Option<Json<Vec<ContentPart>>>,
+    pub input_seq: Option<i64>,
+    pub limits: Json<RunLimits>,
+    pub provider: String,
+    pub model: String,
+    pub step_count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub error: Option<Json<RunError>>,
+    pub cancel_requested: bool,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RunRow {
+    /// The parsed status (the CHECK constraint guarantees one).
+    pub fn status(&self) -> RunStatus {
+        RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)
+    }
+}
+
+/// A row of `run_tool_calls`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ToolCallRow {
+    pub run_id: Uuid,
+    pub call_id: String,
+    pub step: i64,
+    pub position: i64,
+    pub name: String,
+    pub arguments: Json<Value>,
+    pub arguments_error: Option<String>,
+    pub idempotent: bool,
+    pub status: String,
+    pub decision: Option<Json<Decision>>,
+    pub approval_expires_ms: Option<i64>,
+}
+
+/// A row of `run_events`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub data: Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub seq: i64,
+    pub kind: &'static str,
+    pub data: Value,
+}
+
+/// A tool call to store with the model output that asked for it.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub call_id: String,
+    pub position: i64,
+    pub name: String,
+    pub arguments: Value,
+    pub arguments_error: Option<String>,
+    pub idempotent: bool,
+    /// `planned` or `pending_approval`.
+    pub status: &'static str,
+    pub approval_expires_ms: Option<i64>,
+}
+
+/// A message to append in a step's transaction.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub role: &'static str,
+    pub content: Vec<ContentPart>,
+    pub metadata: Map<String, Value>,
+}
+
+/// How a step changes the run row.
+#[derive(Debug, Clone, Default)]
+pub struct RunUpdate {
+    /// Model calls to add.
+    pub steps: i64,
+    /// Tokens to add.
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// A new state (and the end of the lease when it is not `running`).
+    pub status: Option<RunStatus>,
+    pub error: Option<RunError>,
+    /// The first message appended is the one that started the run.
+    pub sets_input: bool,
+}
+
+/// A tool call's outcome to store.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    pub call_id: String,
+    pub result: Value,
+    pub is_error: bool,
+}
+
+const COLUMNS: &str = "id, conversation_id, user_id, agent_id, status, input, input_seq, limits, provider, model, \
+     step_count, input_tokens, output_tokens, error, cancel_requested, attempts, created_at, started_at, finished_at, updated_at";
+const CALL_COLUMNS: &str = "run_id, call_id, step, position, name, arguments, arguments_error, idempotent, status, decision, approval_expires_ms";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
+
+/// Statuses that hold or wait for the conversation.
+const UNFINISHED: &str = "('queued', 'running', 'requires_action')";
+
+/// The current time in Unix milliseconds (lease deadlines).
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Appends a message in an open transaction at the conversation's next seq.
+macro_rules! append_message {
+    ($tx:expr, $conversation:expr, $message:expr, $now:expr) => {{
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE conversations SET message_count = message_count + 1, updated_at = $2
+             WHERE id = $1 RETURNING message_count",
+        )
+        .bind($conversation)
+        .bind($now)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        let seq = seq.ok_or(Error::NotFound("conversation"))?;
+        let row: MessageRow = sqlx::query_as(&format!(
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind($message.id)
+        .bind($conversation)
+        .bind(seq)
+        .bind($message.role)
+        .bind(Json(&$message.content))
+        .bind(Json(&$message.metadata))
+        .bind($now)
+        .fetch_one(&mut *$tx)
+        .await?;
+        row
+    }};
+}
+
+/// Stores events (and, on PostgreSQL, notifies) in an open transaction.
+macro_rules! insert_events {
+    ($tx:expr, $D:ty, $postgres:expr, $run:expr, $events:expr, $now:expr) => {{
+        if !$events.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<$D>::new(
+                "INSERT INTO run_events (run_id, seq, type, data, created_at) ",
+            );
+            qb.push_values($events.iter(), |mut b, e| {
+                b.push_bind($run)
+                    .push_bind(e.seq)
+                    .push_bind(e.kind)
+                    .push_bind(Json(&e.data))
+                    .push_bind($now);
+            });
+            qb.build().execute(&mut *$tx).await?;
+            if $postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(format!("e:{}", $run))
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+    }};
+}
+
+/// Why a fenced write did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Another worker owns the run now (or it was cancelled meanwhile).
+    #[error("the run's lease was lost")]
+    LeaseLost,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        StepError::Db(e.into())
+    }
+}
+
+/// Queries over runs.
+#[derive(Clone, Debug)]
+pub struct RunRepo {
+    db: Db,
+}
+
+impl RunRepo {
+    /// A repository over `db`.
+    pub fn new(db: Db) -> Self {
+        RunRepo { db }
+    }
+
+    fn postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
+    /// Creates a queued run, applying `policy` to the conversation's
+    /// unfinished runs. Returns the run and the ids of running runs that
+    /// must be told to stop.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+        agent: Uuid,
+        input: Option<&[ContentPart]>,
+        limits: &RunLimits,
+        provider: &str,
+        model: &str,
+        policy: ActivePolicy,
+    ) -> Result<(RunRow, Vec<Uuid>)> {
+        let now = db::now();
+        let id = Uuid::now_v7();
+        let postgres = self.postgres();
+        on_db!(&self.db, pool, D => {
+            let mut tx = pool.begin().await?;
+            // Serialise run creation per conversation.
+            let touched = sqlx::query("UPDATE conversations SET updated_at = $2 WHERE id = $1")
+                .bind(conversation)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if touched == 0 {
+                return Err(Error::NotFound("conversation"));
+            }
+            let active: Vec<(Uuid, String)> = sqlx::query_as(&format!(
+                "SELECT id, status FROM runs WHERE conversation_id = $1 AND status IN {UNFINISHED}"
+            ))
+            .bind(conversation)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut to_signal = Vec::new();
+            if !active.is_empty() {
+                match policy {
+                    ActivePolicy::Queue => {}
+                    ActivePolicy::Reject => {
+                        return Err(Error::Conflict {
+                            message: "the conversation already has an unfinished run".into(),
+                            details: Some(serde_json::json!({
+                                "active_runs": active.iter().map(|a| a.0).collect::<Vec<_>>()
+                            })),
+                        });
+                    }
+                    ActivePolicy::Interrupt => {
+                        for (other, status) in &active {
+                            if status == "running" {
+                                sqlx::query("UPDATE runs SET cancel_requested = TRUE, updated_at = $2 WHERE id = $1")
+                                    .bind(other)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                to_signal.push(*other);
+                            } else {
+                                let seq: i64 = sqlx::query_scalar(
+                                    "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+                                )
+                                .bind(other)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                                sqlx::query(
+                                    "UPDATE runs SET status = 'cancelled', finished_at = $2, updated_at = $2,
+                                         lease_owner = NULL, lease_until = NULL WHERE id = $1",
+                                )
+                                .bind(other)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                                let events = cancelled_events(seq, "interrupted by a newer run");
+                                insert_events!(tx, D, postgres, *other, events, now);
+                            }
+                        }
+                    }
+                }
+            }
+            let row: RunRow = sqlx::query_as(&format!(
+                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9) RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(conversation)
+            .bind(user)
+            .bind(agent)
+            .bind(input.map(Json))
+            .bind(Json(limits))
+            .bind(provider)
+            .bind(model)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let events = [NewEvent { seq: 1, kind: "run.status", data: serde_json::json!({ "status": "queued" }) }];
+            insert_events!(tx, D, postgres, id, events, now);
+            if postgres {
+                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+                for other in &to_signal {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANNEL)
+                        .bind(format!("c:{other}"))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok((row, to_signal))
+        })
+    }
+
+    /// A run, if `owner` (when given) started it.
+    pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> Result<Option<RunRow>> {
+        on_db!(&self.db, pool, D => {
+            let mut qb = sqlx::QueryBuilder::<D>::new(format!("SELECT {COLUMNS} FROM runs WHERE id = "));
+            qb.push_bind(id);
+            if let Some(owner) = owner {
+                qb.push(" AND user_id = ").push_bind(owner);
+            }
+            Ok(qb.build_query_as().fetch_optional(pool).await?)
+        })
+    }
+
+    /// The runs of a conversation, newest first.
+    pub async fn list(
+        &self,
+        conversation: Uuid,
+        status: Option<RunStatus>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<RunRow>, i64)> {
+        on_db!(&self.db, pool, D => {
+            let mut count = sqlx::QueryBuilder::<D>::new("SELECT COUNT(*) FROM runs WHERE conversation_id = ");
+            let mut select = sqlx::QueryBuilder::<D>::new(format!("SELECT {COLUMNS} FROM runs WHERE conversation_id = "));
+            for qb in [&mut count, &mut select] {
+                qb.push_bind(conversation);
+                if let Some(status) = status {
+                    qb.push(" AND status = ").push_bind(status.as_str());
+                }
+            }
+            select
+                .push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(limit)
+                .push(" OFFSET ")
+                .push_bind(offset);
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            let rows: Vec<RunRow> = select.build_query_as().fetch_all(pool).await?;
+            Ok((rows, total))
+        })
+    }
+
+    /// The tool calls of a run, in the order the model asked for them.
+    pub async fn tool_calls(&self, run: Uuid) -> Result<Vec<ToolCallRow>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM run_tool_calls WHERE run_id = $1 ORDER BY step, position"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(run).fetch_all(pool).await?))
+    }
+
+    /// Events after `after`, at most `limit`.
+    pub async fn events(&self, run: Uuid, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT seq, type, data, created_at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(run)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The last event's seq.
+    pub async fn last_event(&self, run: Uuid) -> Result<i64> {
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+        )
+        .bind(run)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Claims up to `limit` queued runs for `owner`: the oldest unfinished
+    /// run of each conversation that has none running or waiting.
+    pub async fn claim(&self, owner: Uuid, lease_ms: i64, limit: i64) -> Result<Vec<RunRow>> {
+        let now = db::now();
+        let pick = "SELECT r.id FROM runs r WHERE r.status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = r.conversation_id
+                               AND o.status IN ('running', 'requires_action'))
+               AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.conversation_id = r.conversation_id
+                               AND p.status = 'queued' AND (p.created_at, p.id) < (r.created_at, r.id))
+             ORDER BY r.created_at, r.id LIMIT $4";
+        let lock = if self.postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE runs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1,
+                 started_at = COALESCE(started_at, $3), updated_at = $3
+             WHERE id IN ({pick}{lock}) RETURNING {COLUMNS}"
+        );
+        let result = on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(now_ms() + lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await);
+        match result {
+            Ok(rows) => Ok(rows),
+            // Two nodes raced for the same conversation: the unique index
+            // let one win; the loser claims next time.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Extends the leases of `owner`'s running runs; returns those whose
+    /// cancellation was requested.
+    pub async fn heartbeat(&self, owner: Uuid, lease_ms: i64) -> Result<Vec<Uuid>> {
+        let cancelled: Vec<Option<Uuid>> = on_db!(&self.db, pool => sqlx::query_scalar(
+            "UPDATE runs SET lease_until = $2 WHERE lease_owner = $1 AND status = 'running'
+             RETURNING CASE WHEN cancel_requested THEN id END",
+        )
+        .bind(owner)
+        .bind(now_ms() + lease_ms)
+        .fetch_all(pool)
+        .await?);
+        Ok(cancelled.into_iter().flatten().collect())
+    }
+
+    /// Re-queues runs whose lease expired, and rejects approvals that
+    /// expired (re-queueing their runs). Returns how many runs were re-queued.
+    pub async fn sweep(&self) -> Result<u64> {
+        let now = db::now();
+        let ms = now_ms();
+        let postgres = self.postgres();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let expired = sqlx::query(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = $2
+                 WHERE status = 'running' AND lease_until < $1",
+            )
+            .bind(ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let decision = Json(Decision {
+                call_id: String::new(),
+                action: DecisionAction::Reject,
+                arguments: None,
+                reason: Some("the approval expired".into()),
+                result: None,
+                decided_by: None,
+            });
+            let runs: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE run_tool_calls SET status = 'approved', decision = $2
+                 WHERE status = 'pending_approval' AND approval_expires_ms < $1 RETURNING run_id",
+            )
+            .bind(ms)
+            .bind(decision)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut requeued = expired;
+            for run in runs {
+                requeued += sqlx::query(
+                    "UPDATE runs SET status = 'queued', updated_at = $2 WHERE id = $1 AND status = 'requires_action'
+                     AND NOT EXISTS (SELECT 1 FROM run_tool_calls c WHERE c.run_id = $1 AND c.status = 'pending_approval')",
+                )
+                .bind(run)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            if requeued > 0 && postgres {
+                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(requeued)
+        })
+    }
+
+    /// Asks for a run to stop. A queued or waiting run is cancelled at once
+    /// (returns `true`); a running one gets the flag and its worker stops it.
+    pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<Option<bool>> {
+        let now = db::now();
+        let postgres = self.postgres();
+        on_db!(&self.db, pool, D => {
+            let mut tx = pool.begin().await?;
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(status) = status else { return Ok(None) };
+            let done = match status.as_str() {
+                "queued" | "requires_action" => {
+                    let changed = sqlx::query(
+                        "UPDATE runs SET status = 'cancelled', finished_at = $2, updated_at = $2
+                         WHERE id = $1 AND status IN ('queued', 'requires_action')",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 1 {
+                        let seq: i64 = sqlx::query_scalar(
+                            "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+                        )
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        let events = cancelled_events(seq, reason);
+                        insert_events!(tx, D, postgres, id, events, now);
+                        if postgres {
+                            sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+                "running" => {
+                    sqlx::query("UPDATE runs SET cancel_requested = TRUE, updated_at = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    if postgres {
+                        sqlx::query("SELECT pg_notify($1, $2)")
+                            .bind(CHANNEL)
+                            .bind(format!("c:{id}"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    false
+                }
+                _ => false,
+            };
+            tx.commit().await?;
+            Ok(Some(done))
+        })
+    }
+
+    /// Applies approval decisions to a waiting run; re-queues it when no call
+    /// is left pending. Returns whether it was re-queued.
+    pub async fn decide(&self, id: Uuid, decisions: &[Decision]) -> Result<bool> {
+        let now = db::now();
+        let postgres = self.postgres();
+        on_db!(&self.db, pool, D => {
+            let mut tx = pool.begin().await?;
+            // Lock the run for the decision.
+            let status: Option<String> = sqlx::query_scalar(
+                "UPDATE runs SET updated_at = $2 WHERE id = $1 RETURNING status",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if status.as_deref() != Some("requires_action") {
+                return Err(Error::conflict("the run is not waiting for approval"));
+            }
+            for (i, d) in decisions.iter().enumerate() {
+                let changed = sqlx::query(
+                    "UPDATE run_tool_calls SET status = 'approved', decision = $3
+                     WHERE run_id = $1 AND call_id = $2 AND status = 'pending_approval'",
+                )
+                .bind(id)
+                .bind(&d.call_id)
+                .bind(Json(d))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Err(Error::invalid_field(
+                        &format!("decisions[{i}].call_id"),
+                        "is not a tool call waiting for approval in this run",
+                    ));
+                }
+            }
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM run_tool_calls WHERE run_id = $1 AND status = 'pending_approval'",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let requeue = pending == 0;
+            let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut events = vec![NewEvent {
+                seq: seq + 1,
+                kind: "approval.decided",
+                data: serde_json::json!({ "decisions": decisions }),
+            }];
+            if requeue {
+                sqlx::query("UPDATE runs SET status = 'queued' WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                events.push(NewEvent {
+                    seq: seq + 2,
+                    kind: "run.status",
+                    data: serde_json::json!({ "status": "queued" }),
+                });
+                if postgres {
+                    sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+                }
+            }
+            insert_events!(tx, D, postgres, id, events, now);
+            tx.commit().await?;
+            Ok(requeue)
+        })
+    }
+
+    /// One fenced step: appends `messages`, stores new tool calls, marks
+    /// calls started, records outcomes, updates the run row and stores
+    /// `events`, all in one transaction. Returns the appended messages.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn step(
+        &self,
+        run: &RunRow,
+        owner: Uuid,
+        messages: &[NewMessage],
+        new_calls: &[NewCall],
+        started: &[String],
+        outcomes: &[CallOutcome],
+        update: &RunUpdate,
+        events: &[NewEvent],
+    ) -> std::result::Result<Vec<MessageRow>, StepError> {
+        let now = db::now();
+        let postgres = self.postgres();
+        let status = update.status.map(RunStatus::as_str);
+        let ends_lease = update.status.is_some_and(|s| s != RunStatus::Running);
+        let finished = update.status.is_some_and(RunStatus::is_terminal);
+        on_db!(&self.db, pool, D => {
+            let mut tx = pool.begin().await?;
+            let fenced = sqlx::query(
+                "UPDATE runs SET step_count = step_count + $3, input_tokens = input_tokens + $4,
+                     output_tokens = output_tokens + $5, status = COALESCE($6, status),
+                     error = COALESCE($7, error), updated_at = $8,
+                     finished_at = CASE WHEN $9 THEN $8 ELSE finished_at END,
+                     lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END,
+                     lease_until = CASE WHEN $10 THEN NULL ELSE lease_until END
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+            )
+            .bind(run.id)
+            .bind(owner)
+            .bind(update.steps)
+            .bind(update.input_tokens)
+            .bind(update.output_tokens)
+            .bind(status)
+            .bind(update.error.as_ref().map(Json))
+            .bind(now)
+            .bind(finished)
+            .bind(ends_lease)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if fenced == 0 {
+                return Err(StepError::LeaseLost);
+            }
+            let mut appended = Vec::with_capacity(messages.len());
+            for message in messages {
+                appended.push(append_message!(tx, run.conversation_id, message, now));
+            }
+            if let (true, Some(first)) = (update.sets_input, appended.first()) {
+                sqlx::query("UPDATE runs SET input_seq = $2 WHERE id = $1")
+                    .bind(run.id)
+                    .bind(first.seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !new_calls.is_empty() {
+                let step = run.step_count + update.steps;
+                let mut qb = sqlx::QueryBuilder::<D>::new(
+                    "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
+                         idempotent, status, approval_expires_ms, created_at) ",
+                );
+                qb.push_values(new_calls.iter(), |mut b, c| {
+                    b.push_bind(run.id)
+                        .push_bind(&c.call_id)
+                        .push_bind(step)
+                        .push_bind(c.position)
+                        .push_bind(&c.name)
+                        .push_bind(Json(&c.arguments))
+                        .push_bind(&c.arguments_error)
+                        .push_bind(c.idempotent)
+                        .push_bind(c.status)
+                        .push_bind(c.approval_expires_ms)
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            for call in started {
+                sqlx::query("UPDATE run_tool_calls SET status = 'started' WHERE run_id = $1 AND call_id = $2")
+                    .bind(run.id)
+                    .bind(call)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for outcome in outcomes {
+                sqlx::query(
+                    "UPDATE run_tool_calls SET status = 'completed', result = $3, is_error = $4, finished_at = $5
+                     WHERE run_id = $1 AND call_id = $2",
+                )
+                .bind(run.id)
+                .bind(&outcome.call_id)
+                .bind(Json(&outcome.result))
+                .bind(outcome.is_error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_events!(tx, D, postgres, run.id, events, now);
+            if postgres && ends_lease {
+                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(appended)
+        })
+    }
+}
+
+/// The events of a cancellation, after the event `seq`.
+pub fn cancelled_events(seq: i64, reason: &str) -> Vec<NewEvent> {
+    vec![
+        NewEvent {
+            seq: seq + 1,
+            kind: "run.status",
+            data: serde_json::json!({ "status": "cancelled", "reason": reason }),
+        },
+        NewEvent {
+            seq: seq + 2,
+            kind: "done",
+            data: serde_json::json!({ "status": "cancelled", "reason": reason }),
+        },
+    ]
+}

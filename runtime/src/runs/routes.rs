@@ -1,0 +1,252 @@
+//! HTTP handlers of runs, their event streams, approvals and usage.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::bus::RunWatch;
+use super::model::*;
+use super::usage::{UsageLimits, UsageQuery, UsageReport};
+use super::RunService;
+use crate::error::{Error, ErrorResponse, Result};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::AppState;
+use crate::pagination::{Page, PageParams};
+use crate::users::model::Principal;
+
+/// Events read per query while streaming.
+const EVENT_BATCH: i64 = 500;
+/// How long a stream waits for a wake-up before it looks again anyway.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Routes of the runs domain.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs, create_run))
+        .routes(routes!(get_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(run_events))
+        .routes(routes!(approve_run))
+        .routes(routes!(usage_report))
+        .routes(routes!(get_usage_limits, set_usage_limits))
+}
+
+/// Start a run: the agent answers (the message, if given, is added first).
+/// Answers 202 at once; follow it with `GET /api/v1/runs/{id}/events`.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/runs", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id")), request_body = RunInput,
+    responses((status = 202, body = RunResponse), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+              (status = 422, body = ErrorResponse), (status = 429, body = ErrorResponse)))]
+async fn create_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(input): Json<RunInput>,
+) -> Result<(StatusCode, Json<RunResponse>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.runs.create(&principal, id, input).await?),
+    ))
+}
+
+/// A conversation's runs, newest first.
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/runs", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Conversation id"), RunFilter, PageParams),
+    responses((status = 200, body = Page<RunResponse>), (status = 404, body = ErrorResponse)))]
+async fn list_runs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Query(filter): Query<RunFilter>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<RunResponse>>> {
+    Ok(Json(state.runs.list(&principal, id, filter, page).await?))
+}
+
+/// One run: status, steps, usage, error, pending approvals.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses((status = 200, body = RunResponse), (status = 404, body = ErrorResponse)))]
+async fn get_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<RunResponse>> {
+    Ok(Json(state.runs.get(&principal, id).await?))
+}
+
+/// Cancel a run (202: a running run stops at its worker's next step).
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses((status = 202, body = RunResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse)))]
+async fn cancel_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<RunResponse>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.runs.cancel(&principal, id).await?),
+    ))
+}
+
+/// Decide on tool calls waiting for approval: accept, edit the arguments,
+/// reject with a reason, or answer in place of the tool.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/approvals", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Run id")), request_body = ApprovalInput,
+    responses((status = 200, body = RunResponse), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn approve_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(input): Json<ApprovalInput>,
+) -> Result<Json<RunResponse>> {
+    Ok(Json(state.runs.approve(&principal, id, input).await?))
+}
+
+/// The run's story as Server-Sent Events (`id` = seq, `event` = type,
+/// `data` = JSON). Reconnect with `Last-Event-ID` (or `?after=`) to get
+/// every event after it; the stream ends after the `done` event.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Run id"), EventCursor,
+           ("Last-Event-ID" = Option<i64>, Header, description = "The last event received")),
+    responses((status = 200, description = "text/event-stream of RunEvent", body = RunEvent),
+              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn run_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Query(cursor): Query<EventCursor>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    Error::invalid_field("Last-Event-ID", "must be an event id of this stream")
+                })?,
+        ),
+    };
+    let after = header.or(cursor.after).unwrap_or(0);
+    if after < 0 {
+        return Err(Error::invalid_field("after", "must not be negative"));
+    }
+    let id = state.runs.open_events(&principal, id).await?;
+    // Subscribe before the first read, so no wake-up is missed.
+    let watch = state.runs.bus().watch(id);
+    let stream = futures_util::stream::unfold(
+        Streamer {
+            runs: state.runs.clone(),
+            id,
+            after,
+            watch,
+            buffer: VecDeque::new(),
+            ended: false,
+        },
+        |mut s| async move { s.next().await.map(|event| (Ok(event), s)) },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+struct Streamer {
+    runs: RunService,
+    id: Uuid,
+    after: i64,
+    watch: RunWatch,
+    buffer: VecDeque<RunEvent>,
+    ended: bool,
+}
+
+impl Streamer {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                self.after = e.seq;
+                if e.kind == "done" {
+                    self.ended = true;
+                }
+                let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
+                return Some(Event::default().id(e.seq.to_string()).event(e.kind).data(data));
+            }
+            if self.ended {
+                return None;
+            }
+            // Mark what we have seen before reading, then read.
+            self.watch.events.borrow_and_update();
+            match self.runs.events(self.id, self.after, EVENT_BATCH).await {
+                Ok(events) if !events.is_empty() => {
+                    self.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run = %self.id, error = %e, "reading run events failed");
+                }
+            }
+            tokio::select! {
+                changed = self.watch.events.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// Tokens and runs over a time range, grouped by user, agent, model or day.
+/// Admins see everyone's (or one user's); others see their own.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "runs", security(("bearer" = [])),
+    params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 400, body = ErrorResponse)))]
+async fn usage_report(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<UsageReport>> {
+    Ok(Json(state.runs.usage().report(&principal, query).await?))
+}
+
+/// A user's usage limits (admins).
+#[utoipa::path(get, path = "/api/v1/users/{id}/usage-limits", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")),
+    responses((status = 200, body = UsageLimits), (status = 403, body = ErrorResponse)))]
+async fn get_usage_limits(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<UsageLimits>> {
+    Ok(Json(state.runs.usage().limits(&principal, id).await?))
+}
+
+/// Set a user's usage limits (admins); new runs past a limit get 429.
+#[utoipa::path(put, path = "/api/v1/users/{id}/usage-limits", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")), request_body = UsageLimits,
+    responses((status = 200, body = UsageLimits), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn set_usage_limits(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(limits): Json<UsageLimits>,
+) -> Result<Json<UsageLimits>> {
+    Ok(Json(
+        state.runs.usage().set_limits(&principal, id, limits).await?,
+    ))
+}
