@@ -347,7 +347,11 @@ impl Execution {
     }
 
     /// Ends the run in `status`.
-    async fn finish(&mut self, status: RunStatus, error: Option<RunError>) -> Result<(), StepError> {
+    async fn finish(
+        &mut self,
+        status: RunStatus,
+        error: Option<RunError>,
+    ) -> Result<(), StepError> {
         let mut data = json!({ "status": status });
         if let Some(e) = &error {
             data["error"] = json!(e);
@@ -444,9 +448,11 @@ impl Execution {
     /// What the stored story says comes next.
     fn next(&self) -> Next {
         let id = self.run.id;
-        let Some(pos) = self.history.iter().rposition(|m| {
-            run_of(m) == Some(id) && m.role == MessageRole::Assistant.as_str()
-        }) else {
+        let Some(pos) = self
+            .history
+            .iter()
+            .rposition(|m| run_of(m) == Some(id) && m.role == MessageRole::Assistant.as_str())
+        else {
             return Next::Model;
         };
         let assistant = &self.history[pos];
@@ -548,6 +554,7 @@ impl Execution {
                 }
             }
         }
+        order_tool_results(&mut out);
         ((!system.is_empty()).then_some(system), out)
     }
 
@@ -638,19 +645,20 @@ impl Execution {
             }
             match event {
                 StreamEvent::TextDelta(t) => text.push_str(&t),
-                StreamEvent::ToolCallStart { index, id, name } => {
-                    call_deltas.push(json!({ "index": index, "id": id, "name": name, "arguments": "" }))
-                }
+                StreamEvent::ToolCallStart { index, id, name } => call_deltas
+                    .push(json!({ "index": index, "id": id, "name": name, "arguments": "" })),
                 StreamEvent::ToolCallDelta { index, fragment } => match call_deltas.last_mut() {
                     Some(last) if last["index"] == index => {
-                        let joined = format!("{}{fragment}", last["arguments"].as_str().unwrap_or(""));
+                        let joined =
+                            format!("{}{fragment}", last["arguments"].as_str().unwrap_or(""));
                         last["arguments"] = json!(joined);
                     }
                     _ => call_deltas.push(json!({ "index": index, "arguments": fragment })),
                 },
                 _ => {}
             }
-            if last_flush.elapsed() >= flush_every && (!text.is_empty() || !call_deltas.is_empty()) {
+            if last_flush.elapsed() >= flush_every && (!text.is_empty() || !call_deltas.is_empty())
+            {
                 let events = self.delta_events(&mut text, &mut call_deltas);
                 self.write(&[], &[], &[], &[], RunUpdate::default(), events)
                     .await?;
@@ -787,7 +795,11 @@ impl Execution {
         let mut waiting = false;
         for call in calls {
             let Some(row) = rows.get(&call.id) else {
-                immediate.push((call, json!("the call was not recorded; it was not run"), true));
+                immediate.push((
+                    call,
+                    json!("the call was not recorded; it was not run"),
+                    true,
+                ));
                 continue;
             };
             if let Some(error) = &row.arguments_error {
@@ -796,7 +808,10 @@ impl Execution {
                 continue;
             }
             if !agent.tools.0.contains(&row.name) || !self.engine.tools.contains(&row.name) {
-                let msg = format!("unknown tool {:?}: it is not one of this agent's tools", row.name);
+                let msg = format!(
+                    "unknown tool {:?}: it is not one of this agent's tools",
+                    row.name
+                );
                 immediate.push((call, json!(msg), true));
                 continue;
             }
@@ -966,6 +981,32 @@ impl<T> std::future::Future for AbortOnDrop<T> {
     ) -> std::task::Poll<Self::Output> {
         let handle = self.0.as_mut().expect("polled after completion");
         std::pin::Pin::new(handle).poll(cx)
+    }
+}
+
+/// Puts each answer's tool results in the order of its tool calls (they are
+/// stored in the order they finished).
+fn order_tool_results(messages: &mut [ChatMessage]) {
+    let mut i = 0;
+    while i < messages.len() {
+        let ChatMessage::Assistant { tool_calls, .. } = &messages[i] else {
+            i += 1;
+            continue;
+        };
+        let order: Vec<String> = tool_calls.iter().map(|c| c.id.clone()).collect();
+        let start = i + 1;
+        let mut end = start;
+        while end < messages.len() && matches!(messages[end], ChatMessage::ToolResult { .. }) {
+            end += 1;
+        }
+        messages[start..end].sort_by_key(|m| match m {
+            ChatMessage::ToolResult { call_id, .. } => order
+                .iter()
+                .position(|id| id == call_id)
+                .unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        });
+        i = end.max(i + 1);
     }
 }
 

@@ -162,13 +162,12 @@ impl RunService {
         }
         let mut limits = self.config.default_limits;
         if let Some(agent_limits) = agent.config.0.get("limits") {
-            let asked: LimitsInput =
-                serde_json::from_value(agent_limits.clone()).map_err(|e| {
-                    Error::unprocessable(
-                        "invalid_agent_limits",
-                        format!("the agent's config.limits is invalid: {e}"),
-                    )
-                })?;
+            let asked: LimitsInput = serde_json::from_value(agent_limits.clone()).map_err(|e| {
+                Error::unprocessable(
+                    "invalid_agent_limits",
+                    format!("the agent's config.limits is invalid: {e}"),
+                )
+            })?;
             limits = limits
                 .apply(&asked, &self.config.max_limits, "agent.config.limits")
                 .map_err(|e| Error::unprocessable("invalid_agent_limits", e.to_string()))?;
@@ -235,7 +234,10 @@ impl RunService {
         principal.require(Permission::ConversationWrite)?;
         let row = self.visible(principal, id).await?;
         if row.status().is_terminal() {
-            return Err(Error::conflict(format!("the run is already {}", row.status)));
+            return Err(Error::conflict(format!(
+                "the run is already {}",
+                row.status
+            )));
         }
         match self.repo.cancel(id, "cancelled by the user").await? {
             Some(true) => {

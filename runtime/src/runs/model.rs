@@ -342,8 +342,8 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
-    /// Who decided (set by the server).
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    /// Who decided (set by the server; ignored in requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<Uuid>,
 }
 
@@ -368,7 +368,10 @@ impl Decision {
                 "answer needs a result",
             )),
             DecisionAction::Reject
-                if self.reason.as_ref().is_some_and(|r| r.chars().count() > 2000) =>
+                if self
+                    .reason
+                    .as_ref()
+                    .is_some_and(|r| r.chars().count() > 2000) =>
             {
                 Err(Error::invalid_field(
                     &field("reason"),

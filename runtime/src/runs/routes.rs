@@ -181,7 +181,12 @@ impl Streamer {
                     self.ended = true;
                 }
                 let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
-                return Some(Event::default().id(e.seq.to_string()).event(e.kind).data(data));
+                return Some(
+                    Event::default()
+                        .id(e.seq.to_string())
+                        .event(e.kind)
+                        .data(data),
+                );
             }
             if self.ended {
                 return None;
@@ -247,6 +252,10 @@ async fn set_usage_limits(
     Json(limits): Json<UsageLimits>,
 ) -> Result<Json<UsageLimits>> {
     Ok(Json(
-        state.runs.usage().set_limits(&principal, id, limits).await?,
+        state
+            .runs
+            .usage()
+            .set_limits(&principal, id, limits)
+            .await?,
     ))
 }

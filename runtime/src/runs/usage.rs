@@ -255,9 +255,9 @@ impl UsageService {
                     k
                 } else {
                     match group_by {
-                        GroupBy::User | GroupBy::Agent => Uuid::try_parse(&k)
-                            .map(|u| u.to_string())
-                            .unwrap_or(k),
+                        GroupBy::User | GroupBy::Agent => {
+                            Uuid::try_parse(&k).map(|u| u.to_string()).unwrap_or(k)
+                        }
                         _ => k,
                     }
                 },

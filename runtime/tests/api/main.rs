@@ -11,5 +11,6 @@ mod conversations;
 mod errors;
 mod models;
 mod plugins;
+mod runs;
 mod tenancy;
 mod tools;
