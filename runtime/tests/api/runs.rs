@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode as AxumStatus;
 use axum::response::Response;
 use futures_util::StreamExt;
 use orchestra::config::{Config, EnvProvider};
