@@ -188,6 +188,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let db = state.db.clone();
+    let engine = state.engine.clone();
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -195,6 +196,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .context("serving HTTP")?;
+    engine.shutdown().await;
     db.close().await;
     Ok(())
 }

@@ -66,6 +66,7 @@ struct Inner {
     node: Uuid,
     config: RunsConfig,
     slots: Arc<Semaphore>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// How a run's execution ended on this worker.
@@ -97,6 +98,7 @@ impl Engine {
                 bus,
                 node: Uuid::now_v7(),
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 config,
             }),
         }
@@ -105,6 +107,22 @@ impl Engine {
     /// This process's worker id (the `lease_owner` of its runs).
     pub fn node(&self) -> Uuid {
         self.inner.node
+    }
+
+    /// Stops claiming runs and hands this node's running runs back to the
+    /// queue, so another node (or this one, restarted) resumes them at once
+    /// instead of after their lease. Called on a graceful shutdown.
+    pub async fn shutdown(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.inner.repo.release(self.inner.node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "handed running runs back to the queue"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand runs back; they resume when their lease expires")
+            }
+        }
     }
 
     /// Starts the dispatcher, the heartbeat and the sweeper.
@@ -149,6 +167,9 @@ impl Inner {
     async fn dispatch(self: Arc<Self>) {
         let poll = Duration::from_millis(self.config.poll_ms);
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             let free = self.slots.available_permits().min(CLAIM_BATCH);
             let mut claimed = 0;
             if free > 0 {
@@ -411,7 +432,7 @@ impl Execution {
         // Start (or resume): the status event, and the run's own message.
         let mut events = vec![self.event(
             "run.status",
-            json!({ "status": "running", "attempt": self.run.attempts }),
+            json!({ "status": "running", "attempt": self.run.attempts, "worker": self.engine.node }),
         )];
         let mut messages = Vec::new();
         if self.run.input_seq.is_none() {

@@ -463,6 +463,30 @@ impl RunRepo {
         Ok(cancelled.into_iter().flatten().collect())
     }
 
+    /// Hands `owner`'s running runs back to the queue; returns how many.
+    pub async fn release(&self, owner: Uuid) -> Result<u64> {
+        let notify = if self.postgres() {
+            "SELECT pg_notify('orchestra_runs', 'q')"
+        } else {
+            "SELECT 1"
+        };
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = $2
+                 WHERE lease_owner = $1 AND status = 'running'",
+            )
+            .bind(owner)
+            .bind(db::now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(notify).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
     /// Re-queues runs whose lease expired, and rejects approvals that
     /// expired (re-queueing their runs). Returns how many runs were re-queued.
     pub async fn sweep(&self) -> Result<u64> {

@@ -4,6 +4,8 @@
 mod common;
 #[path = "../support/build.rs"]
 mod support;
+#[path = "../support/vendor.rs"]
+mod vendor;
 
 mod agents;
 mod auth;
