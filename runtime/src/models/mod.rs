@@ -169,6 +169,7 @@ pub struct ModelService {
     policy: ClientPolicy,
     client: reqwest::Client,
     listed: Arc<Mutex<ModelCache>>,
+    in_process: Arc<std::sync::RwLock<HashMap<String, Arc<dyn Provider>>>>,
 }
 
 /// Model lists read from providers, by provider, with when they were read.
@@ -245,6 +246,7 @@ impl ModelService {
             client: http_client(&policy),
             policy,
             listed: Arc::new(Mutex::new(HashMap::new())),
+            in_process: Arc::default(),
         }
     }
 
@@ -470,8 +472,22 @@ impl ModelService {
         Ok((kind, row.3, key))
     }
 
+    /// Registers a provider implemented in this process under `name` (for
+    /// embedding Orchestra as a library, and for the benchmark, which
+    /// measures the runtime without a network in between). It takes
+    /// precedence over a configured provider of the same name.
+    pub fn register_in_process(&self, name: &str, provider: Arc<dyn Provider>) {
+        self.in_process
+            .write()
+            .expect("provider registry")
+            .insert(name.to_owned(), provider);
+    }
+
     /// A client of the provider `name`, for runs.
     pub async fn client(&self, name: &str) -> Result<Arc<dyn Provider>> {
+        if let Some(p) = self.in_process.read().expect("provider registry").get(name) {
+            return Ok(p.clone());
+        }
         let (kind, base_url, key) = self.endpoint(name).await?;
         Ok(match kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(

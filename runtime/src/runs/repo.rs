@@ -547,10 +547,14 @@ impl RunRepo {
         let postgres = self.postgres();
         on_db!(&self.db, pool, D => {
             let mut tx = pool.begin().await?;
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            // A write first: it takes the lock (SQLite) before anything is read.
+            let status: Option<String> = sqlx::query_scalar(
+                "UPDATE runs SET updated_at = $2 WHERE id = $1 RETURNING status",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some(status) = status else { return Ok(None) };
             let done = match status.as_str() {
                 "queued" | "requires_action" => {

@@ -1,0 +1,350 @@
+//! Run-engine benchmark (on demand: `cargo bench --bench runs`). Prints
+//! figures, asserts nothing.
+//!
+//! Every turn is the same: the model asks for one calculator call, the tool
+//! runs in the sandbox, the model answers. So one turn is three agent steps
+//! (two model steps and one tool step), each persisted before the next.
+//!
+//! 1. With a provider that answers at once (in process, no network): the
+//!    runtime's own time per turn and per step, persistence included, one
+//!    turn at a time; then runs per second with 2,000 turns in flight.
+//! 2. With a provider that takes 1 s per answer: 10,000 conversations each
+//!    running one such turn at the same time (2 s is the floor): wall time
+//!    and peak memory of the process.
+//!
+//! SQLite always; PostgreSQL too when `ORCHESTRA_BENCH_DATABASE_URL` (or
+//! `ORCHESTRA_TEST_DATABASE_URL`) names a server whose user may create
+//! databases. `ORCHESTRA_BENCH_CONCURRENT` changes the 10,000.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use orchestra::agents::model::{AgentInput, ModelRef};
+use orchestra::config::Config;
+use orchestra::conversations::model::{ConversationInput, ContentInput};
+use orchestra::http::AppState;
+use orchestra::providers::{
+    ChatMessage, ChatRequest, EventStream, FinishReason, Provider, StreamEvent, Usage,
+};
+use orchestra::runs::model::{RunInput, RunStatus};
+use orchestra::users::model::{AuthMethod, Principal, Role};
+use serde_json::Map;
+use uuid::Uuid;
+
+/// A model that asks for the calculator once, then answers, after `delay`.
+struct Scripted {
+    delay: Duration,
+}
+
+impl Provider for Scripted {
+    fn stream(&self, request: ChatRequest) -> EventStream {
+        let answered = request
+            .messages
+            .iter()
+            .any(|m| matches!(m, ChatMessage::ToolResult { .. }));
+        let mut events = Vec::new();
+        if answered {
+            events.push(StreamEvent::TextDelta("The answer is ".into()));
+            events.push(StreamEvent::TextDelta("42.".into()));
+            events.push(StreamEvent::Finish(FinishReason::Stop));
+        } else {
+            events.push(StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_1".into(),
+                name: "calculator__evaluate".into(),
+            });
+            events.push(StreamEvent::ToolCallDelta {
+                index: 0,
+                fragment: r#"{"expression":"6*7"}"#.into(),
+            });
+            events.push(StreamEvent::Finish(FinishReason::ToolCalls));
+        }
+        events.push(StreamEvent::Usage(Usage {
+            input_tokens: Some(50),
+            output_tokens: Some(10),
+        }));
+        let delay = self.delay;
+        futures_util::stream::once(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            futures_util::stream::iter(events.into_iter().map(Ok))
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    status_kib("VmHWM:") / 1024.0
+}
+
+fn rss_mib() -> f64 {
+    status_kib("VmRSS:") / 1024.0
+}
+
+fn status_kib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn fresh_postgres(server: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("orchestra_bench_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+struct Bench {
+    state: AppState,
+    principal: Principal,
+    agent: Uuid,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(database_url: Option<String>, delay: Duration) -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        database_url,
+        ..Config::default()
+    };
+    config.database.max_connections = 16;
+    config.sandbox.refresh_secs = 0;
+    config.runs.max_concurrent = 20_000;
+    let state = orchestra::server::build_state(config).await.unwrap();
+    state
+        .models
+        .register_in_process("bench", Arc::new(Scripted { delay }));
+    let user = state
+        .users
+        .create_user_offline(
+            "bench@example.com",
+            "correct horse battery".into(),
+            Role::Admin,
+            None,
+        )
+        .await
+        .unwrap();
+    let principal = Principal {
+        user_id: user.id,
+        role: Role::Admin,
+        method: AuthMethod::AccessToken,
+    };
+    let agent = state
+        .agents
+        .create(
+            &principal,
+            AgentInput {
+                name: "bench".into(),
+                description: None,
+                instructions: "Compute.".into(),
+                model: ModelRef {
+                    provider: "bench".into(),
+                    model: "scripted".into(),
+                    parameters: Map::new(),
+                },
+                tools: vec!["calculator__evaluate".into()],
+                config: Map::new(),
+                metadata: Map::new(),
+            },
+        )
+        .await
+        .unwrap();
+    Bench {
+        state,
+        principal,
+        agent: agent.id,
+        _dir: dir,
+    }
+}
+
+impl Bench {
+    async fn conversations(&self, n: usize) -> Vec<Uuid> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = self
+                .state
+                .conversations
+                .create(
+                    &self.principal,
+                    ConversationInput {
+                        agent_id: self.agent,
+                        title: None,
+                        metadata: Map::new(),
+                    },
+                )
+                .await
+                .unwrap();
+            out.push(c.id);
+        }
+        out
+    }
+
+    async fn start(&self, conversation: Uuid) -> Uuid {
+        self.state
+            .runs
+            .create(
+                &self.principal,
+                conversation,
+                RunInput {
+                    message: Some(ContentInput::Text("What is 6*7?".into())),
+                    limits: None,
+                    on_active: None,
+                },
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn wait(&self, run: Uuid) {
+        let mut watch = self.state.runs.bus().watch(run);
+        loop {
+            let r = self.state.runs.get(&self.principal, run).await.unwrap();
+            if r.status.is_terminal() {
+                assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), watch.events.changed()).await;
+        }
+    }
+
+    async fn completed(&self) -> i64 {
+        orchestra::on_db!(&self.state.db, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runs WHERE status = 'completed'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap())
+    }
+
+    async fn wait_completed(&self, n: i64) {
+        while self.completed().await < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn overhead(name: &str, url: Option<String>) {
+    let bench = setup(url, Duration::ZERO).await;
+    // Warm up: plugin instances, connections, statement caches.
+    for c in bench.conversations(20).await {
+        let run = bench.start(c).await;
+        bench.wait(run).await;
+    }
+    let turns = 300;
+    let conversations = bench.conversations(turns).await;
+    let mut times = Vec::with_capacity(turns);
+    for c in conversations {
+        let started = Instant::now();
+        let run = bench.start(c).await;
+        bench.wait(run).await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    println!(
+        "{name}: one turn at a time (3 steps, instant model): p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms per turn; {:.3} ms per step (mean)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        mean.as_secs_f64() * 1e3,
+        mean.as_secs_f64() * 1e3 / 3.0
+    );
+
+    let n = 2000;
+    let conversations = bench.conversations(n).await;
+    let before = bench.completed().await;
+    let started = Instant::now();
+    let bench = Arc::new(bench);
+    let mut tasks = Vec::new();
+    for c in conversations {
+        let b = bench.clone();
+        tasks.push(tokio::spawn(async move { b.start(c).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    bench.wait_completed(before + n as i64).await;
+    let elapsed = started.elapsed();
+    println!(
+        "{name}: {n} turns in flight: {:.2} s, {:.0} runs/s, {:.0} steps/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        3.0 * n as f64 / elapsed.as_secs_f64()
+    );
+    bench.state.db.close().await;
+}
+
+async fn concurrent(name: &str, url: Option<String>, n: usize) {
+    let bench = Arc::new(setup(url, Duration::from_secs(1)).await);
+    let conversations = bench.conversations(n).await;
+    let rss_before = rss_mib();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in conversations {
+        let b = bench.clone();
+        tasks.push(tokio::spawn(async move { b.start(c).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let created = started.elapsed();
+    bench.wait_completed(n as i64).await;
+    let elapsed = started.elapsed();
+    println!(
+        "{name}: {n} concurrent turns, 1 s per model answer (floor 2 s): all done in {:.2} s (runs created in {:.2} s); RSS {:.0} MiB before, peak {:.0} MiB",
+        elapsed.as_secs_f64(),
+        created.as_secs_f64(),
+        rss_before,
+        peak_rss_mib()
+    );
+    bench.state.db.close().await;
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = std::env::var("ORCHESTRA_BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("ORCHESTRA_TEST_DATABASE_URL"))
+        .ok()
+        .filter(|s| !s.is_empty());
+    let n: usize = std::env::var("ORCHESTRA_BENCH_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let want = |phase: &str| only.as_deref().is_none_or(|o| phase.contains(o));
+    rt.block_on(async {
+        if want("overhead-sqlite") {
+            overhead("sqlite", None).await;
+        }
+        if let (Some(server), true) = (&pg, want("overhead-postgres")) {
+            overhead("postgres", Some(fresh_postgres(server).await)).await;
+        }
+        if want("concurrent-sqlite") {
+            concurrent("sqlite", None, n).await;
+        }
+        if let (Some(server), true) = (&pg, want("concurrent-postgres")) {
+            concurrent("postgres", Some(fresh_postgres(server).await), n).await;
+        }
+    });
+}
