@@ -29,6 +29,7 @@ use crate::plugins::host::DbHostServices;
 use crate::plugins::PluginService;
 use crate::runs::bus::Bus;
 use crate::runs::engine::Engine;
+use crate::runs::writer::Writer;
 use crate::runs::RunService;
 use crate::sandbox::{EngineLimits, Sandbox};
 use crate::secrets::SecretService;
@@ -110,11 +111,13 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
     let agents = AgentService::new(db.clone(), tools.clone());
     let conversations = ConversationService::new(db.clone(), agents.clone());
     let bus = Bus::default();
+    let writer = Writer::start(db.clone());
     let runs = RunService::new(
         db.clone(),
         conversations.clone(),
         models.clone(),
         bus.clone(),
+        writer.clone(),
         config.runs.clone(),
     );
     let engine = Engine::new(
@@ -122,6 +125,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         tools.clone(),
         models.clone(),
         bus,
+        writer,
         config.runs.clone(),
     );
     AppState {

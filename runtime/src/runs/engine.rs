@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::bus::{Bus, RunWatch};
 use super::model::*;
 use super::repo::*;
+use super::writer::{StepWrite, Writer};
 use crate::agents::repo::{AgentRepo, AgentRow};
 use crate::config::RunsConfig;
 use crate::conversations::model::{ContentPart, MessageRole};
@@ -63,6 +64,7 @@ struct Inner {
     tools: ToolCatalogue,
     models: ModelService,
     bus: Bus,
+    writer: Writer,
     node: Uuid,
     config: RunsConfig,
     slots: Arc<Semaphore>,
@@ -86,10 +88,12 @@ impl Engine {
         tools: ToolCatalogue,
         models: ModelService,
         bus: Bus,
+        writer: Writer,
         config: RunsConfig,
     ) -> Self {
         Engine {
             inner: Arc::new(Inner {
+                writer,
                 repo: RunRepo::new(db.clone()),
                 conversations: ConversationRepo::new(db.clone()),
                 agents: AgentRepo::new(db),
@@ -330,17 +334,17 @@ impl Execution {
     ) -> Result<Vec<MessageRow>, StepError> {
         let rows = self
             .engine
-            .repo
-            .step(
-                &self.run,
-                self.engine.node,
-                messages,
-                new_calls,
-                started,
-                outcomes,
-                &update,
-                &events,
-            )
+            .writer
+            .step(StepWrite {
+                run: self.run.clone(),
+                owner: self.engine.node,
+                messages: messages.to_vec(),
+                new_calls: new_calls.to_vec(),
+                started: started.to_vec(),
+                outcomes: outcomes.to_vec(),
+                update: update.clone(),
+                events: events.clone(),
+            })
             .await?;
         self.run.step_count += update.steps;
         self.run.input_tokens += update.input_tokens;

@@ -9,6 +9,7 @@ pub mod model;
 pub mod repo;
 pub mod routes;
 pub mod usage;
+pub mod writer;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -34,6 +35,7 @@ pub struct RunService {
     models: ModelService,
     usage: usage::UsageService,
     bus: Bus,
+    writer: writer::Writer,
     config: RunsConfig,
 }
 
@@ -95,9 +97,11 @@ impl RunService {
         conversations: ConversationService,
         models: ModelService,
         bus: Bus,
+        writer: writer::Writer,
         config: RunsConfig,
     ) -> Self {
         RunService {
+            writer,
             repo: RunRepo::new(db.clone()),
             agents: AgentRepo::new(db.clone()),
             usage: usage::UsageService::new(db),
@@ -179,19 +183,32 @@ impl RunService {
             .check_quota(conv.owner_id, self.config.default_daily_tokens)
             .await?;
         let policy = input.on_active.unwrap_or(self.config.on_active);
-        let (row, interrupted) = self
-            .repo
-            .create(
+        let (row, interrupted) = if policy == ActivePolicy::Queue {
+            // Nothing to check against other runs: group-committed.
+            let row = writer::queued_row(
                 conversation,
                 conv.owner_id,
                 agent.id,
-                parts.as_deref(),
-                &limits,
+                parts,
+                limits,
                 &model.provider,
                 &model.model,
-                policy,
-            )
-            .await?;
+            );
+            (self.writer.create(row).await?, Vec::new())
+        } else {
+            self.repo
+                .create(
+                    conversation,
+                    conv.owner_id,
+                    agent.id,
+                    parts.as_deref(),
+                    &limits,
+                    &model.provider,
+                    &model.model,
+                    policy,
+                )
+                .await?
+        };
         for other in interrupted {
             self.bus.cancel(other);
         }

@@ -343,6 +343,48 @@ impl RunRepo {
         })
     }
 
+    /// Stores a queued run built by [`super::writer::queued_row`] and its
+    /// first event (the writer's fallback when a batch fails).
+    pub async fn insert_queued(&self, row: &RunRow) -> Result<()> {
+        let events = [NewEvent {
+            seq: 1,
+            kind: "run.status",
+            data: serde_json::json!({ "status": "queued" }),
+        }];
+        let postgres = self.postgres();
+        let now = row.created_at;
+        let result: std::result::Result<(), sqlx::Error> = on_db!(&self.db, pool, D => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(row.id)
+            .bind(row.conversation_id)
+            .bind(row.user_id)
+            .bind(row.agent_id)
+            .bind(row.input.as_ref().map(|i| Json(&i.0)))
+            .bind(Json(&row.limits.0))
+            .bind(&row.provider)
+            .bind(&row.model)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            insert_events!(tx, D, postgres, row.id, events, now);
+            if postgres {
+                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }.await);
+        match result {
+            Ok(()) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(Error::NotFound("conversation"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A run, if `owner` (when given) started it.
     pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> Result<Option<RunRow>> {
         on_db!(&self.db, pool, D => {

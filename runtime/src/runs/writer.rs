@@ -1,0 +1,483 @@
+//! Group commit for the run engine's writes.
+//!
+//! Every step a worker persists, and every queued run the API creates, goes
+//! through one writer task per process. The writer takes whatever is
+//! waiting (up to a bound), writes all of it in one transaction with a fixed
+//! number of statements however many runs are in the batch (one fenced
+//! `UPDATE runs ... FROM (VALUES ...)`, one message-count update, one
+//! insert per table), commits, then answers each caller. Alone, a write
+//! costs what it did before; under load, thousands of runs share a commit
+//! and a handful of round trips.
+//!
+//! The fence is the same as in [`RunRepo::step`]: a step whose run is no
+//! longer leased to its worker changes nothing and gets
+//! [`StepError::LeaseLost`]. If a batch fails as a whole, each of its writes
+//! is retried on its own through [`RunRepo`], so one bad write fails only
+//! its own caller.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::types::Json;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::bus::CHANNEL;
+use super::model::*;
+use super::repo::*;
+use crate::conversations::model::ContentPart;
+use crate::conversations::repo::MessageRow;
+use crate::db::{self, Db};
+use crate::error::Result;
+use crate::on_db;
+
+/// Most bound parameters in one statement (SQLite allows 32766).
+const MAX_BINDS: usize = 20_000;
+
+/// A fenced step of a run (see [`RunRepo::step`]).
+pub struct StepWrite {
+    pub run: RunRow,
+    pub owner: Uuid,
+    pub messages: Vec<NewMessage>,
+    pub new_calls: Vec<NewCall>,
+    pub started: Vec<String>,
+    pub outcomes: Vec<CallOutcome>,
+    pub update: RunUpdate,
+    pub events: Vec<NewEvent>,
+}
+
+/// A new queued run.
+pub struct CreateWrite {
+    pub row: RunRow,
+}
+
+enum Op {
+    Step(
+        StepWrite,
+        oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
+    ),
+    Create(CreateWrite, oneshot::Sender<Result<RunRow>>),
+}
+
+impl Op {
+    fn binds(&self) -> usize {
+        match self {
+            Op::Step(s, _) => {
+                12 + 8 * s.messages.len()
+                    + 5 * s.events.len()
+                    + 11 * s.new_calls.len()
+                    + 2 * s.started.len()
+                    + 4 * s.outcomes.len()
+            }
+            Op::Create(_, _) => 20,
+        }
+    }
+}
+
+/// The group-commit writer of one process.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+fn gone<T>() -> std::result::Result<T, crate::error::Error> {
+    Err(crate::error::Error::Unavailable(
+        "the run writer has stopped".into(),
+    ))
+}
+
+impl Writer {
+    /// Starts the writer task over `db`.
+    pub fn start(db: Db) -> Writer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
+        let repo = RunRepo::new(db.clone());
+        tokio::spawn(async move {
+            let mut carry: Option<Op> = None;
+            loop {
+                let first = match carry.take() {
+                    Some(op) => op,
+                    None => match rx.recv().await {
+                        Some(op) => op,
+                        None => return,
+                    },
+                };
+                let mut binds = first.binds();
+                let mut batch = vec![first];
+                while let Ok(op) = rx.try_recv() {
+                    if binds + op.binds() > MAX_BINDS {
+                        carry = Some(op);
+                        break;
+                    }
+                    binds += op.binds();
+                    batch.push(op);
+                }
+                run_batch(&db, &repo, batch).await;
+            }
+        });
+        Writer { tx }
+    }
+
+    /// Persists one step; resolves when it is committed.
+    pub async fn step(&self, write: StepWrite) -> std::result::Result<Vec<MessageRow>, StepError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Op::Step(write, reply)).is_err() {
+            return gone().map_err(StepError::Db);
+        }
+        answer.await.unwrap_or_else(|_| gone().map_err(StepError::Db))
+    }
+
+    /// Stores a new queued run (with its `queued` event).
+    pub async fn create(&self, row: RunRow) -> Result<RunRow> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Op::Create(CreateWrite { row }, reply)).is_err() {
+            return gone();
+        }
+        answer.await.unwrap_or_else(|_| gone())
+    }
+}
+
+async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
+    let mut steps = Vec::new();
+    let mut creates = Vec::new();
+    for op in batch {
+        match op {
+            Op::Step(s, reply) => steps.push((s, reply)),
+            Op::Create(c, reply) => creates.push((c, reply)),
+        }
+    }
+    match write_batch(db, &steps, &creates).await {
+        Ok(outcome) => {
+            if let Db::Postgres(pool) = db {
+                if !outcome.notify.is_empty() {
+                    let sent = sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
+                        .bind(CHANNEL)
+                        .bind(&outcome.notify)
+                        .execute(pool)
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "run notifications were not sent");
+                    }
+                }
+            }
+            let mut appended = outcome.appended;
+            for (i, (_, reply)) in steps.into_iter().enumerate() {
+                let result = match appended.remove(&i) {
+                    Some(rows) => Ok(rows),
+                    None => Err(StepError::LeaseLost),
+                };
+                let _ = reply.send(result);
+            }
+            for (c, reply) in creates {
+                let _ = reply.send(Ok(c.row));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = steps.len() + creates.len(),
+                "a batch of run writes failed; writing each on its own");
+            for (s, reply) in steps {
+                let result = repo
+                    .step(
+                        &s.run,
+                        s.owner,
+                        &s.messages,
+                        &s.new_calls,
+                        &s.started,
+                        &s.outcomes,
+                        &s.update,
+                        &s.events,
+                    )
+                    .await;
+                let _ = reply.send(result);
+            }
+            for (c, reply) in creates {
+                let _ = reply.send(repo.insert_queued(&c.row).await.map(|_| c.row));
+            }
+        }
+    }
+}
+
+struct Outcome {
+    /// Per step index: the messages it appended (absent: lease lost).
+    appended: HashMap<usize, Vec<MessageRow>>,
+    /// `NOTIFY` payloads (PostgreSQL).
+    notify: Vec<String>,
+}
+
+type StepSlot = (
+    StepWrite,
+    oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
+);
+type CreateSlot = (CreateWrite, oneshot::Sender<Result<RunRow>>);
+
+async fn write_batch(
+    db: &Db,
+    steps: &[StepSlot],
+    creates: &[CreateSlot],
+) -> std::result::Result<Outcome, sqlx::Error> {
+    let now = db::now();
+    on_db!(db, pool, D => {
+        let mut tx = pool.begin().await?;
+        // New runs and their first event.
+        if !creates.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
+            );
+            qb.push_values(creates.iter(), |mut b, (c, _)| {
+                let r = &c.row;
+                b.push_bind(r.id)
+                    .push_bind(r.conversation_id)
+                    .push_bind(r.user_id)
+                    .push_bind(r.agent_id)
+                    .push_bind("queued")
+                    .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                    .push_bind(Json(&r.limits.0))
+                    .push_bind(&r.provider)
+                    .push_bind(&r.model)
+                    .push_bind(r.created_at)
+                    .push_bind(r.created_at);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        // The fence: only steps whose run is still leased to their worker.
+        let mut live: HashSet<Uuid> = HashSet::new();
+        if !steps.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS (",
+            );
+            qb.push_values(steps.iter(), |mut b, (s, _)| {
+                let u = &s.update;
+                b.push_bind(s.run.id)
+                    .push_bind(s.owner)
+                    .push_bind(u.steps)
+                    .push_bind(u.input_tokens)
+                    .push_bind(u.output_tokens)
+                    .push_bind(u.status.map(RunStatus::as_str))
+                    .push_bind(u.error.as_ref().map(Json))
+                    .push_bind(u.status.is_some_and(RunStatus::is_terminal))
+                    .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
+            });
+            qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
+                     output_tokens = output_tokens + v_out, status = COALESCE(v_status, status), \
+                     error = COALESCE(v_error, error), updated_at = ");
+            qb.push_bind(now);
+            qb.push(", finished_at = CASE WHEN v_finished THEN ");
+            qb.push_bind(now);
+            qb.push(" ELSE finished_at END, \
+                     lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
+                     lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END \
+                     FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+            let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+            live.extend(ids);
+        }
+        let survivors: Vec<(usize, &StepWrite)> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| (i, s))
+            .filter(|(_, s)| live.contains(&s.run.id))
+            .collect();
+        // Message sequence numbers: one count update per conversation.
+        let mut per_conversation: HashMap<Uuid, i64> = HashMap::new();
+        for (_, s) in &survivors {
+            if !s.messages.is_empty() {
+                *per_conversation.entry(s.run.conversation_id).or_default() += s.messages.len() as i64;
+            }
+        }
+        let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
+        if !per_conversation.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_n) AS (");
+            qb.push_values(per_conversation.iter(), |mut b, (id, n)| {
+                b.push_bind(*id).push_bind(*n);
+            });
+            qb.push(") UPDATE conversations SET message_count = message_count + v_n, updated_at = ");
+            qb.push_bind(now);
+            qb.push(" FROM v WHERE id = v_id RETURNING id, message_count");
+            let counts: Vec<(Uuid, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            for (id, count) in counts {
+                next_seq.insert(id, count - per_conversation[&id] + 1);
+            }
+        }
+        let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+        let mut rows: Vec<MessageRow> = Vec::new();
+        let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
+        for (i, s) in &survivors {
+            let mut mine = Vec::with_capacity(s.messages.len());
+            for m in &s.messages {
+                let Some(seq) = next_seq.get_mut(&s.run.conversation_id) else {
+                    // The conversation is gone (its runs go with it).
+                    continue;
+                };
+                let row = MessageRow {
+                    id: m.id,
+                    conversation_id: s.run.conversation_id,
+                    seq: *seq,
+                    role: m.role.to_owned(),
+                    content: Json(m.content.clone()),
+                    metadata: Json(m.metadata.clone()),
+                    created_at: now,
+                };
+                *seq += 1;
+                rows.push(row.clone());
+                mine.push(row);
+            }
+            if s.update.sets_input {
+                if let Some(first) = mine.first() {
+                    input_seqs.push((s.run.id, first.seq));
+                }
+            }
+            appended.insert(*i, mine);
+        }
+        if !rows.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
+            );
+            qb.push_values(rows.iter(), |mut b, r| {
+                b.push_bind(r.id)
+                    .push_bind(r.conversation_id)
+                    .push_bind(r.seq)
+                    .push_bind(&r.role)
+                    .push_bind(Json(&r.content.0))
+                    .push_bind(Json(&r.metadata.0))
+                    .push_bind(r.created_at);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        if !input_seqs.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_seq) AS (");
+            qb.push_values(input_seqs.iter(), |mut b, (id, seq)| {
+                b.push_bind(*id).push_bind(*seq);
+            });
+            qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
+            qb.build().execute(&mut *tx).await?;
+        }
+        let calls: Vec<(&StepWrite, &NewCall)> = survivors
+            .iter()
+            .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
+            .collect();
+        if !calls.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
+                     idempotent, status, approval_expires_ms, created_at) ",
+            );
+            qb.push_values(calls.iter(), |mut b, (s, c)| {
+                b.push_bind(s.run.id)
+                    .push_bind(&c.call_id)
+                    .push_bind(s.run.step_count + s.update.steps)
+                    .push_bind(c.position)
+                    .push_bind(&c.name)
+                    .push_bind(Json(&c.arguments))
+                    .push_bind(&c.arguments_error)
+                    .push_bind(c.idempotent)
+                    .push_bind(c.status)
+                    .push_bind(c.approval_expires_ms)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        let started: Vec<(Uuid, &String)> = survivors
+            .iter()
+            .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
+            .collect();
+        if !started.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_run, v_call) AS (");
+            qb.push_values(started.iter(), |mut b, (run, call)| {
+                b.push_bind(*run).push_bind(*call);
+            });
+            qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
+            qb.build().execute(&mut *tx).await?;
+        }
+        let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
+            .iter()
+            .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
+            .collect();
+        if !outcomes.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_run, v_call, v_result, v_error) AS (");
+            qb.push_values(outcomes.iter(), |mut b, (run, o)| {
+                b.push_bind(*run)
+                    .push_bind(&o.call_id)
+                    .push_bind(Json(&o.result))
+                    .push_bind(o.is_error);
+            });
+            qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
+            qb.push_bind(now);
+            qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
+            qb.build().execute(&mut *tx).await?;
+        }
+        let queued_event = [NewEvent {
+            seq: 1,
+            kind: "run.status",
+            data: serde_json::json!({ "status": "queued" }),
+        }];
+        let events: Vec<(Uuid, &NewEvent)> = survivors
+            .iter()
+            .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
+            .chain(creates.iter().map(|(c, _)| (c.row.id, &queued_event[0])))
+            .collect();
+        if !events.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "INSERT INTO run_events (run_id, seq, type, data, created_at) ",
+            );
+            qb.push_values(events.iter(), |mut b, (run, e)| {
+                b.push_bind(*run)
+                    .push_bind(e.seq)
+                    .push_bind(e.kind)
+                    .push_bind(Json(&e.data))
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let mut notify: Vec<String> = survivors
+            .iter()
+            .filter(|(_, s)| !s.events.is_empty())
+            .map(|(_, s)| format!("e:{}", s.run.id))
+            .collect();
+        let ends = survivors
+            .iter()
+            .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
+        if ends || !creates.is_empty() {
+            notify.push("q".into());
+        }
+        Ok(Outcome { appended, notify })
+    })
+}
+
+/// A queued run as it will be stored.
+#[allow(clippy::too_many_arguments)]
+pub fn queued_row(
+    conversation: Uuid,
+    user: Uuid,
+    agent: Uuid,
+    input: Option<Vec<ContentPart>>,
+    limits: RunLimits,
+    provider: &str,
+    model: &str,
+) -> RunRow {
+    let now = db::now();
+    RunRow {
+        id: Uuid::now_v7(),
+        conversation_id: conversation,
+        user_id: user,
+        agent_id: agent,
+        status: "queued".into(),
+        input: input.map(Json),
+        input_seq: None,
+        limits: Json(limits),
+        provider: provider.to_owned(),
+        model: model.to_owned(),
+        step_count: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        error: None,
+        cancel_requested: false,
+        attempts: 0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+    }
+}
