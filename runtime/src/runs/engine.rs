@@ -252,6 +252,10 @@ struct Execution {
     seq: i64,
     deadline: tokio::time::Instant,
     history: Vec<MessageRow>,
+    /// Tool calls this worker stored, as stored (saves re-reading them).
+    known_calls: HashMap<String, ToolCallRow>,
+    /// Calls whose `tool_call.started` event went out with the model output.
+    announced: std::collections::HashSet<String>,
 }
 
 /// What the stored story says comes next.
@@ -292,7 +296,12 @@ impl Execution {
         run: RunRow,
         watch: RunWatch,
     ) -> Result<Self, crate::error::Error> {
-        let seq = engine.repo.last_event(run.id).await?;
+        // A first attempt has only its `queued` event so far.
+        let seq = if run.attempts == 1 {
+            1
+        } else {
+            engine.repo.last_event(run.id).await?
+        };
         let history = engine
             .conversations
             .messages(run.conversation_id, 0, i64::MAX)
@@ -305,6 +314,8 @@ impl Execution {
             seq,
             deadline,
             history,
+            known_calls: HashMap::new(),
+            announced: Default::default(),
         })
     }
 
@@ -754,6 +765,25 @@ impl Execution {
         ));
         let final_answer = completion.tool_calls.is_empty();
         let park = !pending.is_empty();
+        let step = self.run.step_count + 1;
+        for c in &new_calls {
+            self.known_calls.insert(
+                c.call_id.clone(),
+                ToolCallRow {
+                    run_id: self.run.id,
+                    call_id: c.call_id.clone(),
+                    step,
+                    position: c.position,
+                    name: c.name.clone(),
+                    arguments: sqlx::types::Json(c.arguments.clone()),
+                    arguments_error: c.arguments_error.clone(),
+                    idempotent: c.idempotent,
+                    status: c.status.to_owned(),
+                    decision: None,
+                    approval_expires_ms: c.approval_expires_ms,
+                },
+            );
+        }
         let message_seq = self.event("message.completed", Value::Null).seq;
         let mut tail = Vec::new();
         if park {
@@ -767,7 +797,23 @@ impl Execution {
             tail.push(self.event("approval.required", json!({ "tool_calls": calls })));
             tail.push(self.event("run.status", json!({ "status": "requires_action" })));
             update.status = Some(RunStatus::RequiresAction);
-        } else if final_answer {
+        } else if !final_answer {
+            // Idempotent calls about to run need no separate "started"
+            // write: their start is announced with the answer.
+            for c in &new_calls {
+                let runnable = c.idempotent
+                    && c.arguments_error.is_none()
+                    && agent.tools.0.contains(&c.name)
+                    && self.engine.tools.contains(&c.name);
+                if runnable {
+                    tail.push(self.event(
+                        "tool_call.started",
+                        json!({ "call_id": c.call_id, "name": c.name, "arguments": c.arguments }),
+                    ));
+                    self.announced.insert(c.call_id.clone());
+                }
+            }
+        } else {
             let data = json!({ "status": "completed" });
             tail.push(self.event("run.status", data.clone()));
             tail.push(self.event("done", data));
@@ -806,14 +852,18 @@ impl Execution {
         agent: &AgentRow,
         calls: Vec<ToolCall>,
     ) -> Result<Option<Stop>, StepError> {
-        let rows: HashMap<String, ToolCallRow> = self
-            .engine
-            .repo
-            .tool_calls(self.run.id)
-            .await?
-            .into_iter()
-            .map(|r| (r.call_id.clone(), r))
-            .collect();
+        let rows: HashMap<String, ToolCallRow> =
+            if calls.iter().all(|c| self.known_calls.contains_key(&c.id)) {
+                std::mem::take(&mut self.known_calls)
+            } else {
+                self.engine
+                    .repo
+                    .tool_calls(self.run.id)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.call_id.clone(), r))
+                    .collect()
+            };
         // Decide each call's fate from its stored record.
         let mut immediate: Vec<(ToolCall, Value, bool)> = Vec::new();
         let mut to_run: Vec<(ToolCall, Value)> = Vec::new();
@@ -896,6 +946,7 @@ impl Execution {
             .collect();
         let events: Vec<NewEvent> = to_run
             .iter()
+            .filter(|(c, _)| !self.announced.contains(&c.id))
             .map(|(c, args)| {
                 (
                     "tool_call.started",
@@ -906,8 +957,11 @@ impl Execution {
             .into_iter()
             .map(|(k, d)| self.event(k, d))
             .collect();
-        self.write(&[], &[], &started, &[], RunUpdate::default(), events)
-            .await?;
+        if !started.is_empty() || !events.is_empty() {
+            self.write(&[], &[], &started, &[], RunUpdate::default(), events)
+                .await?;
+        }
+        self.announced.clear();
         // ... then run them in parallel, recording each as it finishes.
         let user = self.run.user_id;
         let mut running: FuturesUnordered<_> = to_run
