@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use orchestra::agents::model::{AgentInput, ModelRef};
 use orchestra::config::Config;
-use orchestra::conversations::model::{ConversationInput, ContentInput};
+use orchestra::conversations::model::{ContentInput, ConversationInput};
 use orchestra::http::AppState;
 use orchestra::providers::{
     ChatMessage, ChatRequest, EventStream, FinishReason, Provider, StreamEvent, Usage,
@@ -122,7 +122,10 @@ async fn setup(database_url: Option<String>, delay: Duration) -> Bench {
         database_url,
         ..Config::default()
     };
-    config.database.max_connections = 16;
+    config.database.max_connections = std::env::var("ORCHESTRA_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     config.sandbox.refresh_secs = 0;
     config.runs.max_concurrent = 20_000;
     let state = orchestra::server::build_state(config).await.unwrap();
@@ -233,8 +236,22 @@ impl Bench {
     }
 
     async fn wait_completed(&self, n: i64) {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
         while self.completed().await < n {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if std::env::var("ORCHESTRA_BENCH_PROGRESS").is_ok()
+                && last_report.elapsed() > Duration::from_millis(500)
+            {
+                last_report = Instant::now();
+                let counts: Vec<(String, i64)> = orchestra::on_db!(&self.state.db, pool => sqlx::query_as(
+                    "SELECT status || ':' || step_count, COUNT(*) FROM runs GROUP BY status, step_count",
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap());
+                eprintln!("{:>6.2} s {counts:?}", started.elapsed().as_secs_f64());
+            }
         }
     }
 }

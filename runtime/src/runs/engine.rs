@@ -218,18 +218,21 @@ impl Inner {
     async fn execute(self: &Arc<Self>, run: RunRow) {
         let watch = self.bus.watch(run.id);
         let id = run.id;
-        let mut exec = match Execution::new(self.clone(), run, watch).await {
+        // Futures are boxed where they are large and short-lived, so that a
+        // waiting run holds only the frames it is waiting in (10,000 runs
+        // in flight must fit in little memory).
+        let mut exec = match Box::pin(Execution::new(self.clone(), run, watch)).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "cannot start the run; its lease will expire and it will be retried");
                 return;
             }
         };
-        let stop = exec.drive().await;
+        let stop = Box::pin(exec.drive()).await;
         let outcome = match stop {
             Ok(Stop::Done) => Ok(()),
-            Ok(Stop::Cancelled) => exec.finish(RunStatus::Cancelled, None).await,
-            Ok(Stop::Failed(error)) => exec.finish(RunStatus::Failed, Some(error)).await,
+            Ok(Stop::Cancelled) => Box::pin(exec.finish(RunStatus::Cancelled, None)).await,
+            Ok(Stop::Failed(error)) => Box::pin(exec.finish(RunStatus::Failed, Some(error))).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -425,7 +428,7 @@ impl Execution {
                 ),
             )));
         }
-        let agent = match self.engine.agents.get(self.run.agent_id, None).await {
+        let agent = match Box::pin(self.engine.agents.get(self.run.agent_id, None)).await {
             Ok(Some(agent)) => agent,
             Ok(None) => {
                 return Ok(Stop::Failed(RunError::new(
@@ -435,7 +438,7 @@ impl Execution {
             }
             Err(e) => return Err(e.into()),
         };
-        let provider = match self.engine.models.client(&self.run.provider).await {
+        let provider = match Box::pin(self.engine.models.client(&self.run.provider)).await {
             Ok(p) => p,
             Err(e) => {
                 return Ok(Stop::Failed(RunError::new(
@@ -469,11 +472,11 @@ impl Execution {
             let next = self.next();
             let stop = match next {
                 Next::Finished => {
-                    self.finish(RunStatus::Completed, None).await?;
+                    Box::pin(self.finish(RunStatus::Completed, None)).await?;
                     return Ok(Stop::Done);
                 }
-                Next::Model => self.model_step(&agent, provider.as_ref()).await?,
-                Next::Tools(calls) => self.tool_step(&agent, calls).await?,
+                Next::Model => Box::pin(self.model_step(&agent, provider.as_ref())).await?,
+                Next::Tools(calls) => Box::pin(self.tool_step(&agent, calls)).await?,
             };
             if let Some(stop) = stop {
                 return Ok(stop);

@@ -128,13 +128,19 @@ impl Writer {
         if self.tx.send(Op::Step(write, reply)).is_err() {
             return gone().map_err(StepError::Db);
         }
-        answer.await.unwrap_or_else(|_| gone().map_err(StepError::Db))
+        answer
+            .await
+            .unwrap_or_else(|_| gone().map_err(StepError::Db))
     }
 
     /// Stores a new queued run (with its `queued` event).
     pub async fn create(&self, row: RunRow) -> Result<RunRow> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Op::Create(CreateWrite { row }, reply)).is_err() {
+        if self
+            .tx
+            .send(Op::Create(CreateWrite { row }, reply))
+            .is_err()
+        {
             return gone();
         }
         answer.await.unwrap_or_else(|_| gone())
