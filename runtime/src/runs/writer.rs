@@ -52,7 +52,7 @@ pub struct CreateWrite {
 
 enum Op {
     Step(
-        StepWrite,
+        Box<StepWrite>,
         oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
     ),
     Create(CreateWrite, oneshot::Sender<Result<RunRow>>),
@@ -125,7 +125,7 @@ impl Writer {
     /// Persists one step; resolves when it is committed.
     pub async fn step(&self, write: StepWrite) -> std::result::Result<Vec<MessageRow>, StepError> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Op::Step(write, reply)).is_err() {
+        if self.tx.send(Op::Step(Box::new(write), reply)).is_err() {
             return gone().map_err(StepError::Db);
         }
         answer
@@ -152,7 +152,7 @@ async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
     let mut creates = Vec::new();
     for op in batch {
         match op {
-            Op::Step(s, reply) => steps.push((s, reply)),
+            Op::Step(s, reply) => steps.push((*s, reply)),
             Op::Create(c, reply) => creates.push((c, reply)),
         }
     }
