@@ -55,7 +55,7 @@ enum Op {
         Box<StepWrite>,
         oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
     ),
-    Create(CreateWrite, oneshot::Sender<Result<RunRow>>),
+    Create(Box<CreateWrite>, oneshot::Sender<Result<RunRow>>),
 }
 
 impl Op {
@@ -153,7 +153,7 @@ async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
     for op in batch {
         match op {
             Op::Step(s, reply) => steps.push((*s, reply)),
-            Op::Create(c, reply) => creates.push((c, reply)),
+            Op::Create(c, reply) => creates.push((*c, reply)),
         }
     }
     match write_batch(db, &steps, &creates).await {
