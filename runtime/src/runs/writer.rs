@@ -138,7 +138,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         if self
             .tx
-            .send(Op::Create(CreateWrite { row }, reply))
+            .send(Op::Create(Box::new(CreateWrite { row }), reply))
             .is_err()
         {
             return gone();
