@@ -146,6 +146,11 @@ pub async fn spawn_app_with(
     }
     configure(&mut config);
     config.validate().expect("valid test configuration");
+    Some(serve(config, dir).await)
+}
+
+/// Builds the app for `config` and serves it on a free port.
+async fn serve(config: Config, dir: tempfile::TempDir) -> TestApp {
     let state = orchestra::server::build_state(config.clone())
         .await
         .expect("build the app");
@@ -162,7 +167,7 @@ pub async fn spawn_app_with(
         .await
         .expect("server runs");
     });
-    Some(TestApp {
+    TestApp {
         base: format!("http://{addr}"),
         config: state_config,
         client: reqwest::Client::builder()
@@ -171,10 +176,17 @@ pub async fn spawn_app_with(
             .unwrap(),
         _dir: dir,
         shutdown: Some(tx),
-    })
+    }
 }
 
 impl TestApp {
+    /// Another node on the same database and keys, after `configure`.
+    pub async fn second_node(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        serve(config, tempfile::tempdir().expect("temporary directory")).await
+    }
+
     /// Sends a request; returns the status and the JSON body (`Null` if none).
     pub async fn call(
         &self,

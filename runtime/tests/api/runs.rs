@@ -790,3 +790,54 @@ dual_test!(
         assert_eq!(items[1]["content"][0]["text"], "Hello from the model.");
     }
 );
+
+/// Two nodes on one PostgreSQL database: the second serves the API only, so
+/// the first executes the run. Events read through the second node come from
+/// the first; a cancel sent to the second reaches the first's worker through
+/// `NOTIFY` (the heartbeat, the fallback, is 20 s away; the run would have
+/// completed by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_cancellation_cross_nodes_on_postgres() {
+    let Some(app) = crate::common::spawn_app_with(crate::common::Backend::Postgres, |c| {
+        with_vendor(c);
+        c.runs.lease_secs = 60;
+    })
+    .await
+    else {
+        return;
+    };
+    let api_only = app.second_node(|c| c.runs.worker = false).await;
+    let admin = app.register("admin@example.com").await;
+    let conv = start(&api_only, &admin, json!([]), json!({})).await;
+    let id = run(&api_only, &admin, &conv, json!({ "message": "slow" })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let early = read_events(&api_only, &admin.token, &id, None, Some(4)).await;
+    let k = kinds(&early);
+    assert!(
+        k.contains(&"message.delta") || k.contains(&"message.completed"),
+        "{k:?}"
+    );
+    let worker = early
+        .iter()
+        .find(|e| e.data["status"] == "running")
+        .map(|e| e.data["worker"].clone())
+        .expect("a running event");
+    assert!(worker.is_string());
+    let (status, _) = api_only
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &admin.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let events = read_events(&api_only, &admin.token, &id, None, None).await;
+    assert_eq!(
+        events.last().unwrap().data["status"],
+        "cancelled",
+        "{:?}",
+        kinds(&events)
+    );
+}
