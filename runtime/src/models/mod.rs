@@ -1,5 +1,5 @@
-//! Model providers as an admin configures them, and the models users can
-//! pick. A provider is a named endpoint of a kind (`openai`: any
+//! Model providers as admins configure them for the server and users for
+//! themselves, and the models users can pick. A provider is a named endpoint of a kind (`openai`: any
 //! OpenAI-compatible Chat Completions server; `anthropic`: Anthropic
 //! Messages) with an API key encrypted at rest (never returned, never
 //! logged). Providers also come from the conventional environment variables
@@ -77,6 +77,8 @@ pub struct ProviderInfo {
     pub models: Vec<String>,
     /// `database` (managed over the API) or `environment` (read-only).
     pub source: String,
+    /// The user it belongs to; absent for server-wide providers.
+    pub owner_id: Option<Uuid>,
     /// When it was created (database providers).
     pub created_at: Option<DateTime<Utc>>,
     /// When it last changed (database providers).
@@ -98,6 +100,9 @@ pub struct CreateProviderRequest {
     /// Models to offer; empty asks the provider's model list.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Only for the caller (always so when the caller is not an admin).
+    #[serde(default)]
+    pub personal: bool,
 }
 
 /// `PATCH /api/v1/providers/{name}`
@@ -151,10 +156,20 @@ type Row = (
     sqlx::types::Json<Vec<String>>,
     DateTime<Utc>,
     DateTime<Utc>,
+    Option<Uuid>,
 );
 
 const COLUMNS: &str =
-    "id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_at, updated_at";
+    "id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_at, updated_at, owner_id";
+
+/// Whether `user` may use and see a provider owned by `owner` (`None`:
+/// server-wide; `user` `None`: an admin).
+fn visible(owner: Option<Uuid>, user: Option<Uuid>) -> bool {
+    match (owner, user) {
+        (None, _) | (_, None) => true,
+        (Some(o), Some(u)) => o == u,
+    }
+}
 
 /// How long a provider's model list is kept.
 const MODEL_LIST_TTL: Duration = Duration::from_secs(300);
@@ -262,6 +277,7 @@ impl ModelService {
             has_api_key: true,
             models: Vec::new(),
             source: "environment".into(),
+            owner_id: None,
             created_at: None,
             updated_at: None,
         }
@@ -275,6 +291,7 @@ impl ModelService {
             has_api_key: row.5.is_some(),
             models: row.6 .0.clone(),
             source: "database".into(),
+            owner_id: row.9,
             created_at: Some(row.7),
             updated_at: Some(row.8),
         }
@@ -290,22 +307,46 @@ impl ModelService {
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(name).fetch_optional(pool).await?))
     }
 
-    /// Every provider (admins).
+    /// The providers the caller may use: server-wide ones and their own
+    /// (admins: every one).
     pub async fn list(&self, principal: &Principal) -> Result<Vec<ProviderInfo>> {
-        principal.require(Permission::ProviderManage)?;
+        principal.require(Permission::AgentRead)?;
+        let scope = principal.owner_scope();
         let mut out: Vec<ProviderInfo> = self.env.iter().map(Self::env_info).collect();
-        out.extend(self.rows().await?.iter().map(Self::row_info));
+        out.extend(
+            self.rows()
+                .await?
+                .iter()
+                .filter(|r| visible(r.9, scope))
+                .map(Self::row_info),
+        );
         Ok(out)
     }
 
-    /// One provider (admins).
+    /// One provider the caller may use.
     pub async fn get(&self, principal: &Principal, name: &str) -> Result<ProviderInfo> {
-        principal.require(Permission::ProviderManage)?;
+        principal.require(Permission::AgentRead)?;
         if let Some(env) = self.env.iter().find(|e| e.name == name) {
             return Ok(Self::env_info(env));
         }
-        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let row = self
+            .row(name)
+            .await?
+            .filter(|r| visible(r.9, principal.owner_scope()))
+            .ok_or(Error::NotFound("provider"))?;
         Ok(Self::row_info(&row))
+    }
+
+    /// Fails unless the caller may change `row`: admins any, users their own.
+    fn check_change(principal: &Principal, row: &Row) -> Result<()> {
+        match (row.9, principal.owner_scope()) {
+            (_, None) => Ok(()),
+            (Some(owner), Some(user)) if owner == user => {
+                principal.require(Permission::ProviderOwn)
+            }
+            (Some(_), Some(_)) => Err(Error::NotFound("provider")),
+            (None, Some(_)) => Err(Error::forbidden("only admins change server-wide providers")),
+        }
     }
 
     /// Adds a provider (admins).
@@ -314,7 +355,15 @@ impl ModelService {
         principal: &Principal,
         request: CreateProviderRequest,
     ) -> Result<ProviderInfo> {
-        principal.require(Permission::ProviderManage)?;
+        // Admins add server-wide providers (or personal ones); users add
+        // providers for themselves.
+        let owner = if request.personal || principal.owner_scope().is_some() {
+            principal.require(Permission::ProviderOwn)?;
+            Some(principal.user_id)
+        } else {
+            principal.require(Permission::ProviderManage)?;
+            None
+        };
         check_name(&request.name)?;
         let base_url = check_base_url(
             request
@@ -340,8 +389,8 @@ impl ModelService {
         let (nonce, ciphertext) = sealed.unzip();
         let now = db::now();
         let inserted = on_db!(&self.db, pool => sqlx::query(
-            "INSERT INTO providers (id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_by, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO providers (id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_by, created_at, updated_at, owner_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) ON CONFLICT (name) DO NOTHING",
         )
         .bind(id)
         .bind(&request.name)
@@ -352,6 +401,7 @@ impl ModelService {
         .bind(sqlx::types::Json(&request.models))
         .bind(principal.user_id)
         .bind(now)
+        .bind(owner)
         .execute(pool)
         .await?
         .rows_affected());
@@ -366,7 +416,7 @@ impl ModelService {
                 Some(principal.user_id),
                 "provider.created",
                 None,
-                json!({ "name": request.name, "kind": request.kind, "base_url": base_url }),
+                json!({ "name": request.name, "kind": request.kind, "base_url": base_url, "owner_id": owner }),
             )
             .await;
         self.get(principal, &request.name).await
@@ -379,13 +429,14 @@ impl ModelService {
         name: &str,
         request: UpdateProviderRequest,
     ) -> Result<ProviderInfo> {
-        principal.require(Permission::ProviderManage)?;
+        principal.require(Permission::ProviderOwn)?;
         if self.env.iter().any(|e| e.name == name) {
             return Err(Error::conflict(
                 "a provider from the environment is changed in the environment",
             ));
         }
         let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        Self::check_change(principal, &row)?;
         let base_url = match &request.base_url {
             Some(url) => check_base_url(url)?,
             None => row.3.clone(),
@@ -427,12 +478,14 @@ impl ModelService {
 
     /// Removes a provider (admins).
     pub async fn delete(&self, principal: &Principal, name: &str) -> Result<()> {
-        principal.require(Permission::ProviderManage)?;
+        principal.require(Permission::ProviderOwn)?;
         if self.env.iter().any(|e| e.name == name) {
             return Err(Error::conflict(
                 "a provider from the environment is removed from the environment",
             ));
         }
+        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        Self::check_change(principal, &row)?;
         let deleted = on_db!(&self.db, pool => sqlx::query("DELETE FROM providers WHERE name = $1")
             .bind(name)
             .execute(pool)
@@ -454,12 +507,20 @@ impl ModelService {
     }
 
     /// Kind, base URL and decrypted key of `name`.
-    async fn endpoint(&self, name: &str) -> Result<(ProviderKind, String, Option<String>)> {
+    async fn endpoint(
+        &self,
+        name: &str,
+        user: Option<Uuid>,
+    ) -> Result<(ProviderKind, String, Option<String>)> {
         if let Some(env) = self.env.iter().find(|e| e.name == name) {
             let kind = ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai);
             return Ok((kind, env.base_url.clone(), Some(env.api_key.clone())));
         }
-        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let row = self
+            .row(name)
+            .await?
+            .filter(|r| visible(r.9, user))
+            .ok_or(Error::NotFound("provider"))?;
         let kind = ProviderKind::parse(&row.2)
             .ok_or_else(|| anyhow::anyhow!("provider {name:?} has an unknown kind"))?;
         let key = match (&row.4, &row.5) {
@@ -483,12 +544,13 @@ impl ModelService {
             .insert(name.to_owned(), provider);
     }
 
-    /// A client of the provider `name`, for runs.
-    pub async fn client(&self, name: &str) -> Result<Arc<dyn Provider>> {
+    /// A client of the provider `name` for runs of `user` (a personal
+    /// provider serves only its owner).
+    pub async fn client(&self, name: &str, user: Uuid) -> Result<Arc<dyn Provider>> {
         if let Some(p) = self.in_process.read().expect("provider registry").get(name) {
             return Ok(p.clone());
         }
-        let (kind, base_url, key) = self.endpoint(name).await?;
+        let (kind, base_url, key) = self.endpoint(name, Some(user)).await?;
         Ok(match kind {
             ProviderKind::Openai => Arc::new(OpenAiProvider::new(
                 &base_url,
@@ -506,13 +568,17 @@ impl ModelService {
     }
 
     /// The model list of a provider that configured none: its `/models`.
-    async fn remote_models(&self, name: &str) -> std::result::Result<Vec<String>, String> {
+    async fn remote_models(
+        &self,
+        name: &str,
+        user: Option<Uuid>,
+    ) -> std::result::Result<Vec<String>, String> {
         if let Some((at, models)) = self.listed.lock().expect("model cache").get(name) {
             if at.elapsed() < MODEL_LIST_TTL {
                 return Ok(models.clone());
             }
         }
-        let (kind, base_url, key) = self.endpoint(name).await.map_err(|e| e.to_string())?;
+        let (kind, base_url, key) = self.endpoint(name, user).await.map_err(|e| e.to_string())?;
         let request = match kind {
             ProviderKind::Openai => {
                 let r = self.client.get(format!("{base_url}/models"));
@@ -564,14 +630,21 @@ impl ModelService {
             .iter()
             .map(|e| (e.name.clone(), Vec::new()))
             .collect();
-        providers.extend(self.rows().await?.into_iter().map(|r| (r.1, r.6 .0)));
+        let scope = principal.owner_scope();
+        providers.extend(
+            self.rows()
+                .await?
+                .into_iter()
+                .filter(|r| visible(r.9, scope))
+                .map(|r| (r.1, r.6 .0)),
+        );
         let mut list = ModelList {
             models: Vec::new(),
             unavailable: Vec::new(),
         };
         for (provider, configured) in providers {
             let models = if configured.is_empty() {
-                match self.remote_models(&provider).await {
+                match self.remote_models(&provider, scope).await {
                     Ok(m) => m,
                     Err(reason) => {
                         list.unavailable.push(Unavailable { provider, reason });

@@ -19,7 +19,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_models))
 }
 
-/// Every provider, from the database and the environment; keys are never shown (admins).
+/// The providers you may use: server-wide ones (database and environment)
+/// and your own; admins see every one. Keys are never shown.
 #[utoipa::path(get, path = "/api/v1/providers", tag = "models", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProviderInfo>), (status = 403, body = ErrorResponse)))]
 async fn list_providers(
@@ -29,7 +30,8 @@ async fn list_providers(
     Ok(Json(state.models.list(&principal).await?))
 }
 
-/// Adds a provider; its API key is stored encrypted (admins).
+/// Adds a provider; its API key is stored encrypted. Admins add server-wide
+/// providers (or personal ones with `personal: true`); users add their own.
 #[utoipa::path(post, path = "/api/v1/providers", tag = "models", security(("bearer" = [])),
     request_body = CreateProviderRequest,
     responses((status = 201, body = ProviderInfo), (status = 400, body = ErrorResponse),
@@ -43,7 +45,7 @@ async fn create_provider(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-/// One provider (admins).
+/// One provider you may use.
 #[utoipa::path(get, path = "/api/v1/providers/{name}", tag = "models", security(("bearer" = [])),
     params(("name" = String, Path)),
     responses((status = 200, body = ProviderInfo), (status = 404, body = ErrorResponse)))]
@@ -55,7 +57,8 @@ async fn get_provider(
     Ok(Json(state.models.get(&principal, &name).await?))
 }
 
-/// Changes a provider's URL, key (`null` removes it) or models (admins).
+/// Changes a provider's URL, key (`null` removes it) or models (your own;
+/// admins any).
 #[utoipa::path(patch, path = "/api/v1/providers/{name}", tag = "models", security(("bearer" = [])),
     params(("name" = String, Path)), request_body = UpdateProviderRequest,
     responses((status = 200, body = ProviderInfo), (status = 400, body = ErrorResponse),
@@ -69,7 +72,7 @@ async fn update_provider(
     Ok(Json(state.models.update(&principal, &name, request).await?))
 }
 
-/// Removes a provider (admins).
+/// Removes a provider (your own; admins any).
 #[utoipa::path(delete, path = "/api/v1/providers/{name}", tag = "models", security(("bearer" = [])),
     params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]

@@ -438,7 +438,13 @@ impl Execution {
             }
             Err(e) => return Err(e.into()),
         };
-        let provider = match Box::pin(self.engine.models.client(&self.run.provider)).await {
+        let provider = match Box::pin(
+            self.engine
+                .models
+                .client(&self.run.provider, self.run.user_id),
+        )
+        .await
+        {
             Ok(p) => p,
             Err(e) => {
                 return Ok(Stop::Failed(RunError::new(

@@ -155,7 +155,7 @@ impl RunService {
             .await?
             .ok_or(Error::NotFound("agent"))?;
         let model = agent.model.0.clone();
-        if let Err(e) = self.models.client(&model.provider).await {
+        if let Err(e) = self.models.client(&model.provider, conv.owner_id).await {
             return Err(Error::unprocessable(
                 "unknown_provider",
                 format!(

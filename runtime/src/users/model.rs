@@ -90,8 +90,10 @@ pub enum Permission {
     PluginManage,
     /// `secret:manage`: set and delete named secrets.
     SecretManage,
-    /// `provider:manage`: configure model providers and their keys.
+    /// `provider:manage`: configure server-wide model providers and their keys.
     ProviderManage,
+    /// `provider:own`: configure model providers for oneself.
+    ProviderOwn,
 }
 
 impl Permission {
@@ -113,6 +115,7 @@ impl Permission {
             Permission::PluginManage => "plugin:manage",
             Permission::SecretManage => "secret:manage",
             Permission::ProviderManage => "provider:manage",
+            Permission::ProviderOwn => "provider:own",
         }
     }
 }

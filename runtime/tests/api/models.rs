@@ -72,14 +72,16 @@ dual_test!(
         let (admin, user) = app.admin_and_user().await;
         let server = models_server();
 
+        let viewer = app.add_user(&admin, "viewer@example.com", "viewer").await;
         let denied = app
             .post(
                 "/api/v1/providers",
-                &user.token,
+                &viewer.token,
                 json!({ "name": "x", "kind": "openai" }),
             )
             .await;
         assert_error(&denied, StatusCode::FORBIDDEN, "forbidden");
+        let _ = &user;
 
         let (status, created) = app
             .post(

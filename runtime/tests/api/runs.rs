@@ -841,3 +841,110 @@ async fn events_and_cancellation_cross_nodes_on_postgres() {
         kinds(&events)
     );
 }
+
+dual_test!(
+    users_bring_their_own_provider_and_only_they_can_use_it,
+    configure,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let base = app.config.env_providers[0].base_url.clone();
+        let (status, mine) = app
+            .post(
+                "/api/v1/providers",
+                &user.token,
+                json!({ "name": "mine", "kind": "openai", "base_url": base, "api_key": "sk-user", "models": ["gpt-test"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{mine}");
+        assert_eq!(mine["owner_id"], user.user_id);
+        assert!(mine.get("api_key").is_none());
+        // The owner runs an agent on it.
+        let (_, agent) = app
+            .post(
+                "/api/v1/agents",
+                &user.token,
+                json!({ "name": "own", "model": { "provider": "mine", "model": "gpt-test" } }),
+            )
+            .await;
+        let conv = app.conversation(&user, agent["id"].as_str().unwrap()).await;
+        let id = run(&app, &user, &conv, json!({ "message": "hi" })).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let events = read_events(&app, &user.token, &id, None, None).await;
+        assert_eq!(events.last().unwrap().data["status"], "completed");
+        let (_, models) = app.get("/api/v1/models", &user.token).await;
+        assert!(
+            models["models"].to_string().contains("\"mine\""),
+            "{models}"
+        );
+
+        // Nobody else sees or uses it; admins see it.
+        let other = app.add_user(&admin, "other@example.com", "user").await;
+        let (_, list) = app.get("/api/v1/providers", &other.token).await;
+        assert!(!list.to_string().contains("\"mine\""), "{list}");
+        assert_error(
+            &app.get("/api/v1/providers/mine", &other.token).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        assert_error(
+            &app.delete("/api/v1/providers/mine", &other.token).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        let (_, models) = app.get("/api/v1/models", &other.token).await;
+        assert!(!models.to_string().contains("\"mine\""), "{models}");
+        let (_, agent) = app
+            .post(
+                "/api/v1/agents",
+                &other.token,
+                json!({ "name": "borrowing", "model": { "provider": "mine", "model": "gpt-test" } }),
+            )
+            .await;
+        let conv = app
+            .conversation(&other, agent["id"].as_str().unwrap())
+            .await;
+        assert_error(
+            &app.post(
+                &format!("/api/v1/conversations/{conv}/runs"),
+                &other.token,
+                json!({ "message": "hi" }),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_provider",
+        );
+        let (_, all) = app.get("/api/v1/providers", &admin.token).await;
+        assert!(all.to_string().contains("\"mine\""));
+        // Users change their own, never server-wide ones.
+        let (status, _) = app
+            .post(
+                "/api/v1/providers",
+                &admin.token,
+                json!({ "name": "shared", "kind": "openai", "base_url": "http://127.0.0.1:9/v1" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_error(
+            &app.patch(
+                "/api/v1/providers/shared",
+                &user.token,
+                json!({ "models": ["x"] }),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        let (status, _) = app
+            .patch(
+                "/api/v1/providers/mine",
+                &user.token,
+                json!({ "models": ["gpt-test", "gpt-other"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = app.delete("/api/v1/providers/mine", &user.token).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+);

@@ -1,0 +1,2 @@
+-- Providers a user configures for themselves (NULL owner: server-wide).
+ALTER TABLE providers ADD COLUMN owner_id BLOB REFERENCES users (id) ON DELETE CASCADE;
