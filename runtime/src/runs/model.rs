@@ -70,8 +70,9 @@ pub struct RunLimits {
     pub max_steps: u32,
     /// Most tokens (input plus output, summed over the run's model calls).
     pub max_tokens: Option<u64>,
-    /// Wall-clock budget from the run's start, in seconds (time waiting for
-    /// approval not counted).
+    /// Wall-clock budget in seconds, counted from when a worker picks the
+    /// run up (time queued or waiting for approval does not count; a run
+    /// resumed after a crash starts a new budget).
     pub timeout_secs: u64,
 }
 
