@@ -74,9 +74,12 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            // A connection to a local file does not go stale: no ping (a
+            // round trip to the connection's thread) before every use.
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.database.max_connections)
                 .acquire_timeout(acquire)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .with_context(|| format!("opening SQLite database {url:?}"))?;

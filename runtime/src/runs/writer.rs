@@ -228,9 +228,38 @@ async fn write_batch(
     let now = db::now();
     on_db!(db, pool, D => {
         let mut tx = pool.begin().await?;
+        // The statements that return nothing go out together: on SQLite as
+        // one multi-statement query (one round trip to the connection's
+        // thread), on PostgreSQL one after the other.
+        let combine = std::any::TypeId::of::<D>() == std::any::TypeId::of::<sqlx::Sqlite>();
+        let mut tail = sqlx::QueryBuilder::<D>::new("");
+        let mut tail_len = 0usize;
+        macro_rules! tail_flush {
+            () => {
+                if tail_len > 0 {
+                    tail.build().execute(&mut *tx).await?;
+                    tail.reset();
+                    tail_len = 0;
+                }
+            };
+        }
+        macro_rules! tail_next {
+            () => {
+                if tail_len > 0 {
+                    if combine {
+                        tail.push("; ");
+                    } else {
+                        tail_flush!();
+                    }
+                }
+                tail_len += 1;
+            };
+        }
         // New runs and their first event.
         if !creates.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
+            tail_next!();
+            let qb = &mut tail;
+            qb.push(
                 "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
             );
             qb.push_values(creates.iter(), |mut b, (c, _)| {
@@ -247,7 +276,6 @@ async fn write_batch(
                     .push_bind(r.created_at)
                     .push_bind(r.created_at);
             });
-            qb.build().execute(&mut *tx).await?;
         }
         // The fence: only steps whose run is still leased to their worker.
         let mut live: HashSet<Uuid> = HashSet::new();
@@ -338,7 +366,9 @@ async fn write_batch(
             appended.insert(*i, mine);
         }
         if !rows.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
+            tail_next!();
+            let qb = &mut tail;
+            qb.push(
                 "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
             );
             qb.push_values(rows.iter(), |mut b, r| {
@@ -350,22 +380,24 @@ async fn write_batch(
                     .push_bind(Json(&r.metadata.0))
                     .push_bind(r.created_at);
             });
-            qb.build().execute(&mut *tx).await?;
         }
         if !input_seqs.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_seq) AS (");
+            tail_next!();
+            let qb = &mut tail;
+            qb.push("WITH v(v_id, v_seq) AS (");
             qb.push_values(input_seqs.iter(), |mut b, (id, seq)| {
                 b.push_bind(*id).push_bind(*seq);
             });
             qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
-            qb.build().execute(&mut *tx).await?;
         }
         let calls: Vec<(&StepWrite, &NewCall)> = survivors
             .iter()
             .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
             .collect();
         if !calls.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
+            tail_next!();
+            let qb = &mut tail;
+            qb.push(
                 "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
                      idempotent, status, approval_expires_ms, created_at) ",
             );
@@ -382,26 +414,28 @@ async fn write_batch(
                     .push_bind(c.approval_expires_ms)
                     .push_bind(now);
             });
-            qb.build().execute(&mut *tx).await?;
         }
         let started: Vec<(Uuid, &String)> = survivors
             .iter()
             .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
             .collect();
         if !started.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_run, v_call) AS (");
+            tail_next!();
+            let qb = &mut tail;
+            qb.push("WITH v(v_run, v_call) AS (");
             qb.push_values(started.iter(), |mut b, (run, call)| {
                 b.push_bind(*run).push_bind(*call);
             });
             qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
-            qb.build().execute(&mut *tx).await?;
         }
         let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
             .iter()
             .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
             .collect();
         if !outcomes.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_run, v_call, v_result, v_error) AS (");
+            tail_next!();
+            let qb = &mut tail;
+            qb.push("WITH v(v_run, v_call, v_result, v_error) AS (");
             qb.push_values(outcomes.iter(), |mut b, (run, o)| {
                 b.push_bind(*run)
                     .push_bind(&o.call_id)
@@ -411,7 +445,6 @@ async fn write_batch(
             qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
             qb.push_bind(now);
             qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
-            qb.build().execute(&mut *tx).await?;
         }
         let queued_event = [NewEvent {
             seq: 1,
@@ -424,9 +457,9 @@ async fn write_batch(
             .chain(creates.iter().map(|(c, _)| (c.row.id, &queued_event[0])))
             .collect();
         if !events.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
-                "INSERT INTO run_events (run_id, seq, type, data, created_at) ",
-            );
+            tail_next!();
+            let qb = &mut tail;
+            qb.push("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
             qb.push_values(events.iter(), |mut b, (run, e)| {
                 b.push_bind(*run)
                     .push_bind(e.seq)
@@ -434,7 +467,9 @@ async fn write_batch(
                     .push_bind(Json(&e.data))
                     .push_bind(now);
             });
-            qb.build().execute(&mut *tx).await?;
+        }
+        if tail_len > 0 {
+            tail.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         let mut notify: Vec<String> = survivors
