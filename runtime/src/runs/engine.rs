@@ -281,6 +281,26 @@ fn text_of(parts: &[ContentPart]) -> String {
     out
 }
 
+/// The tool calls among a message's parts, in order.
+fn tool_calls_of(parts: &[ContentPart]) -> Vec<ToolCall> {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            ContentPart::ToolCall {
+                id,
+                name,
+                arguments,
+            } => Some(ToolCall {
+                id: id.clone(),
+                name: name.clone(),
+                arguments: arguments.clone(),
+                arguments_error: None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn run_of(message: &MessageRow) -> Option<Uuid> {
     message.metadata.0.get("run_id")?.as_str()?.parse().ok()
 }
@@ -501,24 +521,7 @@ impl Execution {
             return Next::Model;
         };
         let assistant = &self.history[pos];
-        let calls: Vec<ToolCall> = assistant
-            .content
-            .0
-            .iter()
-            .filter_map(|p| match p {
-                ContentPart::ToolCall {
-                    id,
-                    name,
-                    arguments,
-                } => Some(ToolCall {
-                    id: id.clone(),
-                    name: name.clone(),
-                    arguments: arguments.clone(),
-                    arguments_error: None,
-                }),
-                _ => None,
-            })
-            .collect();
+        let calls = tool_calls_of(&assistant.content.0);
         if calls.is_empty() {
             return Next::Finished;
         }
@@ -557,24 +560,7 @@ impl Execution {
                 }),
                 Some(MessageRole::Assistant) => {
                     let text = text_of(&m.content.0);
-                    let tool_calls = m
-                        .content
-                        .0
-                        .iter()
-                        .filter_map(|p| match p {
-                            ContentPart::ToolCall {
-                                id,
-                                name,
-                                arguments,
-                            } => Some(ToolCall {
-                                id: id.clone(),
-                                name: name.clone(),
-                                arguments: arguments.clone(),
-                                arguments_error: None,
-                            }),
-                            _ => None,
-                        })
-                        .collect();
+                    let tool_calls = tool_calls_of(&m.content.0);
                     out.push(ChatMessage::Assistant {
                         text: (!text.is_empty()).then_some(text),
                         tool_calls,

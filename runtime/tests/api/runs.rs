@@ -130,6 +130,14 @@ async fn wait_status(app: &TestApp, token: &str, run: &str, want: &str) -> Value
     panic!("run {run} never reached {want}");
 }
 
+/// Starts a run and returns its id.
+async fn run_id(app: &TestApp, session: &Session, conversation: &str, body: Value) -> String {
+    run(app, session, conversation, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn kinds(events: &[Ev]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
@@ -207,10 +215,7 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!(["calculator__evaluate"]), json!({})).await;
-        let id = run(&app, &admin, &conv, json!({ "message": "calc" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv, json!({ "message": "calc" })).await;
         read_events(&app, &admin.token, &id, None, None).await;
         // Find this app's vendor: the one that saw "calc".
         let vendors = VENDORS.lock().unwrap().clone();
@@ -250,10 +255,7 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!([]), json!({})).await;
-        let id = run(&app, &admin, &conv, json!({ "message": "slow" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv, json!({ "message": "slow" })).await;
         // Wait until text is streaming, then cancel.
         let early = read_events(&app, &admin.token, &id, None, Some(4)).await;
         assert!(kinds(&early).contains(&"run.status"));
@@ -293,10 +295,7 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!(["calculator__evaluate"]), json!({})).await;
-        let id = run(&app, &admin, &conv, json!({ "message": "calc" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv, json!({ "message": "calc" })).await;
         let first = read_events(&app, &admin.token, &id, None, Some(3)).await;
         assert_eq!(first.len(), 3);
         let rest = read_events(&app, &admin.token, &id, Some(first[2].id), None).await;
@@ -324,16 +323,13 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!(["calculator__evaluate"]), json!({})).await;
-        let id = run(
+        let id = run_id(
             &app,
             &admin,
             &conv,
             json!({ "message": "loop", "limits": { "max_steps": 3 } }),
         )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        .await;
         let events = read_events(&app, &admin.token, &id, None, None).await;
         let done = events.last().unwrap();
         assert_eq!(done.data["status"], "failed");
@@ -358,10 +354,7 @@ dual_test!(
         );
 
         // An unknown tool and a failing tool: error results the model sees.
-        let id = run(&app, &admin, &conv2, json!({ "message": "bad tool" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv2, json!({ "message": "bad tool" })).await;
         let events = read_events(&app, &admin.token, &id, None, None).await;
         assert_eq!(events.last().unwrap().data["status"], "completed");
         let errors: Vec<&Ev> = events
@@ -388,10 +381,7 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!([]), json!({})).await;
-        let id = run(&app, &admin, &conv, json!({ "message": "fail" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv, json!({ "message": "fail" })).await;
         let events = read_events(&app, &admin.token, &id, None, None).await;
         let done = &events.last().unwrap().data;
         assert_eq!(done["status"], "failed");
@@ -403,10 +393,7 @@ dual_test!(
             .contains("does not exist"));
 
         let conv = start(&app, &admin, json!([]), json!({})).await;
-        let id = run(&app, &admin, &conv, json!({ "message": "flaky" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &admin, &conv, json!({ "message": "flaky" })).await;
         let events = read_events(&app, &admin.token, &id, None, None).await;
         assert_eq!(events.last().unwrap().data["status"], "completed");
     }
@@ -441,10 +428,7 @@ dual_test!(
                 json!({ "require_approval": ["notes__save"] }),
             )
             .await;
-            let id = run(&app, &admin, &conv, json!({ "message": "note" })).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
+            let id = run_id(&app, &admin, &conv, json!({ "message": "note" })).await;
             let waiting = wait_status(&app, &admin.token, &id, "requires_action").await;
             let pending = waiting["pending_tool_calls"].as_array().unwrap();
             assert_eq!(pending.len(), 1);
@@ -521,10 +505,7 @@ dual_test!(
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!([]), json!({})).await;
-        let first = run(&app, &admin, &conv, json!({ "message": "slow" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let first = run_id(&app, &admin, &conv, json!({ "message": "slow" })).await;
         wait_status(&app, &admin.token, &first, "running").await;
         // Reject: 409 naming the active run.
         let refused = app
@@ -537,26 +518,20 @@ dual_test!(
         assert_error(&refused, StatusCode::CONFLICT, "conflict");
         assert_eq!(refused.1["details"]["active_runs"][0], first);
         // Queue (the default): waits for the first.
-        let second = run(&app, &admin, &conv, json!({ "message": "hi" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let second = run_id(&app, &admin, &conv, json!({ "message": "hi" })).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (_, body) = app
             .get(&format!("/api/v1/runs/{second}"), &admin.token)
             .await;
         assert_eq!(body["status"], "queued");
         // Interrupt: cancels both, then runs.
-        let third = run(
+        let third = run_id(
             &app,
             &admin,
             &conv,
             json!({ "message": "hi", "on_active": "interrupt" }),
         )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        .await;
         let events = read_events(&app, &admin.token, &third, None, None).await;
         assert_eq!(events.last().unwrap().data["status"], "completed");
         wait_status(&app, &admin.token, &first, "cancelled").await;
@@ -586,10 +561,7 @@ dual_test!(
         let (admin, user) = app.admin_and_user().await;
         let conv = start(&app, &user, json!([]), json!({})).await;
         for _ in 0..2 {
-            let id = run(&app, &user, &conv, json!({ "message": "hi" })).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
+            let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
             read_events(&app, &user.token, &id, None, None).await;
         }
         let (status, report) = app.get("/api/v1/usage?group_by=model", &user.token).await;
@@ -660,10 +632,7 @@ dual_test!(
             json!({ "daily_tokens": 1000, "daily_runs": 3 }),
         )
         .await;
-        let id = run(&app, &user, &conv, json!({ "message": "hi" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
         read_events(&app, &user.token, &id, None, None).await;
         assert_error(
             &app.post(
@@ -684,10 +653,7 @@ dual_test!(
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
         let conv = start(&app, &user, json!([]), json!({})).await;
-        let id = run(&app, &user, &conv, json!({ "message": "hi" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
         read_events(&app, &user.token, &id, None, None).await;
         let other = app.add_user(&admin, "other@example.com", "user").await;
         for path in [
@@ -773,10 +739,7 @@ dual_test!(
             )
             .await;
         assert_eq!(status, StatusCode::CREATED);
-        let id = run(&app, &user, &conv, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &user, &conv, json!({})).await;
         let events = read_events(&app, &user.token, &id, None, None).await;
         assert_eq!(events.last().unwrap().data["status"], "completed");
         let (_, page) = app
@@ -809,10 +772,7 @@ async fn events_and_cancellation_cross_nodes_on_postgres() {
     let api_only = app.second_node(|c| c.runs.worker = false).await;
     let admin = app.register("admin@example.com").await;
     let conv = start(&api_only, &admin, json!([]), json!({})).await;
-    let id = run(&api_only, &admin, &conv, json!({ "message": "slow" })).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id(&api_only, &admin, &conv, json!({ "message": "slow" })).await;
     let early = read_events(&api_only, &admin.token, &id, None, Some(4)).await;
     let k = kinds(&early);
     assert!(
@@ -867,10 +827,7 @@ dual_test!(
             )
             .await;
         let conv = app.conversation(&user, agent["id"].as_str().unwrap()).await;
-        let id = run(&app, &user, &conv, json!({ "message": "hi" })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
         let events = read_events(&app, &user.token, &id, None, None).await;
         assert_eq!(events.last().unwrap().data["status"], "completed");
         let (_, models) = app.get("/api/v1/models", &user.token).await;
