@@ -1,11 +1,9 @@
 //! SQL of runs, their tool calls and events.
 //!
-//! Every write a worker makes is fenced by its lease: the statement that
-//! changes the run row carries `lease_owner = <this node>` and
-//! `status = 'running'`, in the same transaction as the messages and events
-//! it writes, so a worker whose run was taken over (its lease expired) writes
-//! nothing. On PostgreSQL each such transaction also sends a `NOTIFY` (see
-//! [`super::bus`]), delivered when it commits.
+//! A worker's steps are written by [`super::writer`], fenced by the lease
+//! (`lease_owner = <this node> AND status = 'running'`). Writes here that
+//! change what streams see send a `NOTIFY` on PostgreSQL (see
+//! [`super::bus`]), delivered when they commit.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -15,7 +13,6 @@ use uuid::Uuid;
 use super::bus::CHANNEL;
 use super::model::*;
 use crate::conversations::model::ContentPart;
-use crate::conversations::repo::MessageRow;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
 use crate::on_db;
@@ -135,7 +132,6 @@ pub struct CallOutcome {
 const COLUMNS: &str = "id, conversation_id, user_id, agent_id, status, input, input_seq, limits, provider, model, \
      step_count, input_tokens, output_tokens, error, cancel_requested, attempts, created_at, started_at, finished_at, updated_at";
 const CALL_COLUMNS: &str = "run_id, call_id, step, position, name, arguments, arguments_error, idempotent, status, decision, approval_expires_ms";
-const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
 
 /// Statuses that hold or wait for the conversation.
 const UNFINISHED: &str = "('queued', 'running', 'requires_action')";
@@ -143,34 +139,6 @@ const UNFINISHED: &str = "('queued', 'running', 'requires_action')";
 /// The current time in Unix milliseconds (lease deadlines).
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-/// Appends a message in an open transaction at the conversation's next seq.
-macro_rules! append_message {
-    ($tx:expr, $conversation:expr, $message:expr, $now:expr) => {{
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE conversations SET message_count = message_count + 1, updated_at = $2
-             WHERE id = $1 RETURNING message_count",
-        )
-        .bind($conversation)
-        .bind($now)
-        .fetch_optional(&mut *$tx)
-        .await?;
-        let seq = seq.ok_or(Error::NotFound("conversation"))?;
-        let row: MessageRow = sqlx::query_as(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
-        ))
-        .bind($message.id)
-        .bind($conversation)
-        .bind(seq)
-        .bind($message.role)
-        .bind(Json(&$message.content))
-        .bind(Json(&$message.metadata))
-        .bind($now)
-        .fetch_one(&mut *$tx)
-        .await?;
-        row
-    }};
 }
 
 /// Stores events (and, on PostgreSQL, notifies) in an open transaction.
@@ -341,48 +309,6 @@ impl RunRepo {
             tx.commit().await?;
             Ok((row, to_signal))
         })
-    }
-
-    /// Stores a queued run built by [`super::writer::queued_row`] and its
-    /// first event (the writer's fallback when a batch fails).
-    pub async fn insert_queued(&self, row: &RunRow) -> Result<()> {
-        let events = [NewEvent {
-            seq: 1,
-            kind: "run.status",
-            data: serde_json::json!({ "status": "queued" }),
-        }];
-        let postgres = self.postgres();
-        let now = row.created_at;
-        let result: std::result::Result<(), sqlx::Error> = on_db!(&self.db, pool, D => async {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9)",
-            )
-            .bind(row.id)
-            .bind(row.conversation_id)
-            .bind(row.user_id)
-            .bind(row.agent_id)
-            .bind(row.input.as_ref().map(|i| Json(&i.0)))
-            .bind(Json(&row.limits.0))
-            .bind(&row.provider)
-            .bind(&row.model)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            insert_events!(tx, D, postgres, row.id, events, now);
-            if postgres {
-                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
-            }
-            tx.commit().await
-        }.await);
-        match result {
-            Ok(()) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Err(Error::NotFound("conversation"))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// A run, if `owner` (when given) started it.
@@ -717,114 +643,6 @@ impl RunRepo {
             insert_events!(tx, D, postgres, id, events, now);
             tx.commit().await?;
             Ok(requeue)
-        })
-    }
-
-    /// One fenced step: appends `messages`, stores new tool calls, marks
-    /// calls started, records outcomes, updates the run row and stores
-    /// `events`, all in one transaction. Returns the appended messages.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn step(
-        &self,
-        run: &RunRow,
-        owner: Uuid,
-        messages: &[NewMessage],
-        new_calls: &[NewCall],
-        started: &[String],
-        outcomes: &[CallOutcome],
-        update: &RunUpdate,
-        events: &[NewEvent],
-    ) -> std::result::Result<Vec<MessageRow>, StepError> {
-        let now = db::now();
-        let postgres = self.postgres();
-        let status = update.status.map(RunStatus::as_str);
-        let ends_lease = update.status.is_some_and(|s| s != RunStatus::Running);
-        let finished = update.status.is_some_and(RunStatus::is_terminal);
-        on_db!(&self.db, pool, D => {
-            let mut tx = pool.begin().await?;
-            let fenced = sqlx::query(
-                "UPDATE runs SET step_count = step_count + $3, input_tokens = input_tokens + $4,
-                     output_tokens = output_tokens + $5, status = COALESCE($6, status),
-                     error = COALESCE($7, error), updated_at = $8,
-                     finished_at = CASE WHEN $9 THEN $8 ELSE finished_at END,
-                     lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END,
-                     lease_until = CASE WHEN $10 THEN NULL ELSE lease_until END
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-            )
-            .bind(run.id)
-            .bind(owner)
-            .bind(update.steps)
-            .bind(update.input_tokens)
-            .bind(update.output_tokens)
-            .bind(status)
-            .bind(update.error.as_ref().map(Json))
-            .bind(now)
-            .bind(finished)
-            .bind(ends_lease)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if fenced == 0 {
-                return Err(StepError::LeaseLost);
-            }
-            let mut appended = Vec::with_capacity(messages.len());
-            for message in messages {
-                appended.push(append_message!(tx, run.conversation_id, message, now));
-            }
-            if let (true, Some(first)) = (update.sets_input, appended.first()) {
-                sqlx::query("UPDATE runs SET input_seq = $2 WHERE id = $1")
-                    .bind(run.id)
-                    .bind(first.seq)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if !new_calls.is_empty() {
-                let step = run.step_count + update.steps;
-                let mut qb = sqlx::QueryBuilder::<D>::new(
-                    "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
-                         idempotent, status, approval_expires_ms, created_at) ",
-                );
-                qb.push_values(new_calls.iter(), |mut b, c| {
-                    b.push_bind(run.id)
-                        .push_bind(&c.call_id)
-                        .push_bind(step)
-                        .push_bind(c.position)
-                        .push_bind(&c.name)
-                        .push_bind(Json(&c.arguments))
-                        .push_bind(&c.arguments_error)
-                        .push_bind(c.idempotent)
-                        .push_bind(c.status)
-                        .push_bind(c.approval_expires_ms)
-                        .push_bind(now);
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-            for call in started {
-                sqlx::query("UPDATE run_tool_calls SET status = 'started' WHERE run_id = $1 AND call_id = $2")
-                    .bind(run.id)
-                    .bind(call)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for outcome in outcomes {
-                sqlx::query(
-                    "UPDATE run_tool_calls SET status = 'completed', result = $3, is_error = $4, finished_at = $5
-                     WHERE run_id = $1 AND call_id = $2",
-                )
-                .bind(run.id)
-                .bind(&outcome.call_id)
-                .bind(Json(&outcome.result))
-                .bind(outcome.is_error)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            insert_events!(tx, D, postgres, run.id, events, now);
-            if postgres && ends_lease {
-                sqlx::query("SELECT pg_notify($1, 'q')").bind(CHANNEL).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(appended)
         })
     }
 }

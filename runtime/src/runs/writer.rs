@@ -9,11 +9,10 @@
 //! costs what it did before; under load, thousands of runs share a commit
 //! and a handful of round trips.
 //!
-//! The fence is the same as in [`RunRepo::step`]: a step whose run is no
-//! longer leased to its worker changes nothing and gets
-//! [`StepError::LeaseLost`]. If a batch fails as a whole, each of its writes
-//! is retried on its own through [`RunRepo`], so one bad write fails only
-//! its own caller.
+//! The fence: a step whose run is no longer leased to its worker changes
+//! nothing and gets [`StepError::LeaseLost`]. If a batch fails as a whole,
+//! each of its writes is retried as a batch of one, so one bad write fails
+//! only its own caller.
 
 use std::collections::{HashMap, HashSet};
 
@@ -95,7 +94,6 @@ impl Writer {
     /// Starts the writer task over `db`.
     pub fn start(db: Db) -> Writer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
-        let repo = RunRepo::new(db.clone());
         tokio::spawn(async move {
             let mut carry: Option<Op> = None;
             loop {
@@ -116,7 +114,7 @@ impl Writer {
                     binds += op.binds();
                     batch.push(op);
                 }
-                run_batch(&db, &repo, batch).await;
+                run_batch(&db, batch).await;
             }
         });
         Writer { tx }
@@ -147,7 +145,7 @@ impl Writer {
     }
 }
 
-async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
+async fn run_batch(db: &Db, batch: Vec<Op>) {
     let mut steps = Vec::new();
     let mut creates = Vec::new();
     for op in batch {
@@ -156,27 +154,14 @@ async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
             Op::Create(c, reply) => creates.push((*c, reply)),
         }
     }
-    match write_batch(db, &steps, &creates).await {
+    let step_refs: Vec<&StepWrite> = steps.iter().map(|(s, _)| s).collect();
+    let create_refs: Vec<&RunRow> = creates.iter().map(|(c, _)| &c.row).collect();
+    match write_batch(db, &step_refs, &create_refs).await {
         Ok(outcome) => {
-            if let Db::Postgres(pool) = db {
-                if !outcome.notify.is_empty() {
-                    let sent = sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
-                        .bind(CHANNEL)
-                        .bind(&outcome.notify)
-                        .execute(pool)
-                        .await;
-                    if let Err(e) = sent {
-                        tracing::warn!(error = %e, "run notifications were not sent");
-                    }
-                }
-            }
+            notify(db, &outcome.notify).await;
             let mut appended = outcome.appended;
             for (i, (_, reply)) in steps.into_iter().enumerate() {
-                let result = match appended.remove(&i) {
-                    Some(rows) => Ok(rows),
-                    None => Err(StepError::LeaseLost),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(appended.remove(&i).ok_or(StepError::LeaseLost));
             }
             for (c, reply) in creates {
                 let _ = reply.send(Ok(c.row));
@@ -185,23 +170,45 @@ async fn run_batch(db: &Db, repo: &RunRepo, batch: Vec<Op>) {
         Err(e) => {
             tracing::warn!(error = %e, writes = steps.len() + creates.len(),
                 "a batch of run writes failed; writing each on its own");
+            // The same statements, one write at a time: only the bad one fails.
             for (s, reply) in steps {
-                let result = repo
-                    .step(
-                        &s.run,
-                        s.owner,
-                        &s.messages,
-                        &s.new_calls,
-                        &s.started,
-                        &s.outcomes,
-                        &s.update,
-                        &s.events,
-                    )
-                    .await;
+                let result = match write_batch(db, &[&s], &[]).await {
+                    Ok(mut outcome) => {
+                        notify(db, &outcome.notify).await;
+                        outcome.appended.remove(&0).ok_or(StepError::LeaseLost)
+                    }
+                    Err(e) => Err(StepError::from(e)),
+                };
                 let _ = reply.send(result);
             }
             for (c, reply) in creates {
-                let _ = reply.send(repo.insert_queued(&c.row).await.map(|_| c.row));
+                let result = match write_batch(db, &[], &[&c.row]).await {
+                    Ok(outcome) => {
+                        notify(db, &outcome.notify).await;
+                        Ok(c.row)
+                    }
+                    Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                        Err(crate::error::Error::NotFound("conversation"))
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Sends the `NOTIFY`s of a committed batch (PostgreSQL).
+async fn notify(db: &Db, payloads: &[String]) {
+    if let Db::Postgres(pool) = db {
+        if !payloads.is_empty() {
+            let sent = sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
+                .bind(CHANNEL)
+                .bind(payloads)
+                .execute(pool)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "run notifications were not sent");
             }
         }
     }
@@ -214,16 +221,10 @@ struct Outcome {
     notify: Vec<String>,
 }
 
-type StepSlot = (
-    StepWrite,
-    oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
-);
-type CreateSlot = (CreateWrite, oneshot::Sender<Result<RunRow>>);
-
 async fn write_batch(
     db: &Db,
-    steps: &[StepSlot],
-    creates: &[CreateSlot],
+    steps: &[&StepWrite],
+    creates: &[&RunRow],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     let now = db::now();
     on_db!(db, pool, D => {
@@ -262,8 +263,7 @@ async fn write_batch(
             qb.push(
                 "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
             );
-            qb.push_values(creates.iter(), |mut b, (c, _)| {
-                let r = &c.row;
+            qb.push_values(creates.iter(), |mut b, r| {
                 b.push_bind(r.id)
                     .push_bind(r.conversation_id)
                     .push_bind(r.user_id)
@@ -283,7 +283,7 @@ async fn write_batch(
             let mut qb = sqlx::QueryBuilder::<D>::new(
                 "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS (",
             );
-            qb.push_values(steps.iter(), |mut b, (s, _)| {
+            qb.push_values(steps.iter(), |mut b, s| {
                 let u = &s.update;
                 b.push_bind(s.run.id)
                     .push_bind(s.owner)
@@ -311,7 +311,7 @@ async fn write_batch(
         let survivors: Vec<(usize, &StepWrite)> = steps
             .iter()
             .enumerate()
-            .map(|(i, (s, _))| (i, s))
+            .map(|(i, s)| (i, *s))
             .filter(|(_, s)| live.contains(&s.run.id))
             .collect();
         // Message sequence numbers: one count update per conversation.
@@ -454,7 +454,7 @@ async fn write_batch(
         let events: Vec<(Uuid, &NewEvent)> = survivors
             .iter()
             .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
-            .chain(creates.iter().map(|(c, _)| (c.row.id, &queued_event[0])))
+            .chain(creates.iter().map(|r| (r.id, &queued_event[0])))
             .collect();
         if !events.is_empty() {
             tail_next!();
