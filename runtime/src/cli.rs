@@ -1,5 +1,5 @@
 //! The `orchestra` command line: `serve`, `migrate`, operator commands for
-//! bootstrapping accounts without the API, and `openapi`.
+//! bootstrapping accounts without the API, `openapi`, and `mcp stdio`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -36,6 +36,23 @@ pub enum Command {
     User(UserCommand),
     /// Print the OpenAPI document as JSON.
     Openapi,
+    /// Serve Orchestra's tools over MCP.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+/// MCP commands.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve the key owner's catalogue (plugins, exposed bridged tools, their
+    /// agents) over stdin/stdout, for desktop MCP clients. Opens the
+    /// configured database directly (no running server needed); logs go to
+    /// stderr.
+    Stdio {
+        /// An API key of the user whose tools to serve.
+        #[arg(long, env = "ORCHESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+    },
 }
 
 /// Account commands for operators.
@@ -122,6 +139,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
         Command::Openapi => unreachable!("handled above"),
+        Command::Mcp(McpCommand::Stdio { api_key }) => {
+            let state = server::build_state(config).await?;
+            let principal = state
+                .users
+                .authenticate(&api_key)
+                .await
+                .map_err(|e| anyhow::anyhow!("the API key was refused: {e}"))?;
+            tracing::info!(user = %principal.user_id, "serving MCP over stdio");
+            let result = crate::mcp::host::serve_stdio(state.clone(), principal).await;
+            state.engine.shutdown().await;
+            state.mcp.shutdown();
+            state.db.close().await;
+            result
+        }
     }
 }
 

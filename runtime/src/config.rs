@@ -39,6 +39,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// The run engine.
     pub runs: RunsConfig,
+    /// MCP: bridged servers and the `/mcp` endpoint.
+    pub mcp: McpConfig,
     /// Providers registered from the conventional environment variables
     /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
     /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
@@ -188,6 +190,51 @@ impl Default for RunsConfig {
     }
 }
 
+/// MCP settings: the bridge to external servers and the `/mcp` endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Seconds a bridged server has to start and answer `initialize`.
+    pub connect_timeout_secs: u64,
+    /// Default per-call timeout of a bridged tool, in seconds (a server may
+    /// set its own).
+    pub call_timeout_secs: u64,
+    /// Default cap on a bridged tool's result, in bytes.
+    pub max_result_bytes: usize,
+    /// Seconds between health pings of a running bridged server.
+    pub health_secs: u64,
+    /// Longest wait between two restarts of a crashed server, in seconds.
+    pub max_backoff_secs: u64,
+    /// Hosts (`Host` header, without port) `/mcp` answers; empty allows any
+    /// host when the server listens on a public address and only loopback
+    /// names when it listens on loopback (DNS-rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`Origin` header) allowed to call `/mcp` from a browser;
+    /// requests with another origin get 403. Requests without an `Origin`
+    /// header (desktop clients, SDKs) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Offer each of the caller's agents as a tool over `/mcp`.
+    pub expose_agents: bool,
+    /// Seconds an agent tool waits for its run to finish.
+    pub agent_timeout_secs: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            connect_timeout_secs: 30,
+            call_timeout_secs: 60,
+            max_result_bytes: 1 << 20,
+            health_secs: 30,
+            max_backoff_secs: 60,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            expose_agents: true,
+            agent_timeout_secs: 600,
+        }
+    }
+}
+
 /// Connection pool settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -260,6 +307,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sandbox: SandboxConfig::default(),
             runs: RunsConfig::default(),
+            mcp: McpConfig::default(),
             env_providers: Vec::new(),
         }
     }

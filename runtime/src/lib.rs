@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mcp;
 pub mod models;
 pub mod pagination;
 pub mod plugins;

@@ -24,6 +24,7 @@ use crate::http::middleware;
 use crate::http::openapi::ApiDoc;
 use crate::http::AppState;
 use crate::keys::Keys;
+use crate::mcp::McpService;
 use crate::models::ModelService;
 use crate::plugins::host::DbHostServices;
 use crate::plugins::PluginService;
@@ -64,6 +65,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     )?);
     let state = wire(config, db, &keys, sandbox);
     state.plugins.load_all().await?;
+    state.mcp.load_all().await?;
+    state.mcp.bridge().spawn_health_checks();
     state.runs.bus().listen_postgres(&state.db);
     if state.config.runs.worker {
         state.engine.start();
@@ -108,6 +111,16 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         audit.clone(),
         config.sandbox.clone(),
     );
+    let bridge = crate::mcp::Bridge::new(Some(db.clone()), config.mcp.clone(), secrets.clone());
+    tools.set_bridge(bridge.clone());
+    let mcp = McpService::new(
+        db.clone(),
+        audit.clone(),
+        &keys.encryption_key,
+        bridge,
+        tools.clone(),
+        config.mcp.clone(),
+    );
     let agents = AgentService::new(db.clone(), tools.clone());
     let conversations = ConversationService::new(db.clone(), agents.clone());
     let bus = Bus::default();
@@ -141,6 +154,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         secrets,
         models,
         runs,
+        mcp,
         engine,
     }
 }
@@ -159,6 +173,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::secrets::routes::router())
         .merge(crate::models::routes::router())
         .merge(crate::runs::routes::router())
+        .merge(crate::mcp::routes::router())
         .split_for_parts()
 }
 
@@ -169,6 +184,7 @@ pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(http.request_timeout_secs);
     router
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
+        .merge(crate::mcp::host::router(state.clone()))
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
@@ -193,11 +209,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let db = state.db.clone();
     let engine = state.engine.clone();
+    let mcp = state.mcp.clone();
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        // Open MCP streams would hold the graceful shutdown forever.
+        mcp.shutdown();
+    })
     .await
     .context("serving HTTP")?;
     engine.shutdown().await;

@@ -70,12 +70,12 @@ impl AgentService {
     }
 
     /// Refuses (422) a spec naming a tool the catalogue does not have.
-    fn check_tools(&self, spec: &AgentSpec) -> Result<()> {
+    fn check_tools(&self, spec: &AgentSpec, owner: Uuid) -> Result<()> {
         let unknown: Vec<&str> = spec
             .tools
             .iter()
             .map(String::as_str)
-            .filter(|name| !self.tools.contains(name))
+            .filter(|name| !self.tools.contains(name, Some(owner)))
             .collect();
         if unknown.is_empty() {
             Ok(())
@@ -99,7 +99,7 @@ impl AgentService {
     pub async fn create(&self, principal: &Principal, input: AgentInput) -> Result<AgentResponse> {
         principal.require(Permission::AgentCreate)?;
         let spec = input.into_spec()?;
-        self.check_tools(&spec)?;
+        self.check_tools(&spec, principal.user_id)?;
         match self.repo.insert(principal.user_id, &spec).await {
             Err(Error::Conflict { .. }) => Err(duplicate_name(&spec.name)),
             other => Ok(other?.into()),
@@ -181,7 +181,7 @@ impl AgentService {
                 return Ok(current.into());
             }
             if spec.tools != current.spec().tools {
-                self.check_tools(&spec)?;
+                self.check_tools(&spec, current.user_id)?;
             }
             match self
                 .repo

@@ -15,6 +15,7 @@ use crate::audit::AuditService;
 use crate::config::Config;
 use crate::conversations::ConversationService;
 use crate::db::Db;
+use crate::mcp::McpService;
 use crate::models::ModelService;
 use crate::plugins::PluginService;
 use crate::runs::engine::Engine;
@@ -41,7 +42,7 @@ pub struct AppState {
     pub audit: AuditService,
     /// Server-wide settings.
     pub settings: SettingsService,
-    /// Every tool: sandboxed plugins today.
+    /// Every tool: sandboxed plugins and bridged MCP servers.
     pub tools: ToolCatalogue,
     /// Plugin installation and grants.
     pub plugins: PluginService,
@@ -51,6 +52,8 @@ pub struct AppState {
     pub models: ModelService,
     /// Runs, their events, approvals and usage.
     pub runs: RunService,
+    /// Bridged MCP servers.
+    pub mcp: McpService,
     /// The run engine of this process (started by `build_state` when
     /// `runs.worker` is on).
     pub engine: Engine,

@@ -594,7 +594,7 @@ impl Execution {
             .tools
             .0
             .iter()
-            .filter_map(|name| self.engine.tools.info(name))
+            .filter_map(|name| self.engine.tools.info(name, Some(self.run.user_id)))
             .map(|t| ToolDefinition {
                 name: t.name,
                 description: t.description,
@@ -720,7 +720,7 @@ impl Execution {
                 arguments: call.arguments.clone(),
             });
             let known = agent.tools.0.contains(&call.name);
-            let info = self.engine.tools.info(&call.name);
+            let info = self.engine.tools.info(&call.name, Some(self.run.user_id));
             let needs_approval = known && approval.requires(&call.name);
             new_calls.push(NewCall {
                 call_id: call.id.clone(),
@@ -799,7 +799,7 @@ impl Execution {
                 let runnable = c.idempotent
                     && c.arguments_error.is_none()
                     && agent.tools.0.contains(&c.name)
-                    && self.engine.tools.contains(&c.name);
+                    && self.engine.tools.contains(&c.name, Some(self.run.user_id));
                 if runnable {
                     tail.push(self.event(
                         "tool_call.started",
@@ -877,7 +877,12 @@ impl Execution {
                 immediate.push((call, json!(msg), true));
                 continue;
             }
-            if !agent.tools.0.contains(&row.name) || !self.engine.tools.contains(&row.name) {
+            if !agent.tools.0.contains(&row.name)
+                || !self
+                    .engine
+                    .tools
+                    .contains(&row.name, Some(self.run.user_id))
+            {
                 let msg = format!(
                     "unknown tool {:?}: it is not one of this agent's tools",
                     row.name

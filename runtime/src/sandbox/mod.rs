@@ -75,6 +75,10 @@ pub enum ToolError {
     /// The result broke a limit or the output schema.
     #[error("the tool returned an invalid result: {0}")]
     InvalidOutput(String),
+    /// The tool's source cannot answer now (an MCP server that is down or
+    /// restarting); the call failed fast and may be retried later.
+    #[error("the tool is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A tool as its plugin declares it, with compiled validators.

@@ -7,7 +7,7 @@
 pub mod routes;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,8 @@ use utoipa::ToSchema;
 
 use crate::audit::AuditService;
 use crate::error::{Error, Result};
+use crate::mcp::bridge::Server as McpServer;
+use crate::mcp::Bridge;
 use crate::sandbox::{CallContext, Grants, HostServices, LoadedPlugin, ToolError};
 use crate::users::model::{Permission, Principal};
 
@@ -34,6 +36,15 @@ pub enum ToolSource {
         plugin: String,
         /// Its version.
         version: String,
+    },
+    /// A bridged MCP server.
+    Mcp {
+        /// The server's name.
+        server: String,
+        /// The server's id.
+        server_id: uuid::Uuid,
+        /// The tool's name on that server.
+        tool: String,
     },
 }
 
@@ -99,6 +110,7 @@ pub struct Entry {
 #[derive(Clone)]
 pub struct ToolCatalogue {
     plugins: Arc<RwLock<BTreeMap<String, Entry>>>,
+    bridge: Arc<OnceLock<Bridge>>,
     audit: AuditService,
     services: Option<Arc<dyn HostServices>>,
 }
@@ -115,9 +127,36 @@ impl ToolCatalogue {
     pub fn new(audit: AuditService, services: Option<Arc<dyn HostServices>>) -> Self {
         ToolCatalogue {
             plugins: Arc::new(RwLock::new(BTreeMap::new())),
+            bridge: Arc::new(OnceLock::new()),
             audit,
             services,
         }
+    }
+
+    /// Connects the MCP bridge: its servers' tools join the catalogue.
+    pub fn set_bridge(&self, bridge: Bridge) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// The bridged MCP server that owns tool `name`, if `user` may use it.
+    fn bridged(&self, name: &str, user: Option<uuid::Uuid>) -> Option<Arc<McpServer>> {
+        let (server, tool) = name.split_once(SEPARATOR)?;
+        let server = self.bridge.get()?.server(server)?;
+        let owner = server.def().owner_id;
+        (owner.is_none() || owner == user)
+            .then_some(server)
+            .filter(|s| s.tool(tool).is_some())
+    }
+
+    /// The bridged servers `user` may use.
+    pub fn bridged_servers(&self, user: Option<uuid::Uuid>) -> Vec<Arc<McpServer>> {
+        self.bridge
+            .get()
+            .map(|b| b.servers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.def().owner_id.is_none() || s.def().owner_id == user)
+            .collect()
     }
 
     /// Adds (or replaces) a plugin.
@@ -175,25 +214,36 @@ impl ToolCatalogue {
             .collect()
     }
 
-    fn infos(&self) -> Vec<ToolInfo> {
-        let plugins = self.plugins.read().expect("catalogue lock");
-        plugins
-            .values()
-            .flat_map(|entry| Self::tools_of(&entry.plugin))
-            .collect()
+    /// The tools `user` may use: every plugin's, and those of the bridged
+    /// MCP servers that are server-wide or the user's own.
+    pub fn infos_for(&self, user: Option<uuid::Uuid>) -> Vec<ToolInfo> {
+        let mut infos: Vec<ToolInfo> = {
+            let plugins = self.plugins.read().expect("catalogue lock");
+            plugins
+                .values()
+                .flat_map(|entry| Self::tools_of(&entry.plugin))
+                .collect()
+        };
+        for server in self.bridged_servers(user) {
+            infos.extend(server.tools());
+        }
+        infos
     }
 
-    /// The catalogue entry of tool `name`.
-    pub fn info(&self, name: &str) -> Option<ToolInfo> {
-        let (entry, tool) = self.resolve(name)?;
-        Self::tools_of(&entry.plugin)
-            .into_iter()
-            .find(|t| t.name.split_once(SEPARATOR).map(|(_, n)| n) == Some(tool.as_str()))
+    /// The catalogue entry of tool `name`, if `user` may use it.
+    pub fn info(&self, name: &str, user: Option<uuid::Uuid>) -> Option<ToolInfo> {
+        if let Some((entry, tool)) = self.resolve(name) {
+            return Self::tools_of(&entry.plugin)
+                .into_iter()
+                .find(|t| t.name.split_once(SEPARATOR).map(|(_, n)| n) == Some(tool.as_str()));
+        }
+        let server = self.bridged(name, user)?;
+        server.tool(name.split_once(SEPARATOR)?.1)
     }
 
-    /// Whether `name` is a tool of the catalogue.
-    pub fn contains(&self, name: &str) -> bool {
-        self.resolve(name).is_some()
+    /// Whether `name` is a tool of the catalogue that `user` may use.
+    pub fn contains(&self, name: &str, user: Option<uuid::Uuid>) -> bool {
+        self.resolve(name).is_some() || self.bridged(name, user).is_some()
     }
 
     fn resolve(&self, name: &str) -> Option<(Entry, String)> {
@@ -212,15 +262,13 @@ impl ToolCatalogue {
     /// The tools the caller may use.
     pub fn list(&self, principal: &Principal) -> Result<Vec<ToolInfo>> {
         principal.require(Permission::ToolRead)?;
-        Ok(self.infos())
+        Ok(self.infos_for(Some(principal.user_id)))
     }
 
     /// One tool.
     pub fn get(&self, principal: &Principal, name: &str) -> Result<ToolInfo> {
         principal.require(Permission::ToolRead)?;
-        self.infos()
-            .into_iter()
-            .find(|t| t.name == name)
+        self.info(name, Some(principal.user_id))
             .ok_or(Error::NotFound("tool"))
     }
 
@@ -232,9 +280,12 @@ impl ToolCatalogue {
         arguments: &Value,
         user: Option<uuid::Uuid>,
     ) -> std::result::Result<Value, ToolError> {
-        let (entry, tool) = self
-            .resolve(name)
-            .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+        let Some((entry, tool)) = self.resolve(name) else {
+            return match self.bridged(name, user) {
+                Some(server) => server.call(name, arguments).await,
+                None => Err(ToolError::UnknownTool(name.to_owned())),
+            };
+        };
         let ctx = CallContext {
             user: user.map(|u| u.to_string()),
             grants: entry.grants.clone(),
@@ -251,7 +302,7 @@ impl ToolCatalogue {
         request: InvokeRequest,
     ) -> Result<InvokeResponse> {
         principal.require(Permission::ToolInvoke)?;
-        if !self.contains(name) {
+        if !self.contains(name, Some(principal.user_id)) {
             return Err(Error::NotFound("tool"));
         }
         let started = Instant::now();
@@ -281,6 +332,7 @@ impl ToolCatalogue {
                 details: Some(json!({ "kind": "invalid_arguments" })),
             }),
             Err(ToolError::UnknownTool(_)) => Err(Error::NotFound("tool")),
+            Err(ToolError::Unavailable(message)) => Err(Error::Unavailable(message)),
             Err(other) => Err(Error::ToolFailed(other)),
         }
     }

@@ -53,6 +53,7 @@ impl Role {
                     | PluginManage
                     | SecretManage
                     | ProviderManage
+                    | McpManage
             ),
             Role::Viewer => matches!(permission, AgentRead | ConversationRead | ToolRead),
         }
@@ -94,6 +95,10 @@ pub enum Permission {
     ProviderManage,
     /// `provider:own`: configure model providers for oneself.
     ProviderOwn,
+    /// `mcp:manage`: register stdio and server-wide MCP servers.
+    McpManage,
+    /// `mcp:own`: register HTTP MCP servers for oneself.
+    McpOwn,
 }
 
 impl Permission {
@@ -116,6 +121,8 @@ impl Permission {
             Permission::SecretManage => "secret:manage",
             Permission::ProviderManage => "provider:manage",
             Permission::ProviderOwn => "provider:own",
+            Permission::McpManage => "mcp:manage",
+            Permission::McpOwn => "mcp:own",
         }
     }
 }

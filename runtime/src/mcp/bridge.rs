@@ -1,0 +1,913 @@
+//! The bridge: Orchestra as an MCP client. Each registered server gets one
+//! connection per node (a child process over stdio, or a Streamable HTTP
+//! session), started lazily or at boot, health-checked with pings and
+//! restarted with exponential backoff when it dies. Its tools are cached, so
+//! listing the catalogue never waits on a server, and refreshed when the
+//! server sends `notifications/tools/list_changed`.
+//!
+//! A server that is down fails its own calls at once with
+//! [`ToolError::Unavailable`] until its next restart; nothing else waits on it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
+    ContentBlock, ErrorCode, Implementation, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, RunningService, RunningServiceCancellationToken};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::io::AsyncBufReadExt;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::config::McpConfig;
+use crate::db::Db;
+use crate::on_db;
+use crate::sandbox::ToolError;
+use crate::secrets::SecretService;
+use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
+
+/// Lines of a server's stderr kept to explain a crash.
+const STDERR_TAIL: usize = 20;
+/// Longest catalogue name a model vendor accepts.
+const MAX_TOOL_NAME: usize = 64;
+
+/// An environment value of a stdio server: plain text, or the name of a
+/// secret injected when the server starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// A value stored as is (not for secrets).
+    Plain(String),
+    /// A secret (`PUT /api/v1/secrets/{name}`), resolved at start.
+    Secret {
+        /// The secret's name.
+        secret: String,
+    },
+}
+
+/// How a bridged server is reached.
+#[derive(Clone)]
+pub enum Transport {
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        /// The program.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Its environment (on top of `PATH`, `HOME` and `LANG`).
+        env: BTreeMap<String, EnvValue>,
+    },
+    /// A Streamable HTTP endpoint.
+    Http {
+        /// The endpoint URL.
+        url: String,
+        /// Extra headers (decrypted).
+        headers: BTreeMap<String, String>,
+        /// A bearer token (decrypted).
+        bearer_token: Option<String>,
+    },
+}
+
+/// When a server starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// On its first call; until then its tools are not listed.
+    Lazy,
+    /// When the server process starts, and right after registration.
+    Boot,
+}
+
+impl StartMode {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMode::Lazy => "lazy",
+            StartMode::Boot => "boot",
+        }
+    }
+}
+
+/// A bridged server as the bridge runs it.
+#[derive(Clone)]
+pub struct ServerDef {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name: the namespace of its tools.
+    pub name: String,
+    /// The user it belongs to; `None` for a server-wide one.
+    pub owner_id: Option<Uuid>,
+    /// How it is reached.
+    pub transport: Transport,
+    /// When it starts.
+    pub start: StartMode,
+    /// Whether its tools are offered over `/mcp`.
+    pub expose: bool,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Largest accepted result, in bytes of JSON.
+    pub max_result_bytes: usize,
+}
+
+/// The state of a bridged server on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Not started yet (lazy) or disabled.
+    Stopped,
+    /// Connecting.
+    Starting,
+    /// Connected; its tools are in the catalogue.
+    Running,
+    /// Crashed or failed to start; waiting to restart.
+    Backoff,
+}
+
+/// What `GET /api/v1/mcp-servers/{id}` shows of a server's health.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerStatus {
+    /// The state on the node that answered.
+    pub state: ServerState,
+    /// The last failure (start, crash, failed health check), if any.
+    pub last_error: Option<String>,
+    /// Tools it offers (as of its last listing).
+    pub tool_count: usize,
+    /// Times it was restarted after a failure.
+    pub restarts: u32,
+    /// When the current connection was made.
+    pub connected_at: Option<DateTime<Utc>>,
+    /// When the next restart is due, while in backoff.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// One tool of a bridged server.
+#[derive(Clone)]
+struct BridgedTool {
+    /// The name the server knows it by.
+    remote: String,
+    info: ToolInfo,
+}
+
+struct State {
+    state: ServerState,
+    peer: Option<Peer<RoleClient>>,
+    cancel: Option<RunningServiceCancellationToken>,
+    last_error: Option<String>,
+    restarts: u32,
+    failures: u32,
+    retry_at: Option<Instant>,
+    connected_at: Option<DateTime<Utc>>,
+    /// Bumped on every connect and stop: a supervisor of an older
+    /// connection must not touch the state.
+    generation: u64,
+    stopped: bool,
+    stderr: VecDeque<String>,
+}
+
+/// One bridged server and its connection.
+pub struct Server {
+    def: ServerDef,
+    db: Option<Db>,
+    config: Arc<McpConfig>,
+    secrets: SecretService,
+    connecting: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    tools: RwLock<Arc<Vec<BridgedTool>>>,
+}
+
+impl Server {
+    fn new(
+        def: ServerDef,
+        db: Option<Db>,
+        config: Arc<McpConfig>,
+        secrets: SecretService,
+        cached: Vec<Tool>,
+    ) -> Arc<Server> {
+        let server = Arc::new(Server {
+            def,
+            db,
+            config,
+            secrets,
+            connecting: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State {
+                state: ServerState::Stopped,
+                peer: None,
+                cancel: None,
+                last_error: None,
+                restarts: 0,
+                failures: 0,
+                retry_at: None,
+                connected_at: None,
+                generation: 0,
+                stopped: false,
+                stderr: VecDeque::new(),
+            }),
+            tools: RwLock::new(Arc::new(Vec::new())),
+        });
+        let tools = server.catalogue_tools(cached);
+        *server.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+        server
+    }
+
+    /// Keeps the listing in the database, for the next start.
+    fn save_tools(&self, tools: &[Tool]) {
+        let Some(db) = self.db.clone() else {
+            return;
+        };
+        let id = self.def.id;
+        let json = sqlx::types::Json(tools.to_vec());
+        tokio::spawn(async move {
+            let saved = on_db!(&db, pool => sqlx::query("UPDATE mcp_servers SET tools = $2 WHERE id = $1")
+                .bind(id)
+                .bind(&json)
+                .execute(pool)
+                .await
+                .map(|_| ()));
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "could not store an MCP server's tool list");
+            }
+        });
+    }
+
+    /// Its definition.
+    pub fn def(&self) -> &ServerDef {
+        &self.def
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its health on this node.
+    pub fn status(&self) -> ServerStatus {
+        let state = self.lock();
+        let now = Instant::now();
+        ServerStatus {
+            state: state.state,
+            last_error: state.last_error.clone(),
+            tool_count: self.tools.read().map(|t| t.len()).unwrap_or(0),
+            restarts: state.restarts,
+            connected_at: state.connected_at,
+            retry_at: state.retry_at.map(|at| {
+                Utc::now()
+                    + chrono::Duration::from_std(at.saturating_duration_since(now))
+                        .unwrap_or_default()
+            }),
+        }
+    }
+
+    /// Its tools as catalogue entries.
+    pub fn tools(&self) -> Vec<ToolInfo> {
+        self.tools
+            .read()
+            .map(|t| t.iter().map(|t| t.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `name` (the part after the separator) is one of its tools.
+    pub fn tool(&self, name: &str) -> Option<ToolInfo> {
+        let full = format!("{}{SEPARATOR}{name}", self.def.name);
+        self.tools
+            .read()
+            .ok()?
+            .iter()
+            .find(|t| t.info.name == full)
+            .map(|t| t.info.clone())
+    }
+
+    fn remote_name(&self, full: &str) -> Option<String> {
+        self.tools
+            .read()
+            .ok()?
+            .iter()
+            .find(|t| t.info.name == full)
+            .map(|t| t.remote.clone())
+    }
+
+    /// A connected peer: the current one, or a new connection. Fails fast
+    /// while the server is in backoff.
+    async fn peer(self: &Arc<Self>) -> Result<Peer<RoleClient>, ToolError> {
+        if let Some(peer) = self.ready_peer()? {
+            return Ok(peer);
+        }
+        self.connect().await
+    }
+
+    fn ready_peer(&self) -> Result<Option<Peer<RoleClient>>, ToolError> {
+        let state = self.lock();
+        if state.stopped {
+            return Err(ToolError::Unavailable(format!(
+                "the MCP server {} is disabled",
+                self.def.name
+            )));
+        }
+        if let Some(peer) = &state.peer {
+            if !peer.is_transport_closed() {
+                return Ok(Some(peer.clone()));
+            }
+        }
+        if let Some(at) = state.retry_at {
+            let now = Instant::now();
+            if at > now {
+                return Err(ToolError::Unavailable(format!(
+                    "the MCP server {} is down ({}); next restart in {} s",
+                    self.def.name,
+                    state.last_error.as_deref().unwrap_or("unknown error"),
+                    at.duration_since(now).as_secs() + 1
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Connects (once at a time), lists the tools and starts the supervisor.
+    async fn connect(self: &Arc<Self>) -> Result<Peer<RoleClient>, ToolError> {
+        let _one = self.connecting.lock().await;
+        if let Some(peer) = self.ready_peer()? {
+            return Ok(peer);
+        }
+        let generation = {
+            let mut state = self.lock();
+            state.state = ServerState::Starting;
+            state.generation += 1;
+            state.generation
+        };
+        let limit = Duration::from_secs(self.config.connect_timeout_secs);
+        let outcome = match tokio::time::timeout(limit, self.open(generation)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no answer to initialize within {} s",
+                limit.as_secs()
+            )),
+        };
+        match outcome {
+            Ok((running, tools)) => {
+                let peer = running.peer().clone();
+                let count = tools.len();
+                *self.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+                {
+                    let mut state = self.lock();
+                    state.state = ServerState::Running;
+                    state.peer = Some(peer.clone());
+                    state.cancel = Some(running.cancellation_token());
+                    state.failures = 0;
+                    state.retry_at = None;
+                    state.connected_at = Some(Utc::now());
+                }
+                tracing::info!(server = %self.def.name, tools = count, "MCP server connected");
+                let server = Arc::downgrade(self);
+                tokio::spawn(supervise(server, running, generation));
+                Ok(peer)
+            }
+            Err(error) => {
+                let error = self.with_stderr(error);
+                tracing::warn!(server = %self.def.name, %error, "MCP server failed to start");
+                self.fail(generation, error.clone());
+                Err(ToolError::Unavailable(format!(
+                    "the MCP server {} failed to start: {error}",
+                    self.def.name
+                )))
+            }
+        }
+    }
+
+    /// Opens the transport and performs the handshake and the first listing.
+    async fn open(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Result<(RunningService<RoleClient, Handler>, Vec<BridgedTool>), String> {
+        let handler = Handler {
+            server: Arc::downgrade(self),
+        };
+        let running = match &self.def.transport {
+            Transport::Stdio { command, args, env } => {
+                let mut cmd = tokio::process::Command::new(command);
+                cmd.args(args).env_clear();
+                for key in ["PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT"] {
+                    if let Some(value) = std::env::var_os(key) {
+                        cmd.env(key, value);
+                    }
+                }
+                for (key, value) in env {
+                    let value = match value {
+                        EnvValue::Plain(v) => v.clone(),
+                        EnvValue::Secret { secret } => match self.secrets.reveal(secret).await {
+                            Ok(Some(v)) => v,
+                            Ok(None) => return Err(format!("secret {secret:?} is not set")),
+                            Err(e) => return Err(format!("secret {secret:?}: {e}")),
+                        },
+                    };
+                    cmd.env(key, value);
+                }
+                let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+                wrapped
+                    .wrap(process_wrap::tokio::ProcessGroup::leader())
+                    .wrap(process_wrap::tokio::KillOnDrop);
+                let (process, stderr) = TokioChildProcess::builder(wrapped)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+                if let Some(stderr) = stderr {
+                    tokio::spawn(capture_stderr(Arc::downgrade(self), stderr, generation));
+                }
+                handler
+                    .serve(process)
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))?
+            }
+            Transport::Http {
+                url,
+                headers,
+                bearer_token,
+            } => {
+                crate::mcp::install_crypto();
+                let mut custom = std::collections::HashMap::new();
+                for (name, value) in headers {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("invalid header name {name:?}"))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|_| format!("invalid value for header {name}"))?;
+                    custom.insert(name, value);
+                }
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(custom);
+                if let Some(token) = bearer_token {
+                    config = config.auth_header(token.clone());
+                }
+                let transport = StreamableHttpClientTransport::from_config(config);
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))?
+            }
+        };
+        let tools = running
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+        self.save_tools(&tools);
+        Ok((running, self.catalogue_tools(tools)))
+    }
+
+    /// Maps the server's tools to catalogue entries. Names are made safe for
+    /// every model vendor (`[A-Za-z0-9_-]`, 64 at most); a tool whose safe
+    /// name collides with another's is left out, with a warning.
+    fn catalogue_tools(&self, tools: Vec<Tool>) -> Vec<BridgedTool> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(tools.len());
+        for tool in tools {
+            let safe: String = tool
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let mut name = format!("{}{SEPARATOR}{safe}", self.def.name);
+            if name.len() > MAX_TOOL_NAME {
+                name.truncate(MAX_TOOL_NAME);
+            }
+            if !seen.insert(name.clone()) {
+                tracing::warn!(server = %self.def.name, tool = %tool.name,
+                    "MCP tool left out: its catalogue name collides with another tool's");
+                continue;
+            }
+            let hints = tool.annotations.clone().unwrap_or_default();
+            let read_only = hints.read_only_hint.unwrap_or(false);
+            out.push(BridgedTool {
+                remote: tool.name.to_string(),
+                info: ToolInfo {
+                    name,
+                    description: tool
+                        .description
+                        .as_deref()
+                        .or(tool.title.as_deref())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    input_schema: Value::Object((*tool.input_schema).clone()),
+                    output_schema: tool.output_schema.map(|s| Value::Object((*s).clone())),
+                    source: ToolSource::Mcp {
+                        server: self.def.name.clone(),
+                        server_id: self.def.id,
+                        tool: tool.name.to_string(),
+                    },
+                    read_only,
+                    // The protocol's defaults: a tool that does not say
+                    // otherwise may destroy data and is not idempotent.
+                    destructive: !read_only && hints.destructive_hint.unwrap_or(true),
+                    idempotent: read_only || hints.idempotent_hint.unwrap_or(false),
+                },
+            });
+        }
+        out
+    }
+
+    fn with_stderr(&self, error: String) -> String {
+        let state = self.lock();
+        if state.stderr.is_empty() {
+            error
+        } else {
+            let tail: Vec<&str> = state
+                .stderr
+                .iter()
+                .rev()
+                .take(3)
+                .map(String::as_str)
+                .collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{error}; stderr: {}", tail.join(" | "))
+        }
+    }
+
+    /// Records a failure of connection `generation` and schedules a restart.
+    fn fail(self: &Arc<Self>, generation: u64, error: String) {
+        let delay = {
+            let mut state = self.lock();
+            if state.generation != generation || state.stopped {
+                return;
+            }
+            state.peer = None;
+            state.cancel = None;
+            state.state = ServerState::Backoff;
+            state.last_error = Some(error);
+            state.failures += 1;
+            let exp = state.failures.saturating_sub(1).min(16);
+            let delay = Duration::from_millis(500u64 << exp)
+                .min(Duration::from_secs(self.config.max_backoff_secs.max(1)));
+            state.retry_at = Some(Instant::now() + delay);
+            delay
+        };
+        let server = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Some(server) = server.upgrade() else {
+                return;
+            };
+            let due = {
+                let state = server.lock();
+                state.generation == generation && !state.stopped && state.peer.is_none()
+            };
+            if due {
+                {
+                    let mut state = server.lock();
+                    state.retry_at = None;
+                    state.restarts += 1;
+                }
+                if server.connect().await.is_ok() {
+                    tracing::info!(server = %server.def.name, "MCP server restarted");
+                }
+            }
+        });
+    }
+
+    /// Stops the connection for good (the server was removed or changed).
+    fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        state.generation += 1;
+        state.peer = None;
+        state.state = ServerState::Stopped;
+        if let Some(cancel) = state.cancel.take() {
+            cancel.cancel();
+        }
+    }
+
+    /// Kills the current connection so that the supervisor restarts it.
+    fn drop_connection(&self, reason: String) {
+        let mut state = self.lock();
+        state.last_error = Some(reason);
+        if let Some(cancel) = state.cancel.take() {
+            cancel.cancel();
+        }
+    }
+
+    /// Pings a running server; a server that does not answer is restarted.
+    async fn health_check(self: &Arc<Self>) {
+        let peer = {
+            let state = self.lock();
+            match (&state.peer, state.state) {
+                (Some(peer), ServerState::Running) => peer.clone(),
+                _ => return,
+            }
+        };
+        let ping = peer.send_request(ClientRequest::PingRequest(Default::default()));
+        let answer = tokio::time::timeout(Duration::from_secs(10), ping).await;
+        match answer {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.drop_connection(format!("health check failed: {e}")),
+            Err(_) => self.drop_connection("health check: no answer to ping within 10 s".into()),
+        }
+    }
+
+    async fn refresh_tools(self: &Arc<Self>, peer: &Peer<RoleClient>) {
+        match peer.list_all_tools().await {
+            Ok(tools) => {
+                self.save_tools(&tools);
+                let tools = self.catalogue_tools(tools);
+                tracing::info!(server = %self.def.name, tools = tools.len(), "MCP tool list refreshed");
+                *self.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.def.name, error = %e, "MCP tool list refresh failed")
+            }
+        }
+    }
+
+    /// Calls tool `full` (its catalogue name) with `arguments`.
+    pub async fn call(self: &Arc<Self>, full: &str, arguments: &Value) -> Result<Value, ToolError> {
+        let peer = self.peer().await?;
+        let remote = self
+            .remote_name(full)
+            .ok_or_else(|| ToolError::UnknownTool(full.to_owned()))?;
+        let arguments = match arguments {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
+            _ => {
+                return Err(ToolError::InvalidArguments(
+                    "the arguments must be a JSON object".into(),
+                ))
+            }
+        };
+        let params = CallToolRequestParams::new(remote).with_arguments(arguments);
+        // Dropping the call (timeout, run cancelled) sends
+        // notifications/cancelled to the server.
+        let outcome = tokio::time::timeout(self.def.timeout, peer.call_tool(params)).await;
+        match outcome {
+            Err(_) => Err(ToolError::Timeout(self.def.timeout.as_millis() as u64)),
+            Ok(Ok(result)) => self.result(result),
+            Ok(Err(ServiceError::McpError(error))) if error.code == ErrorCode::INVALID_PARAMS => {
+                Err(ToolError::InvalidArguments(error.message.to_string()))
+            }
+            Ok(Err(ServiceError::McpError(error))) => {
+                Err(ToolError::Failed(error.message.to_string()))
+            }
+            Ok(Err(ServiceError::TransportClosed | ServiceError::TransportSend(_))) => {
+                Err(ToolError::Unavailable(format!(
+                    "the MCP server {} closed the connection during the call",
+                    self.def.name
+                )))
+            }
+            Ok(Err(other)) => Err(ToolError::Failed(other.to_string())),
+        }
+    }
+
+    /// A tool result as the catalogue returns it: the structured content
+    /// when there is one, else the text (one block) or the content blocks.
+    fn result(&self, result: CallToolResult) -> Result<Value, ToolError> {
+        let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
+        if size > self.def.max_result_bytes {
+            return Err(ToolError::InvalidOutput(format!(
+                "the result is {size} bytes, over the {} byte cap",
+                self.def.max_result_bytes
+            )));
+        }
+        let text = || {
+            let texts: Vec<&str> = result
+                .content
+                .iter()
+                .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+                .collect();
+            (texts.len() == result.content.len()).then(|| texts.join("\n"))
+        };
+        if result.is_error == Some(true) {
+            return Err(ToolError::Failed(
+                text().unwrap_or_else(|| content_json(&result.content).to_string()),
+            ));
+        }
+        if let Some(structured) = result.structured_content.clone() {
+            return Ok(structured);
+        }
+        Ok(match text() {
+            Some(text) => Value::String(text),
+            None => content_json(&result.content),
+        })
+    }
+}
+
+fn content_json(content: &[ContentBlock]) -> Value {
+    serde_json::to_value(content).unwrap_or(Value::Null)
+}
+
+/// Waits for a connection to end; an end nobody asked for is a crash.
+async fn supervise(
+    server: Weak<Server>,
+    running: RunningService<RoleClient, Handler>,
+    generation: u64,
+) {
+    let reason = running.waiting().await;
+    let Some(server) = server.upgrade() else {
+        return;
+    };
+    let error = {
+        let state = server.lock();
+        if state.generation != generation || state.stopped {
+            return;
+        }
+        state
+            .last_error
+            .clone()
+            .filter(|e| e.starts_with("health check"))
+            .unwrap_or_else(|| format!("the connection ended ({reason:?})"))
+    };
+    // Let the stderr reader catch the last words of a dying process.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = server.with_stderr(error);
+    tracing::warn!(server = %server.def.name, %error, "MCP server down; restarting");
+    server.fail(generation, error);
+}
+
+/// Logs a stdio server's stderr and keeps its last lines.
+async fn capture_stderr(
+    server: Weak<Server>,
+    stderr: tokio::process::ChildStderr,
+    generation: u64,
+) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        tracing::info!(target: "orchestra::mcp::stderr", server = %server.def.name, "{line}");
+        let mut state = server.lock();
+        if state.generation == generation {
+            if state.stderr.len() == STDERR_TAIL {
+                state.stderr.pop_front();
+            }
+            state.stderr.push_back(line.chars().take(500).collect());
+        }
+    }
+}
+
+/// The client side of a connection: follows tool-list changes.
+#[derive(Clone)]
+struct Handler {
+    server: Weak<Server>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        if let Some(server) = self.server.upgrade() {
+            tokio::spawn(async move { server.refresh_tools(&context.peer).await });
+        }
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("orchestra", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+/// Every bridged server of this node.
+#[derive(Clone)]
+pub struct Bridge {
+    servers: Arc<RwLock<BTreeMap<String, Arc<Server>>>>,
+    db: Option<Db>,
+    config: Arc<McpConfig>,
+    secrets: SecretService,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// An empty bridge; tool listings are kept in `db`.
+    pub fn new(db: Option<Db>, config: McpConfig, secrets: SecretService) -> Bridge {
+        Bridge {
+            servers: Arc::new(RwLock::new(BTreeMap::new())),
+            db,
+            config: Arc::new(config),
+            secrets,
+        }
+    }
+
+    /// Adds or replaces a server (a replaced one is stopped), with its last
+    /// known tools; a `boot` server starts connecting at once.
+    pub fn upsert(&self, def: ServerDef, cached: Vec<Tool>) {
+        let start = def.start == StartMode::Boot;
+        let server = Server::new(
+            def,
+            self.db.clone(),
+            self.config.clone(),
+            self.secrets.clone(),
+            cached,
+        );
+        let old = self
+            .servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.def.name.clone(), server.clone());
+        if let Some(old) = old {
+            old.stop();
+        }
+        if start {
+            tokio::spawn(async move {
+                let _ = server.connect().await;
+            });
+        }
+    }
+
+    /// Removes and stops a server.
+    pub fn remove(&self, name: &str) {
+        let old = self
+            .servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(old) = old {
+            old.stop();
+        }
+    }
+
+    /// Stops every server (shutdown).
+    pub fn stop_all(&self) {
+        let servers: Vec<_> = self
+            .servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for server in servers {
+            server.stop();
+        }
+    }
+
+    /// The server named `name`.
+    pub fn server(&self, name: &str) -> Option<Arc<Server>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every server.
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Starts (or restarts) a server now and waits for the outcome.
+    pub async fn start(&self, name: &str) -> Result<(), ToolError> {
+        let server = self
+            .server(name)
+            .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
+        {
+            let mut state = server.lock();
+            state.retry_at = None;
+        }
+        server.peer().await.map(|_| ())
+    }
+
+    /// Pings every running server every `health_secs`.
+    pub fn spawn_health_checks(&self) {
+        if self.config.health_secs == 0 {
+            return;
+        }
+        let servers = Arc::downgrade(&self.servers);
+        let every = Duration::from_secs(self.config.health_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(servers) = servers.upgrade() else {
+                    return;
+                };
+                let list: Vec<_> = servers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                drop(servers);
+                for server in list {
+                    tokio::spawn(async move { server.health_check().await });
+                }
+            }
+        });
+    }
+}

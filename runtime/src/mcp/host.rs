@@ -1,0 +1,620 @@
+//! The host: Orchestra as an MCP server. `/mcp` speaks Streamable HTTP
+//! (every protocol revision rmcp knows), authenticated with the API's bearer
+//! API keys and access tokens; `orchestra mcp stdio` serves the same
+//! catalogue over stdin/stdout for desktop clients.
+//!
+//! The tool list is the caller's catalogue: the plugins, the bridged MCP
+//! tools of servers marked `expose`, and each of the caller's agents as
+//! `agent__<name>`, a tool that runs one conversation turn and returns the
+//! answer. Tool failures are `isError` results; a cancelled request stops
+//! its tool call (and an agent tool's run).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::agents::model::{AgentFilter, AgentResponse};
+use crate::conversations::model::{ContentInput, ContentPart, ConversationInput};
+use crate::error::Error;
+use crate::http::AppState;
+use crate::pagination::PageParams;
+use crate::runs::model::{RunInput, RunStatus};
+use crate::sandbox::ToolError;
+use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
+use crate::users::model::{Permission, Principal};
+
+/// The namespace of agent tools (`agent__<name>`); no plugin or MCP server
+/// may take it.
+pub const AGENT_NAMESPACE: &str = "agent";
+
+/// Longest tool name clients accept.
+const MAX_TOOL_NAME: usize = 64;
+
+/// Serves the catalogue of one caller (stdio) or of each request's caller
+/// (HTTP, where the principal comes from the request).
+#[derive(Clone)]
+pub struct McpHost {
+    state: AppState,
+    fixed: Option<Principal>,
+}
+
+impl McpHost {
+    /// A host whose every request is `principal`'s (stdio).
+    pub fn for_principal(state: AppState, principal: Principal) -> McpHost {
+        McpHost {
+            state,
+            fixed: Some(principal),
+        }
+    }
+
+    fn principal(&self, context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+        if let Some(p) = &self.fixed {
+            return Ok(p.clone());
+        }
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
+    }
+
+    /// The caller's catalogue as MCP tools (agent tools included).
+    pub async fn tools(&self, principal: &Principal) -> Result<Vec<Tool>, Error> {
+        let mut tools: Vec<Tool> = self
+            .state
+            .tools
+            .list(principal)?
+            .into_iter()
+            .filter(|t| self.exposed(t))
+            .map(mcp_tool)
+            .collect();
+        if self.state.config.mcp.expose_agents && principal.require(Permission::AgentRead).is_ok() {
+            for (name, agent) in self.agent_tools(principal).await? {
+                tools.push(agent_tool(name, &agent));
+            }
+        }
+        Ok(tools)
+    }
+
+    fn exposed(&self, tool: &ToolInfo) -> bool {
+        match &tool.source {
+            ToolSource::Plugin { .. } => true,
+            ToolSource::Mcp { server, .. } => self
+                .state
+                .mcp
+                .bridge()
+                .server(server)
+                .is_some_and(|s| s.def().expose),
+        }
+    }
+
+    /// The caller's own agents, by tool name. Names are the agent's name made
+    /// safe; a clash gets the id's first characters appended.
+    async fn agent_tools(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<(String, AgentResponse)>, Error> {
+        let mut agents = Vec::new();
+        for page in 1..=20u32 {
+            let found = self
+                .state
+                .agents
+                .list(
+                    principal,
+                    AgentFilter {
+                        owner_id: Some(principal.user_id),
+                        ..AgentFilter::default()
+                    },
+                    PageParams {
+                        page: Some(page),
+                        page_size: Some(100),
+                    },
+                )
+                .await?;
+            let last = found.items.len() < 100;
+            agents.extend(found.items);
+            if last {
+                break;
+            }
+        }
+        agents.sort_by_key(|a| a.created_at);
+        let mut taken = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(agents.len());
+        for agent in agents {
+            let safe: String = agent
+                .spec
+                .name
+                .to_lowercase()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let prefix = format!("{AGENT_NAMESPACE}{SEPARATOR}");
+            let mut name: String = format!("{prefix}{safe}")
+                .chars()
+                .take(MAX_TOOL_NAME)
+                .collect();
+            if !taken.insert(name.clone()) {
+                let suffix = format!("_{}", &agent.id.simple().to_string()[..8]);
+                name = format!("{prefix}{safe}")
+                    .chars()
+                    .take(MAX_TOOL_NAME - suffix.len())
+                    .collect::<String>()
+                    + &suffix;
+                taken.insert(name.clone());
+            }
+            out.push((name, agent));
+        }
+        Ok(out)
+    }
+
+    /// Calls tool `name` for `principal`; tool failures become `isError`
+    /// results, an unknown tool a protocol error.
+    pub async fn call(
+        &self,
+        principal: &Principal,
+        name: &str,
+        arguments: Value,
+        progress: Option<(rmcp::Peer<RoleServer>, rmcp::model::ProgressToken)>,
+    ) -> Result<CallToolResult, ErrorData> {
+        principal
+            .require(Permission::ToolInvoke)
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
+        if name.starts_with(&format!("{AGENT_NAMESPACE}{SEPARATOR}")) {
+            return self.call_agent(principal, name, arguments, progress).await;
+        }
+        let info = self
+            .state
+            .tools
+            .info(name, Some(principal.user_id))
+            .filter(|t| self.exposed(t))
+            .ok_or_else(|| unknown_tool(name))?;
+        let outcome = self
+            .state
+            .tools
+            .call(name, &arguments, Some(principal.user_id))
+            .await;
+        Ok(match outcome {
+            Ok(value) => tool_result(value, info.output_schema.is_some()),
+            Err(ToolError::UnknownTool(_)) => return Err(unknown_tool(name)),
+            Err(error) => CallToolResult::error(vec![ContentBlock::text(error.to_string())]),
+        })
+    }
+
+    async fn call_agent(
+        &self,
+        principal: &Principal,
+        name: &str,
+        arguments: Value,
+        progress: Option<(rmcp::Peer<RoleServer>, rmcp::model::ProgressToken)>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let internal = |e: Error| match e {
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "agent tool failed");
+                CallToolResult::error(vec![ContentBlock::text("internal error")])
+            }
+            other => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
+        };
+        let agents = self
+            .agent_tools(principal)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let Some((_, agent)) = agents.into_iter().find(|(n, _)| n == name) else {
+            return Err(unknown_tool(name));
+        };
+        let message = match arguments.get("message").and_then(Value::as_str) {
+            Some(m) if !m.trim().is_empty() => m.to_owned(),
+            _ => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    "invalid arguments: \"message\" (a non-empty string) is required",
+                )]))
+            }
+        };
+        let conversation = match arguments.get("conversation_id") {
+            None | Some(Value::Null) => {
+                match self
+                    .state
+                    .conversations
+                    .create(
+                        principal,
+                        ConversationInput {
+                            agent_id: agent.id,
+                            title: Some(message.chars().take(80).collect()),
+                            metadata: Map::from_iter([("source".to_owned(), json!("mcp"))]),
+                        },
+                    )
+                    .await
+                {
+                    Ok(c) => c.id,
+                    Err(e) => return Ok(internal(e)),
+                }
+            }
+            Some(v) => match v.as_str().and_then(|s| s.parse::<Uuid>().ok()) {
+                Some(id) => id,
+                None => {
+                    return Ok(CallToolResult::error(vec![ContentBlock::text(
+                        "invalid arguments: \"conversation_id\" must be a UUID",
+                    )]))
+                }
+            },
+        };
+        let run = match self
+            .state
+            .runs
+            .create(
+                principal,
+                conversation,
+                RunInput {
+                    message: Some(ContentInput::Text(message)),
+                    limits: None,
+                    on_active: None,
+                },
+            )
+            .await
+        {
+            Ok(run) => run,
+            Err(e) => return Ok(internal(e)),
+        };
+        // Cancels the run if the client cancels the request (the future is
+        // dropped).
+        let mut guard = CancelRun {
+            state: self.state.clone(),
+            principal: principal.clone(),
+            run: run.id,
+            armed: true,
+        };
+        let outcome = self.wait(principal, run.id, progress).await;
+        guard.armed = false;
+        let run = match outcome {
+            Ok(run) => run,
+            Err(e) => return Ok(internal(e)),
+        };
+        let answer = self.answer(run.id).await.unwrap_or_default();
+        let structured = json!({
+            "answer": answer,
+            "conversation_id": conversation,
+            "run_id": run.id,
+            "status": run.status,
+        });
+        Ok(match run.status {
+            RunStatus::Completed => CallToolResult::structured(structured),
+            RunStatus::RequiresAction => CallToolResult::structured_error(json!({
+                "error": "the run waits for a human to approve tool calls; approve them over the API",
+                "conversation_id": conversation,
+                "run_id": run.id,
+                "status": run.status,
+            })),
+            _ => CallToolResult::structured_error(json!({
+                "error": run.error.map(|e| e.message).unwrap_or_else(|| "the run did not complete".into()),
+                "conversation_id": conversation,
+                "run_id": run.id,
+                "status": run.status,
+            })),
+        })
+    }
+
+    /// Waits for run `id` to stop (finished, or waiting for approval),
+    /// reporting its steps as progress.
+    async fn wait(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        progress: Option<(rmcp::Peer<RoleServer>, rmcp::model::ProgressToken)>,
+    ) -> Result<crate::runs::model::RunResponse, Error> {
+        let mut watch = self.state.runs.bus().watch(id);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(self.state.config.mcp.agent_timeout_secs);
+        let mut steps = -1;
+        loop {
+            let run = self.state.runs.get(principal, id).await?;
+            if let Some((peer, token)) = &progress {
+                if run.step_count != steps {
+                    steps = run.step_count;
+                    let _ = peer
+                        .notify_progress(
+                            ProgressNotificationParam::new(token.clone(), steps.max(0) as f64)
+                                .with_message(format!("{} (step {steps})", run.status.as_str())),
+                        )
+                        .await;
+                }
+            }
+            if matches!(
+                run.status,
+                RunStatus::Completed
+                    | RunStatus::Failed
+                    | RunStatus::Cancelled
+                    | RunStatus::RequiresAction
+            ) {
+                return Ok(run);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "the run {id} did not finish within {} s; it goes on",
+                    self.state.config.mcp.agent_timeout_secs
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), watch.events.changed()).await;
+        }
+    }
+
+    /// The text of the run's last assistant message.
+    async fn answer(&self, run: Uuid) -> Option<String> {
+        let mut after = 0;
+        let mut answer = None;
+        loop {
+            let events = self.state.runs.events(run, after, 500).await.ok()?;
+            let Some(last) = events.last() else {
+                break;
+            };
+            after = last.seq;
+            for event in &events {
+                if event.kind != "message.completed" {
+                    continue;
+                }
+                let Some(message) = event.data.get("message") else {
+                    continue;
+                };
+                if message.get("role").and_then(Value::as_str) != Some("assistant") {
+                    continue;
+                }
+                let parts: Vec<ContentPart> =
+                    serde_json::from_value(message.get("content")?.clone()).ok()?;
+                let text: Vec<String> = parts
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text),
+                        _ => None,
+                    })
+                    .collect();
+                answer = Some(text.join("\n"));
+            }
+        }
+        answer
+    }
+}
+
+/// Cancels an agent tool's run when its request is abandoned.
+struct CancelRun {
+    state: AppState,
+    principal: Principal,
+    run: Uuid,
+    armed: bool,
+}
+
+impl Drop for CancelRun {
+    fn drop(&mut self) {
+        if self.armed {
+            let (state, principal, run) = (self.state.clone(), self.principal.clone(), self.run);
+            tokio::spawn(async move {
+                let _ = state.runs.cancel(&principal, run).await;
+            });
+        }
+    }
+}
+
+fn unknown_tool(name: &str) -> ErrorData {
+    ErrorData::invalid_params(format!("unknown tool: {name}"), None)
+}
+
+/// A catalogue tool as MCP describes it.
+fn mcp_tool(info: ToolInfo) -> Tool {
+    let schema = match info.input_schema {
+        Value::Object(map) => map,
+        _ => Map::from_iter([("type".to_owned(), json!("object"))]),
+    };
+    let mut tool = Tool::new(info.name, info.description, Arc::new(schema)).with_annotations(
+        ToolAnnotations::new()
+            .read_only(info.read_only)
+            .destructive(info.destructive)
+            .idempotent(info.idempotent),
+    );
+    if let Some(Value::Object(output)) = info.output_schema {
+        tool = tool.with_raw_output_schema(Arc::new(output));
+    }
+    tool
+}
+
+fn agent_tool(name: String, agent: &AgentResponse) -> Tool {
+    let description = format!(
+        "Ask the agent {:?}{}. Runs one conversation turn and returns the answer; pass \
+         conversation_id (from an earlier answer) to continue that conversation.",
+        agent.spec.name,
+        agent
+            .spec
+            .description
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    );
+    let input = json!({
+        "type": "object",
+        "properties": {
+            "message": { "type": "string", "description": "What to ask the agent." },
+            "conversation_id": { "type": "string", "format": "uuid",
+                "description": "Continue this conversation instead of starting a new one." }
+        },
+        "required": ["message"],
+        "additionalProperties": false
+    });
+    let output = json!({
+        "type": "object",
+        "properties": {
+            "answer": { "type": "string" },
+            "conversation_id": { "type": "string" },
+            "run_id": { "type": "string" },
+            "status": { "type": "string" }
+        },
+        "required": ["answer", "conversation_id", "run_id", "status"]
+    });
+    let (Value::Object(input), Value::Object(output)) = (input, output) else {
+        unreachable!("literal objects")
+    };
+    Tool::new(name, description, Arc::new(input))
+        .with_raw_output_schema(Arc::new(output))
+        .with_annotations(ToolAnnotations::new().read_only(false).destructive(false))
+}
+
+/// A tool's JSON result as an MCP result: structured content when the tool
+/// declares an output schema (and the result is an object), text always.
+fn tool_result(value: Value, structured: bool) -> CallToolResult {
+    match value {
+        Value::Object(_) if structured => CallToolResult::structured(value),
+        Value::String(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
+        other => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
+    }
+}
+
+impl ServerHandler for McpHost {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("orchestra", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Orchestra's tools: sandboxed WebAssembly plugins, bridged MCP servers, and your \
+             agents (agent__<name>), each of which runs a conversation turn.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let principal = self.principal(&context)?;
+        let tools = self
+            .tools(&principal)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let principal = self.principal(&context)?;
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let progress = context
+            .meta
+            .get_progress_token()
+            .map(|token| (context.peer.clone(), token));
+        let call = self.call(&principal, &request.name, arguments, progress);
+        // A `notifications/cancelled` from the client drops the call: the
+        // plugin instance is stopped, a bridged call is cancelled upstream,
+        // an agent's run is cancelled.
+        tokio::select! {
+            result = call => result.map(CallToolResponse::from),
+            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the client", None)),
+        }
+    }
+}
+
+/// Authenticates `/mcp` requests: a missing or bad credential gets 401 with
+/// `WWW-Authenticate: Bearer`; the principal rides in the request.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let outcome = match token {
+        Some(token) => state.users.authenticate(&token).await,
+        None => Err(Error::Unauthorized(
+            "expected Authorization: Bearer <API key or access token>".to_owned(),
+        )),
+    };
+    match outcome {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => {
+            let mut response = error.into_response();
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"orchestra\""),
+            );
+            response
+        }
+    }
+}
+
+/// The `/mcp` service: Streamable HTTP with sessions, the configured host
+/// and origin checks, and per-request authentication.
+pub fn router(state: AppState) -> axum::Router<AppState> {
+    let mcp = &state.config.mcp;
+    let mut config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(state.config.http.body_limit_bytes)
+        .with_cancellation_token(state.mcp.closing());
+    if !mcp.allowed_hosts.is_empty() {
+        config = config.with_allowed_hosts(mcp.allowed_hosts.clone());
+    } else if !listens_on_loopback(&state.config.listen) {
+        config = config.disable_allowed_hosts();
+    }
+    config = config
+        .with_allowed_origins(mcp.allowed_origins.clone())
+        .enforce_origin_validation();
+    let host = McpHost {
+        state: state.clone(),
+        fixed: None,
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(host.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    axum::Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+}
+
+fn listens_on_loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| listen.starts_with("localhost:"))
+}
+
+/// Serves `principal`'s catalogue over stdin/stdout until the client leaves.
+pub async fn serve_stdio(state: AppState, principal: Principal) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let host = McpHost::for_principal(state, principal);
+    let running = host.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    Ok(())
+}

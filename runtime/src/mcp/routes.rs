@@ -1,0 +1,101 @@
+//! HTTP handlers of `/api/v1/mcp-servers`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{CreateMcpServerRequest, McpServerResponse, UpdateMcpServerRequest};
+use crate::error::{ErrorResponse, Result};
+use crate::http::extract::{Json, Path};
+use crate::http::AppState;
+use crate::users::model::Principal;
+
+/// Routes of the MCP bridge.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_servers, create_server))
+        .routes(routes!(get_server, update_server, delete_server))
+        .routes(routes!(restart_server))
+}
+
+/// The MCP servers you may use: server-wide ones and your own (admins see
+/// every one). Secrets are never shown.
+#[utoipa::path(get, path = "/api/v1/mcp-servers", tag = "mcp", security(("bearer" = [])),
+    responses((status = 200, body = Vec<McpServerResponse>), (status = 403, body = ErrorResponse)))]
+async fn list_servers(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<McpServerResponse>>> {
+    Ok(Json(state.mcp.list(&principal).await?))
+}
+
+/// Registers an MCP server and connects once to list its tools (a failure
+/// shows in `status`). Stdio servers and server-wide ones: admins only;
+/// users register HTTP servers for themselves.
+#[utoipa::path(post, path = "/api/v1/mcp-servers", tag = "mcp", security(("bearer" = [])),
+    request_body = CreateMcpServerRequest,
+    responses((status = 201, body = McpServerResponse), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn create_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<CreateMcpServerRequest>,
+) -> Result<(StatusCode, Json<McpServerResponse>)> {
+    let server = state.mcp.create(&principal, request).await?;
+    Ok((StatusCode::CREATED, Json(server)))
+}
+
+/// One server, with its status (state, last error, tool count) on the node
+/// that answers.
+#[utoipa::path(get, path = "/api/v1/mcp-servers/{id}", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = McpServerResponse), (status = 404, body = ErrorResponse)))]
+async fn get_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<McpServerResponse>> {
+    Ok(Json(state.mcp.get(&principal, id).await?))
+}
+
+/// Changes a server; its connection restarts.
+#[utoipa::path(patch, path = "/api/v1/mcp-servers/{id}", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = UpdateMcpServerRequest,
+    responses((status = 200, body = McpServerResponse), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn update_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(request): Json<UpdateMcpServerRequest>,
+) -> Result<Json<McpServerResponse>> {
+    Ok(Json(state.mcp.update(&principal, id, request).await?))
+}
+
+/// Removes a server: its process stops, its tools leave the catalogue.
+#[utoipa::path(delete, path = "/api/v1/mcp-servers/{id}", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+async fn delete_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode> {
+    state.mcp.delete(&principal, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Restarts a server's connection now (also out of backoff).
+#[utoipa::path(post, path = "/api/v1/mcp-servers/{id}/restart", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = McpServerResponse), (status = 403, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
+async fn restart_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<McpServerResponse>> {
+    Ok(Json(state.mcp.restart(&principal, id).await?))
+}
