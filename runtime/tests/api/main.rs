@@ -11,6 +11,7 @@ mod agents;
 mod auth;
 mod conversations;
 mod errors;
+mod mcp;
 mod models;
 mod plugins;
 mod runs;

@@ -285,7 +285,7 @@ dual_test!(
         let second = orchestra::server::build_state(app.config.clone())
             .await
             .unwrap();
-        assert!(second.tools.contains("word-stats__stats"));
+        assert!(second.tools.contains("word-stats__stats", None));
         let hostile_entry = second.tools.entry("hostile").unwrap();
         assert!(hostile_entry.grants.key_value);
         assert_eq!(hostile_entry.plugin.digest(), sha256(&hostile));
@@ -321,7 +321,7 @@ dual_test!(
         assert_error(&gone, StatusCode::NOT_FOUND, "not_found");
         second.plugins.refresh().await.unwrap();
         assert!(
-            !second.tools.contains("word-stats__stats"),
+            !second.tools.contains("word-stats__stats", None),
             "removed on the other node too"
         );
         drop(second);

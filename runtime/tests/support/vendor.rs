@@ -197,6 +197,17 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
             text_answer(&format!("tool said: {}", results.join(" | "))),
             Duration::ZERO,
         ),
+        // `call <tool> <arguments JSON>`: one call of any tool, then the
+        // tool's answer quoted.
+        d if d.starts_with("call ") && results.is_empty() => {
+            let (tool, args) = d[5..].split_once(' ').unwrap_or((&d[5..], "{}"));
+            let args: Value = serde_json::from_str(args).unwrap_or(json!({}));
+            sse(tool_answer(&[("call_t", tool, args)]), Duration::ZERO)
+        }
+        d if d.starts_with("call ") => sse(
+            text_answer(&format!("tool said: {}", results.join(" | "))),
+            Duration::ZERO,
+        ),
         "fail" => error(400, "invalid_request_error", "This model does not exist"),
         "flaky" => {
             if vendor.flaky.fetch_add(1, Ordering::SeqCst) % 2 == 0 {

@@ -1,0 +1,660 @@
+//! MCP both ways, against real third-party peers from the official Python
+//! SDK (`mcp` on PyPI, installed by `scripts/test`): its `MCPServer` bridged
+//! over stdio and over Streamable HTTP, and its `Client` connected to
+//! Orchestra's `/mcp` and to `orchestra mcp stdio`.
+//!
+//! The SDK's Python is `ORCHESTRA_TEST_MCP_PYTHON`, or the virtual
+//! environment `scripts/test` makes in `target/mcp-venv`. Without either the
+//! tests are skipped with a notice, except under `CI=true`, where they fail.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{assert_error, spawn_app_with, Backend, Session, TestApp};
+use crate::dual_test;
+use crate::runs::{read_events, with_vendor};
+
+/// The Python with the MCP SDK, or `None` (skip) outside CI.
+fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("ORCHESTRA_TEST_MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python")
+        });
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true but the MCP SDK's Python is missing ({}); scripts/test installs it",
+            candidate.display()
+        );
+    }
+    eprintln!(
+        "note: MCP peer tests skipped: no Python with the `mcp` SDK at {} (run scripts/test)",
+        candidate.display()
+    );
+    None
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mcp")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+async fn register(app: &TestApp, session: &Session, body: Value) -> Value {
+    let (status, server) = app.post("/api/v1/mcp-servers", &session.token, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{server}");
+    server
+}
+
+fn stdio_server(python: &PathBuf, name: &str) -> Value {
+    json!({
+        "name": name,
+        "transport": "stdio",
+        "command": python.display().to_string(),
+        "args": [fixture("server.py")],
+    })
+}
+
+async fn invoke(app: &TestApp, token: &str, tool: &str, arguments: Value) -> (StatusCode, Value) {
+    app.post(
+        &format!("/api/v1/tools/{tool}/invoke"),
+        token,
+        json!({ "arguments": arguments }),
+    )
+    .await
+}
+
+/// Polls `GET /api/v1/mcp-servers/{id}` until `check` holds (20 s at most).
+async fn wait_for(app: &TestApp, token: &str, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, server) = app.get(&format!("/api/v1/mcp-servers/{id}"), token).await;
+        if check(&server) {
+            return server;
+        }
+        assert!(Instant::now() < deadline, "condition not reached: {server}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An agent of `session` with `tools`, and the text of its answer to `message`.
+async fn agent_answer(app: &TestApp, session: &Session, tools: Value, message: &str) -> String {
+    let (status, agent) = app
+        .post(
+            "/api/v1/agents",
+            &session.token,
+            json!({
+                "name": format!("mcp runner {}", uuid::Uuid::new_v4()),
+                "instructions": "You are a test agent.",
+                "model": { "provider": "openai", "model": "gpt-test" },
+                "tools": tools,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let conversation = app
+        .conversation(session, agent["id"].as_str().unwrap())
+        .await;
+    let (status, run) = app
+        .post(
+            &format!("/api/v1/conversations/{conversation}/runs"),
+            &session.token,
+            json!({ "message": message }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let events = read_events(app, &session.token, run["id"].as_str().unwrap(), None, None).await;
+    let done = events.last().unwrap();
+    assert_eq!(done.kind, "done", "{events:?}");
+    assert_eq!(done.data["status"], "completed", "{events:?}");
+    let completed: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "message.completed" && e.data["message"]["role"] == "assistant")
+        .collect();
+    completed.last().unwrap().data["message"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+dual_test!(
+    a_stdio_server_is_bridged_into_the_catalogue,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        let (status, _) = app
+            .put(
+                "/api/v1/secrets/fixture_token",
+                &admin.token,
+                json!({ "value": "s3cret-value" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // Only admins run commands.
+        let mut body = stdio_server(&python, "fx");
+        body["env"] =
+            json!({ "FIXTURE_TOKEN": { "secret": "fixture_token" }, "FIXTURE_MODE": "plain" });
+        assert_error(
+            &app.post("/api/v1/mcp-servers", &user.token, body.clone())
+                .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        let server = register(&app, &admin, body).await;
+        assert_eq!(server["status"]["state"], "running", "{server}");
+        assert_eq!(server["status"]["tool_count"], 7, "{server}");
+        assert!(!server.to_string().contains("s3cret-value"));
+        assert_eq!(
+            server["env"]["FIXTURE_TOKEN"],
+            json!({ "secret": "fixture_token" })
+        );
+
+        // Users see server-wide tools, with their schemas and source.
+        let (_, tools) = app.get("/api/v1/tools", &user.token).await;
+        let add = tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "fx__add")
+            .unwrap_or_else(|| panic!("fx__add missing: {tools}"));
+        assert_eq!(add["source"]["kind"], "mcp");
+        assert_eq!(add["source"]["server"], "fx");
+        assert_eq!(add["input_schema"]["properties"]["a"]["type"], "integer");
+
+        let (status, result) =
+            invoke(&app, &user.token, "fx__add", json!({ "a": 2, "b": 3 })).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        assert_eq!(result["result"], json!({ "result": 5 }));
+
+        // The secret is injected; the host's own environment is not passed.
+        let (_, result) = invoke(
+            &app,
+            &user.token,
+            "fx__env",
+            json!({ "name": "FIXTURE_TOKEN" }),
+        )
+        .await;
+        assert_eq!(result["result"], json!({ "result": "s3cret-value" }));
+        let (_, result) = invoke(
+            &app,
+            &user.token,
+            "fx__env",
+            json!({ "name": "CARGO_MANIFEST_DIR" }),
+        )
+        .await;
+        assert_eq!(result["result"], json!({ "result": "<unset>" }));
+
+        // A tool error is the tool's failure, with its message.
+        let (status, error) = invoke(&app, &user.token, "fx__fail", json!({})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("failed on purpose"),
+            "{error}"
+        );
+        assert_error(
+            &invoke(&app, &user.token, "fx__nope", json!({})).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+
+        // An agent calls the bridged tool in a run.
+        let answer = agent_answer(
+            &app,
+            &user,
+            json!(["fx__add"]),
+            r#"call fx__add {"a":2,"b":40}"#,
+        )
+        .await;
+        assert!(answer.contains("42"), "{answer}");
+
+        // Bad input is refused without touching what is stored.
+        assert_error(
+            &app.post(
+                "/api/v1/mcp-servers",
+                &admin.token,
+                json!({ "name": "fx", "transport": "stdio", "command": "true" }),
+            )
+            .await,
+            StatusCode::CONFLICT,
+            "conflict",
+        );
+        for bad in [
+            json!({ "name": "Bad Name", "transport": "stdio", "command": "true" }),
+            json!({ "name": "a__b", "transport": "stdio", "command": "true" }),
+            json!({ "name": "calculator", "transport": "stdio", "command": "true" }),
+            json!({ "name": "ok", "transport": "stdio" }),
+            json!({ "name": "ok", "transport": "http", "url": "ftp://x" }),
+            json!({ "name": "ok", "transport": "http", "url": "http://x", "command": "true" }),
+            json!({ "name": "ok", "transport": "stdio", "command": "true", "env": { "A": { "secret": "no spaces" } } }),
+            json!({ "name": "ok", "transport": "stdio", "command": "true", "timeout_secs": 0 }),
+            json!({ "name": "ok", "transport": "carrier-pigeon", "command": "true" }),
+        ] {
+            let (status, body) = app
+                .post("/api/v1/mcp-servers", &admin.token, bad.clone())
+                .await;
+            assert!(
+                status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT,
+                "{bad} -> {status} {body}"
+            );
+            assert!(body["error"].is_string(), "{body}");
+        }
+        let (_, list) = app.get("/api/v1/mcp-servers", &admin.token).await;
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+        // Removing the server takes its tools away.
+        let id = server["id"].as_str().unwrap();
+        assert_eq!(
+            app.delete(&format!("/api/v1/mcp-servers/{id}"), &admin.token)
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        let (_, tools) = app.get("/api/v1/tools", &user.token).await;
+        assert!(!tools.to_string().contains("fx__add"));
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_server_fails_fast_and_is_restarted_with_its_tools_refreshed() {
+    let Some(python) = python() else { return };
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let admin = app.register("admin@example.com").await;
+    let server = register(&app, &admin, stdio_server(&python, "fx")).await;
+    let id = server["id"].as_str().unwrap().to_owned();
+
+    // The process dies in the middle of a call: that call fails, nothing else.
+    let (status, error) = invoke(&app, &admin.token, "fx__crash", json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("closed the connection"),
+        "{error}"
+    );
+    let (status, _) = invoke(
+        &app,
+        &admin.token,
+        "calculator__evaluate",
+        json!({ "expression": "1+1" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // It is restarted with backoff, and its stderr explains the crash.
+    let restarted = wait_for(&app, &admin.token, &id, |s| {
+        s["status"]["state"] == "running" && s["status"]["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    let last_error = restarted["status"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(last_error.contains("crashing now"), "{restarted}");
+    let (status, result) = invoke(&app, &admin.token, "fx__add", json!({ "a": 1, "b": 1 })).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+
+    // notifications/tools/list_changed refreshes the catalogue.
+    let (status, _) = invoke(&app, &admin.token, "fx__grow", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, tools) = app.get("/api/v1/tools", &admin.token).await;
+        if tools.to_string().contains("fx__grown") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fx__grown never appeared: {tools}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, result) = invoke(&app, &admin.token, "fx__grown", json!({})).await;
+    assert_eq!(result["result"], json!({ "result": "grown" }));
+
+    // A server that cannot start: its (stored) tools fail fast while it is
+    // in backoff, with the reason.
+    let (status, broken) = app
+        .patch(
+            &format!("/api/v1/mcp-servers/{id}"),
+            &admin.token,
+            json!({ "args": ["-c", "import sys; print('no luck', file=sys.stderr); sys.exit(2)"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{broken}");
+    assert_eq!(broken["status"]["state"], "backoff", "{broken}");
+    assert!(
+        broken["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no luck"),
+        "{broken}"
+    );
+    let started = Instant::now();
+    let (status, error) = invoke(&app, &admin.token, "fx__add", json!({ "a": 1, "b": 1 })).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("down"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Starts the fixture server over Streamable HTTP on a free port.
+async fn http_fixture(
+    python: &PathBuf,
+    cancelled_file: &std::path::Path,
+) -> (tokio::process::Child, u16) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let child = tokio::process::Command::new(python)
+        .arg(fixture("server.py"))
+        .arg("--http")
+        .arg(port.to_string())
+        .env("FIXTURE_CANCELLED_FILE", cancelled_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the HTTP fixture");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the HTTP fixture did not listen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_bridge_their_own_http_servers_with_timeouts_and_cancellation() {
+    let Some(python) = python() else { return };
+    let app = spawn_app_with(Backend::Sqlite, with_vendor_only)
+        .await
+        .unwrap();
+    let (admin, user) = app.admin_and_user().await;
+    let other = app.add_user(&admin, "other@example.com", "user").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancelled = dir.path().join("cancelled");
+    let (_child, port) = http_fixture(&python, &cancelled).await;
+
+    let server = register(
+        &app,
+        &user,
+        json!({
+            "name": "remote",
+            "transport": "http",
+            "url": format!("http://127.0.0.1:{port}/mcp"),
+            "bearer_token": "tok-123",
+            "headers": { "X-Team": "blue" },
+            "timeout_secs": 1,
+        }),
+    )
+    .await;
+    assert_eq!(server["status"]["state"], "running", "{server}");
+    assert_eq!(server["owner_id"], user.user_id.as_str());
+    assert_eq!(server["has_bearer_token"], true);
+    assert_eq!(server["header_names"], json!(["X-Team"]));
+    assert!(!server.to_string().contains("tok-123"));
+    let id = server["id"].as_str().unwrap();
+
+    let (status, result) = invoke(&app, &user.token, "remote__echo", json!({ "text": "hi" })).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["result"], json!({ "result": "hi" }));
+    let answer = agent_answer(
+        &app,
+        &user,
+        json!(["remote__add"]),
+        r#"call remote__add {"a":20,"b":22}"#,
+    )
+    .await;
+    assert!(answer.contains("42"), "{answer}");
+
+    // Personal: nobody else sees or calls it.
+    let (_, tools) = app.get("/api/v1/tools", &other.token).await;
+    assert!(!tools.to_string().contains("remote__"), "{tools}");
+    assert_error(
+        &invoke(&app, &other.token, "remote__echo", json!({ "text": "hi" })).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &app.get(&format!("/api/v1/mcp-servers/{id}"), &other.token)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (status, _) = app
+        .post(
+            "/api/v1/agents",
+            &other.token,
+            json!({ "name": "thief", "instructions": "x",
+                    "model": { "provider": "openai", "model": "gpt-test" }, "tools": ["remote__echo"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The per-call timeout ends a slow call, and the server is told to stop.
+    let (status, error) = invoke(&app, &user.token, "remote__slow", json!({ "seconds": 30 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["details"]["kind"], "timeout", "{error}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&cancelled).is_ok_and(|s| s.contains("cancelled")) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw the cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn with_vendor_only(config: &mut orchestra::config::Config) {
+    with_vendor(config);
+}
+
+/// Runs the SDK's client against `target` with `calls`; returns its report.
+async fn sdk_client(
+    python: &PathBuf,
+    target: &[String],
+    envs: &[(&str, String)],
+    calls: Value,
+) -> Value {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(fixture("client.py"))
+        .args(target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start the SDK client");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(json!({ "calls": calls }).to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the SDK client finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("client output: {stdout}"))
+}
+
+fn tool_names(report: &Value) -> Vec<String> {
+    report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+dual_test!(
+    a_third_party_client_uses_plugins_and_agents_over_mcp,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        let mine = app.agent(&user, "Helper Bot").await;
+        let _theirs = app.agent(&admin, "Admin Only").await;
+        let (status, key) = app
+            .post("/api/v1/api-keys", &user.token, json!({ "name": "mcp" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let key = key["key"].as_str().unwrap().to_owned();
+        let url = format!("{}/mcp", app.base);
+
+        // No key: 401 with a Bearer challenge, before any MCP processing.
+        let response = app
+            .client
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": { "name": "curl", "version": "1" } } }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        // A browser page from another origin is refused.
+        let response = app
+            .client
+            .post(&url)
+            .bearer_auth(&key)
+            .header("origin", "https://evil.example")
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+        let report = sdk_client(
+            &python,
+            &["--url".into(), url.clone(), "--key".into(), key.clone()],
+            &[],
+            json!([
+                { "name": "calculator__evaluate", "arguments": { "expression": "6*7" } },
+                { "name": "agent__helper_bot", "arguments": { "message": "hello" } },
+                { "name": "calculator__evaluate", "arguments": { "expression": "1/0" } },
+                { "name": "agent__admin_only", "arguments": { "message": "hello" } },
+            ]),
+        )
+        .await;
+        let names = tool_names(&report);
+        assert!(
+            names.contains(&"calculator__evaluate".to_owned()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"agent__helper_bot".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("admin_only")), "{names:?}");
+        let calc = &report["calls"][0];
+        assert_eq!(calc["is_error"], false, "{calc}");
+        assert!(calc["text"].as_str().unwrap().contains("42"), "{calc}");
+        let agent = &report["calls"][1];
+        assert_eq!(agent["is_error"], false, "{agent}");
+        assert_eq!(
+            agent["structured"]["answer"], "Hello from the model.",
+            "{agent}"
+        );
+        assert_eq!(agent["structured"]["status"], "completed", "{agent}");
+        let conversation = agent["structured"]["conversation_id"].as_str().unwrap();
+        let (status, conv) = app
+            .get(
+                &format!("/api/v1/conversations/{conversation}"),
+                &user.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(conv["agent_id"].as_str(), Some(mine.as_str()));
+        let calls = &report["calls"];
+        assert_eq!(calls[2]["is_error"], true, "{calls}");
+        assert!(calls[3]["protocol_error"].is_string(), "{calls}");
+
+        // The same catalogue over stdio, from the binary on the same data.
+        let mut envs = vec![
+            (
+                "ORCHESTRA_DATA_DIR",
+                app.config.data_dir.display().to_string(),
+            ),
+            ("ORCHESTRA_RUNS__WORKER", "false".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        if let Some(url) = &app.config.database_url {
+            envs.push(("ORCHESTRA_DATABASE_URL", url.clone()));
+        }
+        // The same provider as the server's, from the conventional variables.
+        let vendor = &app.config.env_providers[0];
+        envs.push(("OPENAI_BASE_URL", vendor.base_url.clone()));
+        envs.push(("OPENAI_API_KEY", vendor.api_key.clone()));
+        let report = sdk_client(
+            &python,
+            &[
+                "--stdio".into(),
+                env!("CARGO_BIN_EXE_orchestra").into(),
+                "mcp".into(),
+                "stdio".into(),
+                "--api-key".into(),
+                key.clone(),
+            ],
+            &envs,
+            json!([
+                { "name": "calculator__evaluate", "arguments": { "expression": "2+3" } },
+                { "name": "agent__helper_bot", "arguments": { "message": "hello again" } },
+            ]),
+        )
+        .await;
+        let names = tool_names(&report);
+        assert!(names.contains(&"agent__helper_bot".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("admin_only")), "{names:?}");
+        let calls = &report["calls"];
+        assert!(calls[0]["text"].as_str().unwrap().contains('5'), "{calls}");
+        // The stdio process does not execute runs here (runs.worker=false):
+        // this server's engine does, and the answer comes back all the same.
+        assert_eq!(
+            calls[1]["structured"]["answer"], "Hello from the model.",
+            "{calls}"
+        );
+    }
+);
