@@ -213,6 +213,9 @@ const COLUMNS: &str = "id, name, owner_id, transport, command, args, env, url, h
      secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, \
      max_result_bytes, tools, created_at, updated_at";
 
+/// The nonce and ciphertext of an HTTP server's secrets, if it has any.
+type Sealed = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// What is stored encrypted for an HTTP server.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct HttpSecrets {
@@ -556,7 +559,7 @@ impl McpService {
         Ok(())
     }
 
-    fn seal(&self, id: Uuid, checked: &Checked) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    fn seal(&self, id: Uuid, checked: &Checked) -> Result<Sealed> {
         if checked.headers.is_empty() && checked.bearer_token.is_none() {
             return Ok((None, None));
         }

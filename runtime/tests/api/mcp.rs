@@ -7,7 +7,7 @@
 //! environment `scripts/test` makes in `target/mcp-venv`. Without either the
 //! tests are skipped with a notice, except under `CI=true`, where they fail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ async fn register(app: &TestApp, session: &Session, body: Value) -> Value {
     server
 }
 
-fn stdio_server(python: &PathBuf, name: &str) -> Value {
+fn stdio_server(python: &Path, name: &str) -> Value {
     json!({
         "name": name,
         "transport": "stdio",
@@ -357,7 +357,7 @@ async fn a_crashed_server_fails_fast_and_is_restarted_with_its_tools_refreshed()
 
 /// Starts the fixture server over Streamable HTTP on a free port.
 async fn http_fixture(
-    python: &PathBuf,
+    python: &Path,
     cancelled_file: &std::path::Path,
 ) -> (tokio::process::Child, u16) {
     let port = {
@@ -473,7 +473,7 @@ fn with_vendor_only(config: &mut orchestra::config::Config) {
 
 /// Runs the SDK's client against `target` with `calls`; returns its report.
 async fn sdk_client(
-    python: &PathBuf,
+    python: &Path,
     target: &[String],
     envs: &[(&str, String)],
     calls: Value,
