@@ -404,9 +404,13 @@ impl UserService {
             if key.expires_at.is_some_and(|at| at <= now) {
                 return Err(Error::Unauthorized("the API key has expired".to_owned()));
             }
-            self.repo
-                .touch_api_key(key.id, now, now - Duration::seconds(60))
-                .await?;
+            // `last_used_at` is kept to the minute: most requests write nothing.
+            let stale_before = now - Duration::seconds(60);
+            if key.last_used_at.is_none_or(|at| at < stale_before) {
+                self.repo
+                    .touch_api_key(key.id, now, stale_before)
+                    .await?;
+            }
             (key.user_id, AuthMethod::ApiKey(key.id))
         } else {
             (self.jwt.verify(bearer)?.sub, AuthMethod::AccessToken)
