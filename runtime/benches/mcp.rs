@@ -4,7 +4,8 @@
 //! own, with a no-op handler):
 //!
 //! - in process through the tool catalogue (the sandboxed call alone);
-//! - over `/mcp` (Streamable HTTP, API-key authentication on every request);
+//! - over `/mcp` (Streamable HTTP, API-key authentication on every request),
+//!   with stand-alone requests (the default) and with sessions;
 //! - over `orchestra mcp stdio` (a child process);
 //! - bridged: Orchestra calling a tool of a bridged MCP server, itself an
 //!   `orchestra mcp stdio` process (and the Python SDK fixture server, when
@@ -68,7 +69,12 @@ fn stdio_request(name: &str, key: &str, data_dir: &std::path::Path) -> CreateMcp
         name: name.to_owned(),
         transport: TransportKind::Stdio,
         command: Some(env!("CARGO_BIN_EXE_orchestra").to_owned()),
-        args: vec!["mcp".into(), "stdio".into(), "--api-key".into(), key.to_owned()],
+        args: vec![
+            "mcp".into(),
+            "stdio".into(),
+            "--api-key".into(),
+            key.to_owned(),
+        ],
         env: [
             ("ORCHESTRA_DATA_DIR", data_dir.display().to_string()),
             ("ORCHESTRA_RUNS__WORKER", "false".to_owned()),
@@ -111,7 +117,12 @@ async fn run() {
     let state = orchestra::server::build_state(config).await.unwrap();
     let user = state
         .users
-        .create_user_offline("bench@example.com", "a long bench password".into(), Role::Admin, None)
+        .create_user_offline(
+            "bench@example.com",
+            "a long bench password".into(),
+            Role::Admin,
+            None,
+        )
         .await
         .unwrap();
     let principal = Principal {
@@ -143,28 +154,46 @@ async fn run() {
     })
     .await;
 
-    // /mcp over Streamable HTTP.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(orchestra::server::serve(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
+    // /mcp over Streamable HTTP: stand-alone requests (the default), then
+    // with sessions.
     orchestra::mcp::install_crypto();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(key.clone()),
-    );
-    let client = ().serve(transport).await.expect("connect to /mcp");
-    let peer = client.peer().clone();
-    measure("over /mcp (Streamable HTTP, API key)", || async {
-        let result = peer
-            .call_tool(CallToolRequestParams::new("calculator__evaluate").with_arguments(arguments()))
-            .await
-            .unwrap();
-        assert_ne!(result.is_error, Some(true));
-    })
-    .await;
-    drop(client);
+    let mut stops = Vec::new();
+    for sessions in [false, true] {
+        let mut node = state.clone();
+        let mut config = (*state.config).clone();
+        config.mcp.sessions = sessions;
+        node.config = std::sync::Arc::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push((
+            stop,
+            tokio::spawn(orchestra::server::serve(listener, node, async {
+                let _ = stopped.await;
+            })),
+        ));
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(key.clone()),
+        );
+        let client = ().serve(transport).await.expect("connect to /mcp");
+        let peer = client.peer().clone();
+        let label = if sessions {
+            "over /mcp (Streamable HTTP, sessions)"
+        } else {
+            "over /mcp (Streamable HTTP, stand-alone requests)"
+        };
+        measure(label, || async {
+            let result = peer
+                .call_tool(
+                    CallToolRequestParams::new("calculator__evaluate").with_arguments(arguments()),
+                )
+                .await
+                .unwrap();
+            assert_ne!(result.is_error, Some(true));
+        })
+        .await;
+        drop(client);
+    }
 
     // orchestra mcp stdio.
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestra"));
@@ -173,14 +202,16 @@ async fn run() {
         .env("ORCHESTRA_DATA_DIR", &data_dir)
         .env("ORCHESTRA_RUNS__WORKER", "false")
         .env("RUST_LOG", "warn");
-    let client = ()
-        .serve(TokioChildProcess::new(command).unwrap())
-        .await
-        .expect("connect to orchestra mcp stdio");
+    let client =
+        ().serve(TokioChildProcess::new(command).unwrap())
+            .await
+            .expect("connect to orchestra mcp stdio");
     let peer = client.peer().clone();
     measure("over stdio (orchestra mcp stdio)", || async {
         let result = peer
-            .call_tool(CallToolRequestParams::new("calculator__evaluate").with_arguments(arguments()))
+            .call_tool(
+                CallToolRequestParams::new("calculator__evaluate").with_arguments(arguments()),
+            )
             .await
             .unwrap();
         assert_ne!(result.is_error, Some(true));
@@ -226,6 +257,8 @@ async fn run() {
         .await;
     }
     state.mcp.shutdown();
-    let _ = stop.send(());
-    let _ = served.await;
+    for (stop, served) in stops {
+        let _ = stop.send(());
+        let _ = served.await;
+    }
 }

@@ -213,6 +213,13 @@ pub struct McpConfig {
     /// requests with another origin get 403. Requests without an `Origin`
     /// header (desktop clients, SDKs) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Keep MCP sessions (`Mcp-Session-Id`) in this node's memory. Off (the
+    /// default), every `/mcp` request stands alone and any node of a cluster
+    /// answers it, with a plain JSON response when the call sends no
+    /// progress; a client cancels a call by closing its request. On, a
+    /// session is bound to the node that created it (clients must stick to
+    /// it) and `notifications/cancelled` is honoured.
+    pub sessions: bool,
     /// Offer each of the caller's agents as a tool over `/mcp`.
     pub expose_agents: bool,
     /// Seconds an agent tool waits for its run to finish.
@@ -229,6 +236,7 @@ impl Default for McpConfig {
             max_backoff_secs: 60,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            sessions: false,
             expose_agents: true,
             agent_timeout_secs: 600,
         }

@@ -486,17 +486,12 @@ fn tool_result(value: Value, structured: bool) -> CallToolResult {
 
 impl ServerHandler for McpHost {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tool_list_changed()
-                .build(),
-        )
-        .with_server_info(Implementation::new("orchestra", env!("CARGO_PKG_VERSION")))
-        .with_instructions(
-            "Orchestra's tools: sandboxed WebAssembly plugins, bridged MCP servers, and your \
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("orchestra", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Orchestra's tools: sandboxed WebAssembly plugins, bridged MCP servers, and your \
              agents (agent__<name>), each of which runs a conversation turn.",
-        )
+            )
     }
 
     async fn list_tools(
@@ -580,7 +575,9 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
     let mcp = &state.config.mcp;
     let mut config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(state.config.http.body_limit_bytes)
-        .with_cancellation_token(state.mcp.closing());
+        .with_cancellation_token(state.mcp.closing())
+        .with_legacy_session_mode(mcp.sessions)
+        .with_json_response(!mcp.sessions);
     if !mcp.allowed_hosts.is_empty() {
         config = config.with_allowed_hosts(mcp.allowed_hosts.clone());
     } else if !listens_on_loopback(&state.config.listen) {
@@ -614,7 +611,31 @@ fn listens_on_loopback(listen: &str) -> bool {
 pub async fn serve_stdio(state: AppState, principal: Principal) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
     let host = McpHost::for_principal(state, principal);
-    let running = host.serve(rmcp::transport::stdio()).await?;
+    let running = match stdio_pipes() {
+        Some(pipes) => host.serve(pipes).await?,
+        None => host.serve(rmcp::transport::stdio()).await?,
+    };
     running.waiting().await?;
     Ok(())
+}
+
+/// Stdin and stdout as non-blocking pipes driven by the reactor, when they
+/// are pipes (as MCP clients start us). Tokio's own stdin reads on the
+/// blocking pool, a thread hop per read.
+#[cfg(unix)]
+fn stdio_pipes() -> Option<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin).ok()?;
+    let sender = tokio::net::unix::pipe::Sender::from_owned_fd(stdout).ok()?;
+    Some((receiver, sender))
+}
+
+#[cfg(not(unix))]
+fn stdio_pipes() -> Option<(tokio::io::Stdin, tokio::io::Stdout)> {
+    None
 }

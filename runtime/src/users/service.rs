@@ -407,9 +407,7 @@ impl UserService {
             // `last_used_at` is kept to the minute: most requests write nothing.
             let stale_before = now - Duration::seconds(60);
             if key.last_used_at.is_none_or(|at| at < stale_before) {
-                self.repo
-                    .touch_api_key(key.id, now, stale_before)
-                    .await?;
+                self.repo.touch_api_key(key.id, now, stale_before).await?;
             }
             (key.user_id, AuthMethod::ApiKey(key.id))
         } else {
