@@ -11,6 +11,10 @@
 //!   `orchestra mcp stdio` process (and the Python SDK fixture server, when
 //!   `ORCHESTRA_TEST_MCP_PYTHON` names a Python with the `mcp` package).
 //!
+//! Stdio and HTTP are measured twice: with a minimal blocking client (JSON
+//! lines on a pipe; HTTP/1.1 on one keep-alive socket), which shows what the
+//! server costs, and with rmcp's client, which adds its own.
+//!
 //! Figures to read, not assertions.
 
 use std::future::Future;
@@ -55,6 +59,123 @@ where
         percentile(&times, 0.99).as_secs_f64() * 1e6,
     );
     p50
+}
+
+fn measure_blocking(label: &str, mut call: impl FnMut()) -> Duration {
+    for _ in 0..WARMUP {
+        call();
+    }
+    let mut times = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        call();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let p50 = percentile(&times, 0.5);
+    println!(
+        "{label:<46} p50 {:>7.1} µs   p90 {:>7.1} µs   p99 {:>7.1} µs",
+        p50.as_secs_f64() * 1e6,
+        percentile(&times, 0.9).as_secs_f64() * 1e6,
+        percentile(&times, 0.99).as_secs_f64() * 1e6,
+    );
+    p50
+}
+
+fn call_message(id: u64) -> String {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": "calculator__evaluate", "arguments": { "expression": "1 + 2 * 3" } } })
+    .to_string()
+}
+
+fn initialize_message() -> String {
+    json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "minimal", "version": "1" } } })
+    .to_string()
+}
+
+fn check_answer(answer: &str) {
+    assert!(
+        answer.contains("\"result\"") && !answer.contains("\"isError\":true"),
+        "unexpected answer: {answer}"
+    );
+}
+
+/// A minimal stdio client: JSON lines on the child's pipes, blocking.
+fn minimal_stdio(key: &str, data_dir: &std::path::Path) {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestra"))
+        .args(["mcp", "stdio", "--api-key", key])
+        .env("ORCHESTRA_DATA_DIR", data_dir)
+        .env("ORCHESTRA_RUNS__WORKER", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "{}", initialize_message()).unwrap();
+    stdout.read_line(&mut line).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    let mut id = 0;
+    measure_blocking("over stdio, minimal client", || {
+        id += 1;
+        writeln!(stdin, "{}", call_message(id)).unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        check_answer(&line);
+    });
+    drop(stdin);
+    let _ = child.wait();
+}
+
+/// A minimal HTTP client: HTTP/1.1 on one keep-alive socket, blocking.
+fn minimal_http(addr: std::net::SocketAddr, key: &str) {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut post = |body: &str| -> String {
+        write!(
+            writer,
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut length = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0; length.expect("a JSON response with a length")];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    };
+    post(&initialize_message());
+    let mut id = 0;
+    measure_blocking("over /mcp, minimal client (stand-alone requests)", || {
+        id += 1;
+        check_answer(&post(&call_message(id)));
+    });
 }
 
 fn arguments() -> Map<String, Value> {
@@ -164,7 +285,8 @@ async fn run() {
         config.mcp.sessions = sessions;
         node.config = std::sync::Arc::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}/mcp");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push((
             stop,
@@ -172,15 +294,21 @@ async fn run() {
                 let _ = stopped.await;
             })),
         ));
+        if !sessions {
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || minimal_http(addr, &key))
+                .await
+                .unwrap();
+        }
         let transport = StreamableHttpClientTransport::from_config(
             StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(key.clone()),
         );
         let client = ().serve(transport).await.expect("connect to /mcp");
         let peer = client.peer().clone();
         let label = if sessions {
-            "over /mcp (Streamable HTTP, sessions)"
+            "over /mcp, rmcp client (sessions)"
         } else {
-            "over /mcp (Streamable HTTP, stand-alone requests)"
+            "over /mcp, rmcp client (stand-alone requests)"
         };
         measure(label, || async {
             let result = peer
@@ -196,6 +324,12 @@ async fn run() {
     }
 
     // orchestra mcp stdio.
+    {
+        let (key, data_dir) = (key.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || minimal_stdio(&key, &data_dir))
+            .await
+            .unwrap();
+    }
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestra"));
     command
         .args(["mcp", "stdio", "--api-key", &key])
@@ -207,7 +341,7 @@ async fn run() {
             .await
             .expect("connect to orchestra mcp stdio");
     let peer = client.peer().clone();
-    measure("over stdio (orchestra mcp stdio)", || async {
+    measure("over stdio, rmcp client", || async {
         let result = peer
             .call_tool(
                 CallToolRequestParams::new("calculator__evaluate").with_arguments(arguments()),

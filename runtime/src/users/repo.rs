@@ -66,6 +66,17 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// An API key with what authentication needs of its user.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyHolder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub role: String,
+    pub is_active: bool,
+}
+
 const USER_COLUMNS: &str =
     "id, email, display_name, password_hash, role, is_active, created_at, updated_at, last_login_at";
 const API_KEY_COLUMNS: &str = "id, user_id, name, prefix, created_at, expires_at, last_used_at";
@@ -372,6 +383,18 @@ impl UserRepo {
     pub async fn find_api_key(&self, hash: &str) -> Result<Option<ApiKeyRow>> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1");
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(hash).fetch_optional(pool).await?))
+    }
+
+    /// The key with digest `hash` and its user's role and state, in one read
+    /// (every API-key request starts here).
+    pub async fn find_api_key_holder(&self, hash: &str) -> Result<Option<ApiKeyHolder>> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT k.id, k.user_id, k.expires_at, k.last_used_at, u.role, u.is_active
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?))
     }
 
     /// Records a use of a key, at most once per `granularity` to spare writes.

@@ -658,3 +658,61 @@ dual_test!(
         );
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tools_report_progress_and_a_cancelled_call_cancels_its_run() {
+    let Some(python) = python() else { return };
+    let app = spawn_app_with(Backend::Sqlite, with_vendor_only)
+        .await
+        .unwrap();
+    let user = app.register("owner@example.com").await;
+    app.agent(&user, "Talker").await;
+    let (_, key) = app
+        .post("/api/v1/api-keys", &user.token, json!({ "name": "mcp" }))
+        .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let report = sdk_client(
+        &python,
+        &[
+            "--url".into(),
+            format!("{}/mcp", app.base),
+            "--key".into(),
+            key,
+        ],
+        &[],
+        json!([
+            // A quick turn: progress follows the run's steps.
+            { "name": "agent__talker", "arguments": { "message": "hello" } },
+            // "slow" streams for about 4 s; the client gives up after 1 s.
+            { "name": "agent__talker", "arguments": { "message": "slow" }, "timeout": 1 },
+        ]),
+    )
+    .await;
+    let calls = &report["calls"];
+    assert_eq!(calls[0]["structured"]["status"], "completed", "{calls}");
+    assert!(calls[0]["progress"].as_u64() >= Some(1), "{calls}");
+    assert!(calls[1]["protocol_error"].is_string(), "{calls}");
+
+    // The abandoned call's run is cancelled, not left running.
+    let (_, conversations) = app.get("/api/v1/conversations", &user.token).await;
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        statuses.clear();
+        for conversation in conversations["items"].as_array().unwrap() {
+            let id = conversation["id"].as_str().unwrap();
+            let (_, runs) = app
+                .get(&format!("/api/v1/conversations/{id}/runs"), &user.token)
+                .await;
+            for run in runs["items"].as_array().unwrap() {
+                statuses.push(run["status"].as_str().unwrap().to_owned());
+            }
+        }
+        statuses.sort();
+        if statuses == ["cancelled", "completed"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "runs: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
