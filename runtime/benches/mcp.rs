@@ -207,7 +207,7 @@ fn stdio_request(name: &str, key: &str, data_dir: &std::path::Path) -> CreateMcp
         url: None,
         headers: Default::default(),
         bearer_token: None,
-        start: StartMode::Boot,
+        start: StartMode::Lazy,
         expose: true,
         enabled: true,
         timeout_secs: None,

@@ -210,6 +210,7 @@ pub async fn serve(
     let db = state.db.clone();
     let engine = state.engine.clone();
     let mcp = state.mcp.clone();
+    mcp.bridge().start_boot_servers();
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -81,7 +81,8 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StartMode {
-    /// On its first call; until then its tools are not listed.
+    /// On its first call after Orchestra starts (its last known tools are
+    /// listed meanwhile), and once at registration to learn its tools.
     Lazy,
     /// When the server process starts, and right after registration.
     Boot,
@@ -800,9 +801,9 @@ impl Bridge {
     }
 
     /// Adds or replaces a server (a replaced one is stopped), with its last
-    /// known tools; a `boot` server starts connecting at once.
+    /// known tools. It connects on its first call, or when
+    /// [`Bridge::start_boot_servers`] starts it.
     pub fn upsert(&self, def: ServerDef, cached: Vec<Tool>) {
-        let start = def.start == StartMode::Boot;
         let server = Server::new(
             def,
             self.db.clone(),
@@ -818,10 +819,20 @@ impl Bridge {
         if let Some(old) = old {
             old.stop();
         }
-        if start {
-            tokio::spawn(async move {
-                let _ = server.connect().await;
-            });
+    }
+
+    /// Starts connecting every `boot` server not yet connected. Only the
+    /// HTTP server does this: `orchestra mcp stdio` and the operator
+    /// commands start servers on demand (a bridged server that is itself
+    /// `orchestra mcp stdio` on the same database would otherwise start
+    /// another copy of itself, without end).
+    pub fn start_boot_servers(&self) {
+        for server in self.servers() {
+            if server.def.start == StartMode::Boot && server.lock().peer.is_none() {
+                tokio::spawn(async move {
+                    let _ = server.connect().await;
+                });
+            }
         }
     }
 

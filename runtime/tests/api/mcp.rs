@@ -716,3 +716,67 @@ async fn agent_tools_report_progress_and_a_cancelled_call_cancels_its_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Processes whose command line contains `needle` (Linux `/proc`).
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+                .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestra_bridges_its_own_stdio_server_without_starting_copies_of_itself() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let admin = app.register("admin@example.com").await;
+    let (_, key) = app
+        .post("/api/v1/api-keys", &admin.token, json!({ "name": "self" }))
+        .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let server = register(
+        &app,
+        &admin,
+        json!({
+            "name": "selfie",
+            "transport": "stdio",
+            "command": env!("CARGO_BIN_EXE_orchestra"),
+            "args": ["mcp", "stdio", "--api-key", key],
+            "env": {
+                "ORCHESTRA_DATA_DIR": app.config.data_dir.display().to_string(),
+                "ORCHESTRA_RUNS__WORKER": "false",
+                "RUST_LOG": "warn",
+            },
+            "start": "boot",
+        }),
+    )
+    .await;
+    assert_eq!(server["status"]["state"], "running", "{server}");
+    let (status, result) = invoke(
+        &app,
+        &admin.token,
+        "selfie__calculator__evaluate",
+        json!({ "expression": "6*7" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["result"]["result"], 42.0, "{result}");
+    // The child loads the same servers, "selfie" among them, but does not
+    // start them: exactly one copy runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(processes_with(&key), 1);
+    let id = server["id"].as_str().unwrap();
+    app.delete(&format!("/api/v1/mcp-servers/{id}"), &admin.token)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(&key) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bridged process outlived its removal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
