@@ -50,6 +50,11 @@ where
         call().await;
         times.push(t.elapsed());
     }
+    report(label, times)
+}
+
+/// Prints the percentiles of `times`; returns the p50.
+fn report(label: &str, mut times: Vec<Duration>) -> Duration {
     times.sort();
     let p50 = percentile(&times, 0.5);
     println!(
@@ -71,15 +76,7 @@ fn measure_blocking(label: &str, mut call: impl FnMut()) -> Duration {
         call();
         times.push(t.elapsed());
     }
-    times.sort();
-    let p50 = percentile(&times, 0.5);
-    println!(
-        "{label:<46} p50 {:>7.1} µs   p90 {:>7.1} µs   p99 {:>7.1} µs",
-        p50.as_secs_f64() * 1e6,
-        percentile(&times, 0.9).as_secs_f64() * 1e6,
-        percentile(&times, 0.99).as_secs_f64() * 1e6,
-    );
-    p50
+    report(label, times)
 }
 
 fn call_message(id: u64) -> String {

@@ -514,6 +514,12 @@ impl McpService {
                 json!({ "id": id, "name": request.name, "transport": request.transport, "owner_id": owner }),
             )
             .await;
+        self.reactivate(id).await
+    }
+
+    /// Reads server `id` as stored, (re)starts it in the bridge, and
+    /// answers with its new status.
+    async fn reactivate(&self, id: Uuid) -> Result<McpServerResponse> {
         let row = self.row(id).await?.ok_or(Error::NotFound("MCP server"))?;
         self.activate(&row).await?;
         Ok(self.response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
@@ -663,17 +669,14 @@ impl McpService {
                 json!({ "id": id, "name": row.name }),
             )
             .await;
-        let row = self.row(id).await?.ok_or(Error::NotFound("MCP server"))?;
-        self.activate(&row).await?;
-        Ok(self.response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
+        self.reactivate(id).await
     }
 
     /// Restarts a server's connection now.
     pub async fn restart(&self, principal: &Principal, id: Uuid) -> Result<McpServerResponse> {
         let row = self.visible_row(principal, id).await?;
         Self::check_manage(principal, &row)?;
-        self.activate(&row).await?;
-        Ok(self.response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
+        self.reactivate(id).await
     }
 
     /// Removes a server; its process stops and its tools leave the catalogue.
