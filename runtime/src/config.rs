@@ -283,6 +283,11 @@ pub struct AuthConfig {
     pub refresh_token_ttl_secs: u64,
     /// Registration policy used until an admin changes it through the API.
     pub registration: RegistrationMode,
+    /// Milliseconds for which a checked API key or access-token holder is
+    /// trusted without reading the database again (0: read every time).
+    /// Changes made on this node apply at once; on other nodes of a cluster,
+    /// within this time.
+    pub credential_cache_ms: u64,
     /// Base64 JWT signing secret; shared by every node of a cluster. When unset,
     /// a secret is generated once in `data_dir/keys`.
     pub jwt_secret: Option<String>,
@@ -345,6 +350,7 @@ impl Default for AuthConfig {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             registration: RegistrationMode::Closed,
+            credential_cache_ms: 1000,
             jwt_secret: None,
             encryption_key: None,
         }

@@ -91,6 +91,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         TokenPolicy {
             access_ttl_secs: config.auth.access_token_ttl_secs,
             refresh_ttl_secs: config.auth.refresh_token_ttl_secs,
+            credential_cache_ms: config.auth.credential_cache_ms,
         },
     );
     let secrets = SecretService::new(db.clone(), audit.clone(), &keys.encryption_key);

@@ -1,6 +1,7 @@
 //! Users: accounts, roles and permissions, sessions (JWT access tokens and
 //! rotating refresh tokens) and API keys.
 
+mod cache;
 pub mod credentials;
 pub mod model;
 pub mod repo;

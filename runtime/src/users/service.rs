@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::cache::AuthCache;
 use super::credentials::{self, JwtKeys, API_KEY_PREFIX};
 use super::model::*;
 use super::repo::{ApiKeyRow, NewRefresh, NewUser, UserRepo, UserRow};
@@ -22,6 +23,9 @@ pub struct TokenPolicy {
     pub access_ttl_secs: u64,
     /// Refresh token lifetime in seconds.
     pub refresh_ttl_secs: u64,
+    /// How long a checked API key or token holder is trusted without reading
+    /// the database again, in milliseconds (0: never).
+    pub credential_cache_ms: u64,
 }
 
 /// Accounts, sessions and API keys.
@@ -32,6 +36,7 @@ pub struct UserService {
     settings: SettingsService,
     jwt: JwtKeys,
     policy: TokenPolicy,
+    cache: AuthCache,
 }
 
 impl UserRow {
@@ -85,6 +90,7 @@ impl UserService {
             audit,
             settings,
             jwt,
+            cache: AuthCache::new(std::time::Duration::from_millis(policy.credential_cache_ms)),
             policy,
         }
     }
@@ -397,17 +403,34 @@ impl UserService {
         let now = db::now();
         if !bearer.starts_with(API_KEY_PREFIX) {
             let user_id = self.jwt.verify(bearer)?.sub;
-            let user =
-                self.repo.get(user_id).await?.ok_or_else(|| {
-                    Error::Unauthorized("the account no longer exists".to_owned())
-                })?;
-            return Self::principal(user.id, &user.role, user.is_active, AuthMethod::AccessToken);
+            let (role, is_active) = match self.cache.user(user_id) {
+                Some(cached) => cached,
+                None => {
+                    let read_at = std::time::Instant::now();
+                    let user = self.repo.get(user_id).await?.ok_or_else(|| {
+                        Error::Unauthorized("the account no longer exists".to_owned())
+                    })?;
+                    self.cache
+                        .put_user(user_id, user.role.clone(), user.is_active, read_at);
+                    (user.role, user.is_active)
+                }
+            };
+            return Self::principal(user_id, &role, is_active, AuthMethod::AccessToken);
         }
-        let key = self
-            .repo
-            .find_api_key_holder(&credentials::token_digest(bearer))
-            .await?
-            .ok_or_else(|| Error::Unauthorized("the API key is invalid".to_owned()))?;
+        let digest = credentials::token_digest(bearer);
+        let key = match self.cache.api_key(&digest) {
+            Some(key) => key,
+            None => {
+                let read_at = std::time::Instant::now();
+                let key = self
+                    .repo
+                    .find_api_key_holder(&digest)
+                    .await?
+                    .ok_or_else(|| Error::Unauthorized("the API key is invalid".to_owned()))?;
+                self.cache.put_api_key(&digest, key.clone(), read_at);
+                key
+            }
+        };
         if key.expires_at.is_some_and(|at| at <= now) {
             return Err(Error::Unauthorized("the API key has expired".to_owned()));
         }
@@ -421,6 +444,7 @@ impl UserService {
         let stale_before = now - Duration::seconds(60);
         if key.last_used_at.is_none_or(|at| at < stale_before) {
             self.repo.touch_api_key(key.id, now, stale_before).await?;
+            self.cache.touched(&digest, now);
         }
         Ok(principal)
     }
@@ -539,6 +563,7 @@ impl UserService {
             )
             .await?
             .ok_or(Error::NotFound("user"))?;
+        self.cache.clear();
         if let Some(role) = request.role.filter(|r| *r != current.role()) {
             self.audit
                 .record(
@@ -630,6 +655,7 @@ impl UserService {
         if !self.repo.delete_api_key(principal.user_id, id).await? {
             return Err(Error::NotFound("api key"));
         }
+        self.cache.clear();
         self.audit
             .record(
                 Some(principal.user_id),
