@@ -15,6 +15,11 @@
 //! lines on a pipe; HTTP/1.1 on one keep-alive socket), which shows what the
 //! server costs, and with rmcp's client, which adds its own.
 //!
+//! The first line is the machine's floor, a byte to another thread and back.
+//! On a VM whose idle vCPUs halt, waking the other vCPU costs far more than
+//! anything measured here; `taskset -c 0 cargo bench --bench mcp` puts
+//! client and server on one CPU and shows what the server itself costs.
+//!
 //! Figures to read, not assertions.
 
 use std::future::Future;
@@ -79,6 +84,34 @@ fn measure_blocking(label: &str, mut call: impl FnMut()) -> Duration {
     report(label, times)
 }
 
+/// The machine's floor for everything below: one byte to another thread and
+/// back over a socket pair, blocking. On a VM whose idle vCPUs halt, this
+/// is where a cross-CPU wake-up shows.
+#[cfg(unix)]
+fn floor() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while b.read_exact(&mut byte).is_ok() {
+            if b.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut byte = [0u8; 1];
+    measure_blocking("floor: a byte to another thread and back", || {
+        a.write_all(b"x").unwrap();
+        a.read_exact(&mut byte).unwrap();
+    });
+    drop(a);
+    echo.join().unwrap();
+}
+
+#[cfg(not(unix))]
+fn floor() {}
+
 fn call_message(id: u64) -> String {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": { "name": "calculator__evaluate", "arguments": { "expression": "1 + 2 * 3" } } })
@@ -114,17 +147,22 @@ fn minimal_stdio(key: &str, data_dir: &std::path::Path) {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    writeln!(stdin, "{}", initialize_message()).unwrap();
+    // Each message leaves in one write, as a client that buffers its output
+    // sends it: `writeln!` on an unbuffered pipe writes piece by piece, and
+    // the server would wake for each piece.
+    stdin
+        .write_all(format!("{}\n", initialize_message()).as_bytes())
+        .unwrap();
     stdout.read_line(&mut line).unwrap();
-    writeln!(
-        stdin,
-        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
-    )
-    .unwrap();
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .unwrap();
     let mut id = 0;
     measure_blocking("over stdio, minimal client", || {
         id += 1;
-        writeln!(stdin, "{}", call_message(id)).unwrap();
+        stdin
+            .write_all(format!("{}\n", call_message(id)).as_bytes())
+            .unwrap();
         line.clear();
         stdout.read_line(&mut line).unwrap();
         check_answer(&line);
@@ -141,14 +179,15 @@ fn minimal_http(addr: std::net::SocketAddr, key: &str) {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = std::io::BufReader::new(stream);
     let mut post = |body: &str| -> String {
-        write!(
-            writer,
+        // One write per request (`write!` on a socket with TCP_NODELAY would
+        // send each piece of the format string as its own segment).
+        let request = format!(
             "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
              Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
              MCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        writer.write_all(request.as_bytes()).unwrap();
         let mut length = None;
         let mut line = String::new();
         loop {
@@ -261,7 +300,12 @@ async fn run() {
         .unwrap()
         .key;
     let args = Value::Object(arguments());
-    println!("calculator__evaluate, {CALLS} calls after {WARMUP} warm-up calls, one at a time");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "calculator__evaluate, {CALLS} calls after {WARMUP} warm-up calls, one at a time; \
+         {cpus} CPU(s) available to client and server"
+    );
+    tokio::task::spawn_blocking(floor).await.unwrap();
 
     let tools = state.tools.clone();
     measure("in process (catalogue, sandboxed call)", || async {

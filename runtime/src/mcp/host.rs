@@ -36,6 +36,7 @@ use crate::runs::model::{RunInput, RunStatus};
 use crate::sandbox::ToolError;
 use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
 use crate::users::model::{Permission, Principal};
+use crate::users::UserService;
 
 /// The namespace of agent tools (`agent__<name>`); no plugin or MCP server
 /// may take it.
@@ -48,7 +49,8 @@ const MAX_TOOL_NAME: usize = 64;
 /// (HTTP, where the principal comes from the request).
 #[derive(Clone)]
 pub struct McpHost {
-    state: AppState,
+    // Shared: rmcp clones the host for every stand-alone HTTP request.
+    state: Arc<AppState>,
     fixed: Option<Principal>,
 }
 
@@ -56,7 +58,7 @@ impl McpHost {
     /// A host whose every request is `principal`'s (stdio).
     pub fn for_principal(state: AppState, principal: Principal) -> McpHost {
         McpHost {
-            state,
+            state: Arc::new(state),
             fixed: Some(principal),
         }
     }
@@ -395,7 +397,7 @@ impl McpHost {
 
 /// Cancels an agent tool's run when its request is abandoned.
 struct CancelRun {
-    state: AppState,
+    state: Arc<AppState>,
     principal: Principal,
     run: Uuid,
     armed: bool,
@@ -532,7 +534,7 @@ impl ServerHandler for McpHost {
 /// Authenticates `/mcp` requests: a missing or bad credential gets 401 with
 /// `WWW-Authenticate: Bearer`; the principal rides in the request.
 pub async fn authenticate(
-    State(state): State<AppState>,
+    State(users): State<UserService>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -548,7 +550,7 @@ pub async fn authenticate(
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     let outcome = match token {
-        Some(token) => state.users.authenticate(&token).await,
+        Some(token) => users.authenticate(&token).await,
         None => Err(Error::Unauthorized(
             "expected Authorization: Bearer <API key or access token>".to_owned(),
         )),
@@ -587,7 +589,7 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         .with_allowed_origins(mcp.allowed_origins.clone())
         .enforce_origin_validation();
     let host = McpHost {
-        state: state.clone(),
+        state: Arc::new(state.clone()),
         fixed: None,
     };
     let service = StreamableHttpService::new(
@@ -597,7 +599,10 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
     );
     axum::Router::new()
         .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.users.clone(),
+            authenticate,
+        ))
 }
 
 fn listens_on_loopback(listen: &str) -> bool {

@@ -18,7 +18,9 @@ use crate::audit::AuditService;
 use crate::error::{Error, Result};
 use crate::mcp::bridge::Server as McpServer;
 use crate::mcp::Bridge;
-use crate::sandbox::{CallContext, Grants, HostServices, LoadedPlugin, ToolError};
+use crate::sandbox::{
+    CallContext, Grants, HostServices, LoadedPlugin, Manifest, ToolError, ToolSpec,
+};
 use crate::users::model::{Permission, Principal};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
@@ -198,20 +200,24 @@ impl ToolCatalogue {
         manifest
             .tools
             .iter()
-            .map(|tool| ToolInfo {
-                name: format!("{}{SEPARATOR}{}", manifest.name, tool.name),
-                description: tool.description.clone(),
-                input_schema: tool.input_schema.clone(),
-                output_schema: tool.output_schema.clone(),
-                source: ToolSource::Plugin {
-                    plugin: manifest.name.clone(),
-                    version: manifest.version.clone(),
-                },
-                read_only: tool.read_only,
-                destructive: tool.destructive,
-                idempotent: tool.idempotent,
-            })
+            .map(|tool| Self::tool_info(manifest, tool))
             .collect()
+    }
+
+    fn tool_info(manifest: &Manifest, tool: &ToolSpec) -> ToolInfo {
+        ToolInfo {
+            name: format!("{}{SEPARATOR}{}", manifest.name, tool.name),
+            description: tool.description.clone(),
+            input_schema: tool.input_schema.clone(),
+            output_schema: tool.output_schema.clone(),
+            source: ToolSource::Plugin {
+                plugin: manifest.name.clone(),
+                version: manifest.version.clone(),
+            },
+            read_only: tool.read_only,
+            destructive: tool.destructive,
+            idempotent: tool.idempotent,
+        }
     }
 
     /// The tools `user` may use: every plugin's, and those of the bridged
@@ -233,9 +239,12 @@ impl ToolCatalogue {
     /// The catalogue entry of tool `name`, if `user` may use it.
     pub fn info(&self, name: &str, user: Option<uuid::Uuid>) -> Option<ToolInfo> {
         if let Some((entry, tool)) = self.resolve(name) {
-            return Self::tools_of(&entry.plugin)
-                .into_iter()
-                .find(|t| t.name.split_once(SEPARATOR).map(|(_, n)| n) == Some(tool.as_str()));
+            let manifest = entry.plugin.manifest();
+            return manifest
+                .tools
+                .iter()
+                .find(|t| t.name == tool)
+                .map(|t| Self::tool_info(manifest, t));
         }
         let server = self.bridged(name, user)?;
         server.tool(name.split_once(SEPARATOR)?.1)

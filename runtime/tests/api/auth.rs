@@ -278,6 +278,71 @@ dual_test!(
     }
 );
 
+// Each node trusts a checked credential for `auth.credential_cache_ms`;
+// a change made on another node is seen once that time has passed.
+dual_test!(
+    credentials_changed_on_another_node_are_refused_after_the_cache_time,
+    |config: &mut orchestra::config::Config| config.auth.credential_cache_ms = 300,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let other = app.second_node(|_| {}).await;
+        let (status, created) = app
+            .post("/api/v1/api-keys", &user.token, json!({ "name": "script" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let key = created["key"].as_str().unwrap().to_owned();
+        let (status, created_admin) = app
+            .post("/api/v1/api-keys", &admin.token, json!({ "name": "ops" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let admin_key = created_admin["key"].as_str().unwrap().to_owned();
+        // The other node checks (and remembers) the key and the user's token.
+        assert_eq!(other.get("/api/v1/users/me", &key).await.0, StatusCode::OK);
+        assert_eq!(
+            other.get("/api/v1/users/me", &user.token).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            other.get("/api/v1/users/me", &admin_key).await.0,
+            StatusCode::OK
+        );
+
+        // The first node deletes the key and disables the user.
+        let id = created["id"].as_str().unwrap();
+        assert_eq!(
+            app.delete(&format!("/api/v1/api-keys/{id}"), &user.token)
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        let (status, _) = app
+            .patch(
+                &format!("/api/v1/users/{}", user.user_id),
+                &admin.token,
+                json!({ "is_active": false }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        for credential in [&key, &user.token] {
+            assert_error(
+                &other.get("/api/v1/users/me", credential).await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+        // Untouched credentials keep working on both nodes.
+        assert_eq!(
+            other.get("/api/v1/users/me", &admin_key).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            app.get("/api/v1/users/me", &admin_key).await.0,
+            StatusCode::OK
+        );
+    }
+);
+
 dual_test!(
     expired_access_tokens_are_refused,
     |config: &mut orchestra::config::Config| config.auth.access_token_ttl_secs = 1,
