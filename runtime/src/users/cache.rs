@@ -8,6 +8,7 @@
 //! Failed lookups are never cached.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,29 +17,49 @@ use uuid::Uuid;
 
 use super::repo::ApiKeyHolder;
 
-/// Most entries kept; a full cache is emptied rather than managed.
+/// Most entries kept per kind; a full map is emptied rather than managed.
 const MAX_ENTRIES: usize = 10_000;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
-    /// An API key, by the digest of its secret.
-    ApiKey(String),
-    /// The holder of an access token, by user id.
-    User(Uuid),
-}
-
-/// What authentication read of a user (and key).
-#[derive(Clone)]
-pub(crate) enum Cached {
-    ApiKey(ApiKeyHolder),
-    User { role: String, is_active: bool },
+/// What authentication reads, by API key digest and by user id, each with
+/// the time it was read.
+#[derive(Default)]
+struct Entries {
+    keys: HashMap<String, (Instant, ApiKeyHolder)>,
+    users: HashMap<Uuid, (Instant, (String, bool))>,
 }
 
 /// Credentials checked less than `ttl` ago.
 #[derive(Clone)]
 pub(crate) struct AuthCache {
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<Key, (Instant, Cached)>>>,
+    entries: Arc<Mutex<Entries>>,
+}
+
+/// The value under `key` if it was read less than `ttl` ago.
+fn fresh<K: Eq + Hash, V: Clone>(
+    map: &HashMap<K, (Instant, V)>,
+    key: &K,
+    ttl: Duration,
+) -> Option<V> {
+    map.get(key)
+        .filter(|(at, _)| at.elapsed() < ttl)
+        .map(|(_, v)| v.clone())
+}
+
+fn insert<K: Eq + Hash, V>(
+    map: &mut HashMap<K, (Instant, V)>,
+    key: K,
+    value: V,
+    at: Instant,
+    ttl: Duration,
+) {
+    if map.len() >= MAX_ENTRIES {
+        map.retain(|_, (at, _)| at.elapsed() < ttl);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+    }
+    map.insert(key, (at, value));
 }
 
 impl AuthCache {
@@ -50,82 +71,58 @@ impl AuthCache {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<Cached> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
-            Some((at, cached)) if at.elapsed() < self.ttl => Some(cached.clone()),
-            Some(_) => {
-                entries.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn put(&self, key: Key, value: Cached, at: Instant) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (at, value));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The API key whose secret digests to `digest`, if checked recently.
     pub fn api_key(&self, digest: &str) -> Option<ApiKeyHolder> {
-        match self.get(&Key::ApiKey(digest.to_owned()))? {
-            Cached::ApiKey(holder) => Some(holder),
-            Cached::User { .. } => None,
-        }
+        fresh(&self.lock().keys, &digest.to_owned(), self.ttl)
     }
 
     /// Remembers an API key read at `read_at` (taken before the read, so that
     /// a change racing with it is never hidden for longer than `ttl`).
     pub fn put_api_key(&self, digest: &str, holder: ApiKeyHolder, read_at: Instant) {
-        self.put(
-            Key::ApiKey(digest.to_owned()),
-            Cached::ApiKey(holder),
-            read_at,
-        );
+        if !self.ttl.is_zero() {
+            insert(
+                &mut self.lock().keys,
+                digest.to_owned(),
+                holder,
+                read_at,
+                self.ttl,
+            );
+        }
     }
 
     /// Records that the key's `last_used_at` was just written, keeping the
     /// time of the read (the role and status are no fresher).
     pub fn touched(&self, digest: &str, at: DateTime<Utc>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, Cached::ApiKey(holder))) = entries.get_mut(&Key::ApiKey(digest.to_owned()))
-        {
+        if let Some((_, holder)) = self.lock().keys.get_mut(digest) {
             holder.last_used_at = Some(at);
         }
     }
 
     /// A user's role and status, if read recently.
     pub fn user(&self, id: Uuid) -> Option<(String, bool)> {
-        match self.get(&Key::User(id))? {
-            Cached::User { role, is_active } => Some((role, is_active)),
-            Cached::ApiKey(_) => None,
-        }
+        fresh(&self.lock().users, &id, self.ttl)
     }
 
     /// Remembers a user's role and status, read at `read_at`.
     pub fn put_user(&self, id: Uuid, role: String, is_active: bool, read_at: Instant) {
-        self.put(Key::User(id), Cached::User { role, is_active }, read_at);
+        if !self.ttl.is_zero() {
+            insert(
+                &mut self.lock().users,
+                id,
+                (role, is_active),
+                read_at,
+                self.ttl,
+            );
+        }
     }
 
     /// Forgets everything: a user or key changed.
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        *self.lock() = Entries::default();
     }
 }
 

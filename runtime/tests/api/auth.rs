@@ -211,11 +211,7 @@ dual_test!(
     a_disabled_user_is_locked_out_at_once,
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
-        let (status, key) = app
-            .post("/api/v1/api-keys", &user.token, json!({ "name": "laptop" }))
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let key = key["key"].as_str().unwrap().to_owned();
+        let (_, key) = app.api_key(&user, "laptop").await;
         assert_eq!(app.get("/api/v1/users/me", &key).await.0, StatusCode::OK);
 
         let (status, updated) = app
@@ -286,16 +282,8 @@ dual_test!(
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
         let other = app.second_node(|_| {}).await;
-        let (status, created) = app
-            .post("/api/v1/api-keys", &user.token, json!({ "name": "script" }))
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let key = created["key"].as_str().unwrap().to_owned();
-        let (status, created_admin) = app
-            .post("/api/v1/api-keys", &admin.token, json!({ "name": "ops" }))
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let admin_key = created_admin["key"].as_str().unwrap().to_owned();
+        let (id, key) = app.api_key(&user, "script").await;
+        let (_, admin_key) = app.api_key(&admin, "ops").await;
         // The other node checks (and remembers) the key and the user's token.
         assert_eq!(other.get("/api/v1/users/me", &key).await.0, StatusCode::OK);
         assert_eq!(
@@ -308,7 +296,6 @@ dual_test!(
         );
 
         // The first node deletes the key and disables the user.
-        let id = created["id"].as_str().unwrap();
         assert_eq!(
             app.delete(&format!("/api/v1/api-keys/{id}"), &user.token)
                 .await

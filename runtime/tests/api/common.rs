@@ -303,6 +303,19 @@ impl TestApp {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// Creates an API key named `name` for `session`; returns its id and
+    /// its secret.
+    pub async fn api_key(&self, session: &Session, name: &str) -> (String, String) {
+        let (status, body) = self
+            .post("/api/v1/api-keys", &session.token, json!({ "name": name }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create API key: {body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// Creates a conversation with `agent`; returns its id.
     pub async fn conversation(&self, session: &Session, agent: &str) -> String {
         let (status, body) = self

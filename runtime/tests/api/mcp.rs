@@ -530,11 +530,7 @@ dual_test!(
         let (admin, user) = app.admin_and_user().await;
         let mine = app.agent(&user, "Helper Bot").await;
         let _theirs = app.agent(&admin, "Admin Only").await;
-        let (status, key) = app
-            .post("/api/v1/api-keys", &user.token, json!({ "name": "mcp" }))
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
-        let key = key["key"].as_str().unwrap().to_owned();
+        let (_, key) = app.api_key(&user, "mcp").await;
         let url = format!("{}/mcp", app.base);
 
         // No key: 401 with a Bearer challenge, before any MCP processing.
@@ -667,10 +663,7 @@ async fn agent_tools_report_progress_and_a_cancelled_call_cancels_its_run() {
         .unwrap();
     let user = app.register("owner@example.com").await;
     app.agent(&user, "Talker").await;
-    let (_, key) = app
-        .post("/api/v1/api-keys", &user.token, json!({ "name": "mcp" }))
-        .await;
-    let key = key["key"].as_str().unwrap().to_owned();
+    let (_, key) = app.api_key(&user, "mcp").await;
     let report = sdk_client(
         &python,
         &[
@@ -733,10 +726,7 @@ fn processes_with(needle: &str) -> usize {
 async fn orchestra_bridges_its_own_stdio_server_without_starting_copies_of_itself() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
     let admin = app.register("admin@example.com").await;
-    let (_, key) = app
-        .post("/api/v1/api-keys", &admin.token, json!({ "name": "self" }))
-        .await;
-    let key = key["key"].as_str().unwrap().to_owned();
+    let (_, key) = app.api_key(&admin, "self").await;
     let server = register(
         &app,
         &admin,
