@@ -32,6 +32,59 @@ use orchestra::users::model::{AuthMethod, Principal, Role};
 use serde_json::Map;
 use uuid::Uuid;
 
+/// Counts the heap's live bytes (to tell the program's own memory from the
+/// allocator's and the kernel's share of the RSS).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            let now =
+                LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let now = LIVE.fetch_add(
+                    new_size - layout.size(),
+                    std::sync::atomic::Ordering::Relaxed,
+                ) + new_size
+                    - layout.size();
+                PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(
+                    layout.size() - new_size,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn heap_mib() -> f64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
+
+fn peak_heap_mib() -> f64 {
+    PEAK.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
+
 /// A model that asks for the calculator once, then answers, after `delay`.
 struct Scripted {
     delay: Duration,
@@ -74,6 +127,19 @@ impl Provider for Scripted {
         .flatten()
         .boxed()
     }
+}
+
+/// CPU time (user and system) the process used so far, in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces): utime is the 12th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / ticks
 }
 
 fn peak_rss_mib() -> f64 {
@@ -250,7 +316,12 @@ impl Bench {
                 .fetch_all(pool)
                 .await
                 .unwrap());
-                eprintln!("{:>6.2} s {counts:?}", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "{:>6.2} s RSS {:.0} MiB, heap {:.0} MiB {counts:?}",
+                    started.elapsed().as_secs_f64(),
+                    rss_mib(),
+                    heap_mib()
+                );
             }
         }
     }
@@ -312,6 +383,7 @@ async fn concurrent(name: &str, url: Option<String>, n: usize) {
     let bench = Arc::new(setup(url, Duration::from_secs(1)).await);
     let conversations = bench.conversations(n).await;
     let rss_before = rss_mib();
+    let cpu_before = cpu_secs();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in conversations {
@@ -325,11 +397,13 @@ async fn concurrent(name: &str, url: Option<String>, n: usize) {
     bench.wait_completed(n as i64).await;
     let elapsed = started.elapsed();
     println!(
-        "{name}: {n} concurrent turns, 1 s per model answer (floor 2 s): all done in {:.2} s (runs created in {:.2} s); RSS {:.0} MiB before, peak {:.0} MiB",
+        "{name}: {n} concurrent turns, 1 s per model answer (floor 2 s): all done in {:.2} s (runs created in {:.2} s), {:.2} s of CPU; RSS {:.0} MiB before, peak {:.0} MiB (peak heap {:.0} MiB)",
         elapsed.as_secs_f64(),
         created.as_secs_f64(),
+        cpu_secs() - cpu_before,
         rss_before,
-        peak_rss_mib()
+        peak_rss_mib(),
+        peak_heap_mib()
     );
     bench.state.db.close().await;
 }

@@ -126,20 +126,21 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
     let conversations = ConversationService::new(db.clone(), agents.clone());
     let bus = Bus::default();
     let writer = Writer::start(db.clone());
-    let runs = RunService::new(
+    let engine = Engine::new(
         db.clone(),
-        conversations.clone(),
+        tools.clone(),
         models.clone(),
         bus.clone(),
         writer.clone(),
         config.runs.clone(),
     );
-    let engine = Engine::new(
+    let runs = RunService::new(
         db.clone(),
-        tools.clone(),
+        conversations.clone(),
         models.clone(),
         bus,
         writer,
+        engine.clone(),
         config.runs.clone(),
     );
     AppState {

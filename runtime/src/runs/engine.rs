@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::bus::{Bus, RunWatch};
 use super::model::*;
 use super::repo::*;
-use super::writer::{StepWrite, Writer};
+use super::writer::{Created, DirectStart, StepWrite, Writer};
 use crate::agents::repo::{AgentRepo, AgentRow};
 use crate::config::RunsConfig;
 use crate::conversations::model::{ContentPart, MessageRole};
@@ -68,7 +68,23 @@ struct Inner {
     node: Uuid,
     config: RunsConfig,
     slots: Arc<Semaphore>,
+    /// Set by [`Engine::start`]: this process executes runs.
+    working: std::sync::atomic::AtomicBool,
     stopping: std::sync::atomic::AtomicBool,
+}
+
+/// A worker slot kept for a new run that may start at once (see
+/// [`Engine::opening`]).
+pub struct Ticket {
+    permit: OwnedSemaphorePermit,
+    /// The seq of the run's last event once it started.
+    seq: i64,
+}
+
+/// What the API already loaded for a run it starts at once.
+struct Prepared {
+    agent: AgentRow,
+    provider: Arc<dyn Provider>,
 }
 
 /// How a run's execution ended on this worker.
@@ -102,6 +118,7 @@ impl Engine {
                 bus,
                 node: Uuid::now_v7(),
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                working: std::sync::atomic::AtomicBool::new(false),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 config,
             }),
@@ -129,8 +146,76 @@ impl Engine {
         }
     }
 
+    /// How a new run can start at once on this worker: a free slot, the
+    /// lease, the input message and the first events. `None` when this
+    /// process executes no runs, is stopping, or has no free slot (the run
+    /// is then only queued).
+    pub fn opening(&self, run: &RunRow) -> Option<(DirectStart, Ticket)> {
+        use std::sync::atomic::Ordering;
+        let me = &self.inner;
+        if !me.working.load(Ordering::SeqCst) || me.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        let permit = me.slots.clone().try_acquire_owned().ok()?;
+        let mut events = vec![NewEvent {
+            seq: 2,
+            kind: "run.status",
+            data: json!({ "status": "running", "attempt": 1, "worker": me.node }),
+        }];
+        let message = run.input.as_ref().map(|input| {
+            let message = run_message(run.id, MessageRole::User, input.0.clone());
+            events.push(NewEvent {
+                seq: 3,
+                kind: "message.completed",
+                data: message_preview(&message),
+            });
+            message
+        });
+        let seq = events.len() as i64 + 1;
+        let start = DirectStart {
+            owner: me.node,
+            lease_until: now_ms() + me.lease_ms(),
+            message,
+            events,
+        };
+        Some((start, Ticket { permit, seq }))
+    }
+
+    /// Executes a new run that [`Engine::opening`] started, with the agent
+    /// and provider the API loaded. A run that did not start (its
+    /// conversation was busy) just gives its slot back.
+    pub fn adopt(
+        &self,
+        ticket: Ticket,
+        created: &Created,
+        agent: AgentRow,
+        provider: Arc<dyn Provider>,
+    ) {
+        if created.row.status != "running" {
+            return;
+        }
+        let me = self.inner.clone();
+        let run = created.row.clone();
+        // With its first message numbered 1, the run's input is the whole
+        // history: nothing to read.
+        let history = created
+            .appended
+            .first()
+            .is_some_and(|m| m.seq == 1)
+            .then(|| created.appended.clone());
+        let prepared = Prepared { agent, provider };
+        tokio::spawn(async move {
+            me.execute(run, Some((prepared, ticket.seq, history))).await;
+            drop(ticket.permit);
+            me.bus.queued();
+        });
+    }
+
     /// Starts the dispatcher, the heartbeat and the sweeper.
     pub fn start(&self) {
+        self.inner
+            .working
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let lease = Duration::from_secs(self.inner.config.lease_secs);
         let me = self.inner.clone();
         tokio::spawn(async move { me.dispatch().await });
@@ -193,7 +278,7 @@ impl Inner {
                             let me = self.clone();
                             tokio::spawn(async move {
                                 let id = row.id;
-                                me.execute(row).await;
+                                me.execute(row, None).await;
                                 drop(permit);
                                 // The conversation's next run, or another
                                 // waiting for a slot, may go now.
@@ -215,13 +300,20 @@ impl Inner {
         }
     }
 
-    async fn execute(self: &Arc<Self>, run: RunRow) {
+    /// Executes a claimed run, or one that started at once with what the
+    /// API prepared (its last event's seq, and its history when it is only
+    /// its input).
+    async fn execute(
+        self: &Arc<Self>,
+        run: RunRow,
+        adopted: Option<(Prepared, i64, Option<Vec<MessageRow>>)>,
+    ) {
         let watch = self.bus.watch(run.id);
         let id = run.id;
         // Futures are boxed where they are large and short-lived, so that a
         // waiting run holds only the frames it is waiting in (10,000 runs
         // in flight must fit in little memory).
-        let mut exec = match Box::pin(Execution::new(self.clone(), run, watch)).await {
+        let mut exec = match Box::pin(Execution::new(self.clone(), run, watch, adopted)).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "cannot start the run; its lease will expire and it will be retried");
@@ -259,6 +351,8 @@ struct Execution {
     known_calls: HashMap<String, ToolCallRow>,
     /// Calls whose `tool_call.started` event went out with the model output.
     announced: std::collections::HashSet<String>,
+    /// Set when the run started at once: its first step is stored.
+    prepared: Option<Prepared>,
 }
 
 /// What the stored story says comes next.
@@ -305,6 +399,18 @@ fn run_of(message: &MessageRow) -> Option<Uuid> {
     message.metadata.0.get("run_id")?.as_str()?.parse().ok()
 }
 
+/// A message of `run` (tagged with its id).
+fn run_message(run: Uuid, role: MessageRole, content: Vec<ContentPart>) -> NewMessage {
+    let mut metadata = Map::new();
+    metadata.insert("run_id".into(), json!(run));
+    NewMessage {
+        id: Uuid::now_v7(),
+        role: role.as_str(),
+        content,
+        metadata,
+    }
+}
+
 /// The result text a model sees for a tool's value.
 fn result_text(value: &Value) -> String {
     match value {
@@ -318,17 +424,23 @@ impl Execution {
         engine: Arc<Inner>,
         run: RunRow,
         watch: RunWatch,
+        adopted: Option<(Prepared, i64, Option<Vec<MessageRow>>)>,
     ) -> Result<Self, crate::error::Error> {
-        // A first attempt has only its `queued` event so far.
-        let seq = if run.attempts == 1 {
-            1
-        } else {
-            engine.repo.last_event(run.id).await?
+        let (prepared, seq, history) = match adopted {
+            Some((prepared, seq, history)) => (Some(prepared), seq, history),
+            // A first attempt has only its `queued` event so far.
+            None if run.attempts == 1 => (None, 1, None),
+            None => (None, engine.repo.last_event(run.id).await?, None),
         };
-        let history = engine
-            .conversations
-            .messages(run.conversation_id, 0, i64::MAX)
-            .await?;
+        let history = match history {
+            Some(h) => h,
+            None => {
+                engine
+                    .conversations
+                    .messages(run.conversation_id, 0, i64::MAX)
+                    .await?
+            }
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(run.limits.timeout_secs);
         Ok(Execution {
             engine,
@@ -339,6 +451,7 @@ impl Execution {
             history,
             known_calls: HashMap::new(),
             announced: Default::default(),
+            prepared,
         })
     }
 
@@ -395,14 +508,7 @@ impl Execution {
 
     /// A message of this run (tagged with its id).
     fn message(&self, role: MessageRole, content: Vec<ContentPart>) -> NewMessage {
-        let mut metadata = Map::new();
-        metadata.insert("run_id".into(), json!(self.run.id));
-        NewMessage {
-            id: Uuid::now_v7(),
-            role: role.as_str(),
-            content,
-            metadata,
-        }
+        run_message(self.run.id, role, content)
     }
 
     /// Ends the run in `status`.
@@ -448,6 +554,10 @@ impl Execution {
                 ),
             )));
         }
+        if let Some(Prepared { agent, provider }) = self.prepared.take() {
+            // Started at once: the first step is stored with the run.
+            return self.steps(&agent, provider.as_ref()).await;
+        }
         let agent = match Box::pin(self.engine.agents.get(self.run.agent_id, None)).await {
             Ok(Some(agent)) => agent,
             Ok(None) => {
@@ -491,6 +601,15 @@ impl Execution {
             ..RunUpdate::default()
         };
         self.write(&messages, &[], &[], &[], update, events).await?;
+        self.steps(&agent, provider.as_ref()).await
+    }
+
+    /// The loop of model and tool steps, from what is stored.
+    async fn steps(
+        &mut self,
+        agent: &AgentRow,
+        provider: &dyn Provider,
+    ) -> Result<Stop, StepError> {
         loop {
             if self.cancelled() {
                 return Ok(Stop::Cancelled);
@@ -501,8 +620,8 @@ impl Execution {
                     Box::pin(self.finish(RunStatus::Completed, None)).await?;
                     return Ok(Stop::Done);
                 }
-                Next::Model => Box::pin(self.model_step(&agent, provider.as_ref())).await?,
-                Next::Tools(calls) => Box::pin(self.tool_step(&agent, calls)).await?,
+                Next::Model => Box::pin(self.model_step(agent, provider)).await?,
+                Next::Tools(calls) => Box::pin(self.tool_step(agent, calls)).await?,
             };
             if let Some(stop) = stop {
                 return Ok(stop);

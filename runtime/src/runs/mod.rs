@@ -36,6 +36,7 @@ pub struct RunService {
     usage: usage::UsageService,
     bus: Bus,
     writer: writer::Writer,
+    engine: engine::Engine,
     config: RunsConfig,
 }
 
@@ -98,10 +99,12 @@ impl RunService {
         models: ModelService,
         bus: Bus,
         writer: writer::Writer,
+        engine: engine::Engine,
         config: RunsConfig,
     ) -> Self {
         RunService {
             writer,
+            engine,
             repo: RunRepo::new(db.clone()),
             agents: AgentRepo::new(db.clone()),
             usage: usage::UsageService::new(db),
@@ -155,15 +158,18 @@ impl RunService {
             .await?
             .ok_or(Error::NotFound("agent"))?;
         let model = agent.model.0.clone();
-        if let Err(e) = self.models.client(&model.provider, conv.owner_id).await {
-            return Err(Error::unprocessable(
-                "unknown_provider",
-                format!(
-                    "the agent's provider {:?} is not usable: {e}",
-                    model.provider
-                ),
-            ));
-        }
+        let provider = match self.models.client(&model.provider, conv.owner_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(Error::unprocessable(
+                    "unknown_provider",
+                    format!(
+                        "the agent's provider {:?} is not usable: {e}",
+                        model.provider
+                    ),
+                ))
+            }
+        };
         let mut limits = self.config.default_limits;
         if let Some(agent_limits) = agent.config.0.get("limits") {
             let asked: LimitsInput = serde_json::from_value(agent_limits.clone()).map_err(|e| {
@@ -184,7 +190,9 @@ impl RunService {
             .await?;
         let policy = input.on_active.unwrap_or(self.config.on_active);
         let (row, interrupted) = if policy == ActivePolicy::Queue {
-            // Nothing to check against other runs: group-committed.
+            // Nothing to check against other runs: group-committed, and
+            // started at once when this node has a free slot and the
+            // conversation no unfinished run.
             let row = writer::queued_row(
                 conversation,
                 conv.owner_id,
@@ -194,7 +202,18 @@ impl RunService {
                 &model.provider,
                 &model.model,
             );
-            (self.writer.create(row).await?, Vec::new())
+            let (start, ticket) = match self.engine.opening(&row) {
+                Some((start, ticket)) => (Some(start), Some(ticket)),
+                None => (None, None),
+            };
+            let created = self
+                .writer
+                .create(writer::CreateWrite { row, start })
+                .await?;
+            if let Some(ticket) = ticket {
+                self.engine.adopt(ticket, &created, agent, provider);
+            }
+            (created.row, Vec::new())
         } else {
             self.repo
                 .create(

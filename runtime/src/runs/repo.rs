@@ -134,7 +134,7 @@ const COLUMNS: &str = "id, conversation_id, user_id, agent_id, status, input, in
 const CALL_COLUMNS: &str = "run_id, call_id, step, position, name, arguments, arguments_error, idempotent, status, decision, approval_expires_ms";
 
 /// Statuses that hold or wait for the conversation.
-const UNFINISHED: &str = "('queued', 'running', 'requires_action')";
+pub(crate) const UNFINISHED: &str = "('queued', 'running', 'requires_action')";
 
 /// The current time in Unix milliseconds (lease deadlines).
 pub fn now_ms() -> i64 {

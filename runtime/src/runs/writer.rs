@@ -44,9 +44,34 @@ pub struct StepWrite {
     pub events: Vec<NewEvent>,
 }
 
-/// A new queued run.
+/// A new run. With `start`, it begins at once on this node unless its
+/// conversation has an unfinished run: stored as `running`, leased to
+/// `start.owner`, its input message appended and its first events written,
+/// all in the commit that creates it (no claim, no separate first step).
 pub struct CreateWrite {
     pub row: RunRow,
+    pub start: Option<DirectStart>,
+}
+
+/// How a new run starts at once (see [`CreateWrite`]).
+pub struct DirectStart {
+    pub owner: Uuid,
+    /// The lease's end, in Unix milliseconds.
+    pub lease_until: i64,
+    /// The run's input as a message of the run.
+    pub message: Option<NewMessage>,
+    /// Its events after `queued` (seq 2 onwards).
+    pub events: Vec<NewEvent>,
+}
+
+/// A stored new run.
+#[derive(Debug)]
+pub struct Created {
+    /// As stored: `running` (with `attempts`, `started_at` and `input_seq`)
+    /// when it started at once, else `queued`.
+    pub row: RunRow,
+    /// The input message, when it started at once.
+    pub appended: Vec<MessageRow>,
 }
 
 enum Op {
@@ -54,7 +79,7 @@ enum Op {
         Box<StepWrite>,
         oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
     ),
-    Create(Box<CreateWrite>, oneshot::Sender<Result<RunRow>>),
+    Create(Box<CreateWrite>, oneshot::Sender<Result<Created>>),
 }
 
 impl Op {
@@ -67,7 +92,11 @@ impl Op {
                     + 2 * s.started.len()
                     + 4 * s.outcomes.len()
             }
-            Op::Create(_, _) => 20,
+            Op::Create(c, _) => {
+                20 + c.start.as_ref().map_or(0, |s| {
+                    4 + 8 * usize::from(s.message.is_some()) + 5 * s.events.len()
+                })
+            }
         }
     }
 }
@@ -91,32 +120,25 @@ fn gone<T>() -> std::result::Result<T, crate::error::Error> {
 }
 
 impl Writer {
-    /// Starts the writer task over `db`.
+    /// Starts the writer over `db`: a thread of its own with its own
+    /// connection (see [`Db::dedicated_writer`]). On the shared runtime,
+    /// each of a batch's awaits would queue behind every ready run task (with
+    /// thousands of runs in flight, tens of milliseconds each), and every
+    /// run waits for the writer.
     pub fn start(db: Db) -> Writer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Op>();
-        tokio::spawn(async move {
-            let mut carry: Option<Op> = None;
-            loop {
-                let first = match carry.take() {
-                    Some(op) => op,
-                    None => match rx.recv().await {
-                        Some(op) => op,
-                        None => return,
-                    },
-                };
-                let mut binds = first.binds();
-                let mut batch = vec![first];
-                while let Ok(op) = rx.try_recv() {
-                    if binds + op.binds() > MAX_BINDS {
-                        carry = Some(op);
-                        break;
-                    }
-                    binds += op.binds();
-                    batch.push(op);
-                }
-                run_batch(&db, batch).await;
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<Op>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the run writer");
+        std::thread::Builder::new()
+            .name("orchestra-writer".into())
+            .spawn(move || {
+                // Its pool is made here, so its connections belong to this
+                // thread's runtime.
+                runtime.block_on(async move { write_loop(db.dedicated_writer(), rx).await })
+            })
+            .expect("a thread for the run writer");
         Writer { tx }
     }
 
@@ -131,18 +153,42 @@ impl Writer {
             .unwrap_or_else(|_| gone().map_err(StepError::Db))
     }
 
-    /// Stores a new queued run (with its `queued` event).
-    pub async fn create(&self, row: RunRow) -> Result<RunRow> {
+    /// Stores a new run (with its `queued` event), started at once when
+    /// `write.start` says so and the conversation is free.
+    pub async fn create(&self, write: CreateWrite) -> Result<Created> {
         let (reply, answer) = oneshot::channel();
-        if self
-            .tx
-            .send(Op::Create(Box::new(CreateWrite { row }), reply))
-            .is_err()
-        {
+        if self.tx.send(Op::Create(Box::new(write), reply)).is_err() {
             return gone();
         }
         answer.await.unwrap_or_else(|_| gone())
     }
+}
+
+/// Writes whatever is waiting, batch after batch, until every [`Writer`] is
+/// gone.
+async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut carry: Option<Op> = None;
+    loop {
+        let first = match carry.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => break,
+            },
+        };
+        let mut binds = first.binds();
+        let mut batch = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            if binds + op.binds() > MAX_BINDS {
+                carry = Some(op);
+                break;
+            }
+            binds += op.binds();
+            batch.push(op);
+        }
+        run_batch(&db, batch).await;
+    }
+    db.close().await;
 }
 
 async fn run_batch(db: &Db, batch: Vec<Op>) {
@@ -155,16 +201,15 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
         }
     }
     let step_refs: Vec<&StepWrite> = steps.iter().map(|(s, _)| s).collect();
-    let create_refs: Vec<&RunRow> = creates.iter().map(|(c, _)| &c.row).collect();
+    let create_refs: Vec<&CreateWrite> = creates.iter().map(|(c, _)| c).collect();
     match write_batch(db, &step_refs, &create_refs).await {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
             notify(db, &outcome.notify).await;
-            let mut appended = outcome.appended;
             for (i, (_, reply)) in steps.into_iter().enumerate() {
-                let _ = reply.send(appended.remove(&i).ok_or(StepError::LeaseLost));
+                let _ = reply.send(outcome.appended.remove(&i).ok_or(StepError::LeaseLost));
             }
             for (c, reply) in creates {
-                let _ = reply.send(Ok(c.row));
+                let _ = reply.send(Ok(outcome.created(c.row)));
             }
         }
         Err(e) => {
@@ -181,11 +226,20 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
                 };
                 let _ = reply.send(result);
             }
-            for (c, reply) in creates {
-                let result = match write_batch(db, &[], &[&c.row]).await {
-                    Ok(outcome) => {
+            for (mut c, reply) in creates {
+                let mut result = write_batch(db, &[], &[&c]).await;
+                if let Err(sqlx::Error::Database(e)) = &result {
+                    if e.is_unique_violation() && c.start.is_some() {
+                        // Another node started a run of this conversation
+                        // meanwhile: this one waits in the queue.
+                        c.start = None;
+                        result = write_batch(db, &[], &[&c]).await;
+                    }
+                }
+                let result = match result {
+                    Ok(mut outcome) => {
                         notify(db, &outcome.notify).await;
-                        Ok(c.row)
+                        Ok(outcome.created(c.row))
                     }
                     Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
                         Err(crate::error::Error::NotFound("conversation"))
@@ -217,16 +271,46 @@ async fn notify(db: &Db, payloads: &[String]) {
 struct Outcome {
     /// Per step index: the messages it appended (absent: lease lost).
     appended: HashMap<usize, Vec<MessageRow>>,
+    /// New runs that started at once, with the messages they appended.
+    started: HashMap<Uuid, Vec<MessageRow>>,
     /// `NOTIFY` payloads (PostgreSQL).
     notify: Vec<String>,
+}
+
+impl Outcome {
+    /// A new run as this batch stored it.
+    fn created(&mut self, mut row: RunRow) -> Created {
+        let Some(appended) = self.started.remove(&row.id) else {
+            return Created {
+                row,
+                appended: Vec::new(),
+            };
+        };
+        row.status = "running".into();
+        row.attempts = 1;
+        row.started_at = Some(row.created_at);
+        row.input_seq = appended.first().map(|m| m.seq);
+        Created { row, appended }
+    }
 }
 
 async fn write_batch(
     db: &Db,
     steps: &[&StepWrite],
-    creates: &[&RunRow],
+    creates: &[&CreateWrite],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     let now = db::now();
+    // New runs that may start at once: the first of each conversation in
+    // the batch (a second one waits behind it in any case).
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let (starting, queued): (Vec<&CreateWrite>, Vec<&CreateWrite>) = creates
+        .iter()
+        .copied()
+        .partition(|c| c.start.is_some() && seen.insert(c.row.conversation_id));
+    // A batch's statements are prepared once per shape: a batch of one
+    // write repeats (cached); larger ones rarely do, and caching them would
+    // fill each connection's cache with large one-off statements.
+    let cache = steps.len() + creates.len() == 1;
     on_db!(db, pool, D => {
         let mut tx = pool.begin().await?;
         // The statements that return nothing go out together: on SQLite as
@@ -238,7 +322,7 @@ async fn write_batch(
         macro_rules! tail_flush {
             () => {
                 if tail_len > 0 {
-                    tail.build().execute(&mut *tx).await?;
+                    tail.build().persistent(cache).execute(&mut *tx).await?;
                     tail.reset();
                     tail_len = 0;
                 }
@@ -256,14 +340,14 @@ async fn write_batch(
                 tail_len += 1;
             };
         }
-        // New runs and their first event.
-        if !creates.is_empty() {
+        // New queued runs (their first event comes with the others').
+        if !queued.is_empty() {
             tail_next!();
             let qb = &mut tail;
             qb.push(
                 "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
             );
-            qb.push_values(creates.iter(), |mut b, r| {
+            qb.push_values(queued.iter().map(|c| &c.row), |mut b, r| {
                 b.push_bind(r.id)
                     .push_bind(r.conversation_id)
                     .push_bind(r.user_id)
@@ -305,9 +389,49 @@ async fn write_batch(
                      lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
                      lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END \
                      FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
-            let ids: Vec<Uuid> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
             live.extend(ids);
         }
+        // New runs that start at once: `running` and leased to this node
+        // unless their conversation has an unfinished run.
+        let mut started: HashSet<Uuid> = HashSet::new();
+        if !starting.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
+            );
+            qb.push_values(starting.iter(), |mut b, c| {
+                let r = &c.row;
+                let start = c.start.as_ref().expect("a starting run");
+                b.push_bind(r.id)
+                    .push_bind(r.conversation_id)
+                    .push_bind(r.user_id)
+                    .push_bind(r.agent_id)
+                    .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                    .push_bind(Json(&r.limits.0))
+                    .push_bind(&r.provider)
+                    .push_bind(&r.model)
+                    .push_bind(r.created_at)
+                    .push_bind(start.owner)
+                    .push_bind(start.lease_until);
+            });
+            qb.push(format!(
+                "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
+                   AND o.status IN {UNFINISHED}) AS go FROM v) \
+                 INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
+                   created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
+                 SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
+                   v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
+                   CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
+                 FROM w RETURNING id, status"
+            ));
+            let rows: Vec<(Uuid, String)> = qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
+            started.extend(rows.into_iter().filter(|(_, st)| st == "running").map(|(id, _)| id));
+        }
+        let openings: Vec<(Uuid, &DirectStart)> = starting
+            .iter()
+            .filter(|c| started.contains(&c.row.id))
+            .map(|c| (c.row.id, c.start.as_ref().expect("a starting run")))
+            .collect();
         let survivors: Vec<(usize, &StepWrite)> = steps
             .iter()
             .enumerate()
@@ -321,6 +445,11 @@ async fn write_batch(
                 *per_conversation.entry(s.run.conversation_id).or_default() += s.messages.len() as i64;
             }
         }
+        for c in &starting {
+            if started.contains(&c.row.id) && c.start.as_ref().is_some_and(|s| s.message.is_some()) {
+                *per_conversation.entry(c.row.conversation_id).or_default() += 1;
+            }
+        }
         let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
         if !per_conversation.is_empty() {
             let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_n) AS (");
@@ -330,24 +459,27 @@ async fn write_batch(
             qb.push(") UPDATE conversations SET message_count = message_count + v_n, updated_at = ");
             qb.push_bind(now);
             qb.push(" FROM v WHERE id = v_id RETURNING id, message_count");
-            let counts: Vec<(Uuid, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            let counts: Vec<(Uuid, i64)> = qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
             for (id, count) in counts {
                 next_seq.insert(id, count - per_conversation[&id] + 1);
             }
         }
         let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+        let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
         let mut rows: Vec<MessageRow> = Vec::new();
         let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
-        for (i, s) in &survivors {
-            let mut mine = Vec::with_capacity(s.messages.len());
-            for m in &s.messages {
-                let Some(seq) = next_seq.get_mut(&s.run.conversation_id) else {
+        // Numbers `messages` of `run` in its conversation; the first one is
+        // the run's input when `sets_input`.
+        let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
+            let mut mine = Vec::with_capacity(messages.len());
+            for m in messages {
+                let Some(seq) = next_seq.get_mut(&conversation) else {
                     // The conversation is gone (its runs go with it).
                     continue;
                 };
                 let row = MessageRow {
                     id: m.id,
-                    conversation_id: s.run.conversation_id,
+                    conversation_id: conversation,
                     seq: *seq,
                     role: m.role.to_owned(),
                     content: Json(m.content.clone()),
@@ -358,11 +490,24 @@ async fn write_batch(
                 rows.push(row.clone());
                 mine.push(row);
             }
-            if s.update.sets_input {
+            if sets_input {
                 if let Some(first) = mine.first() {
-                    input_seqs.push((s.run.id, first.seq));
+                    input_seqs.push((run, first.seq));
                 }
             }
+            mine
+        };
+        for (run, start) in &openings {
+            let conversation = starting
+                .iter()
+                .find(|c| c.row.id == *run)
+                .map(|c| c.row.conversation_id)
+                .expect("a starting run");
+            let mine = append(*run, conversation, start.message.as_slice(), true);
+            opened.insert(*run, mine);
+        }
+        for (i, s) in &survivors {
+            let mine = append(s.run.id, s.run.conversation_id, &s.messages, s.update.sets_input);
             appended.insert(*i, mine);
         }
         if !rows.is_empty() {
@@ -454,7 +599,8 @@ async fn write_batch(
         let events: Vec<(Uuid, &NewEvent)> = survivors
             .iter()
             .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
-            .chain(creates.iter().map(|r| (r.id, &queued_event[0])))
+            .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
+            .chain(openings.iter().flat_map(|(run, start)| start.events.iter().map(move |e| (*run, e))))
             .collect();
         if !events.is_empty() {
             tail_next!();
@@ -468,14 +614,18 @@ async fn write_batch(
                     .push_bind(now);
             });
         }
+
         if tail_len > 0 {
-            tail.build().execute(&mut *tx).await?;
+            tail.build().persistent(cache).execute(&mut *tx).await?;
         }
+
         tx.commit().await?;
+
         let mut notify: Vec<String> = survivors
             .iter()
             .filter(|(_, s)| !s.events.is_empty())
             .map(|(_, s)| format!("e:{}", s.run.id))
+            .chain(openings.iter().map(|(run, _)| format!("e:{run}")))
             .collect();
         let ends = survivors
             .iter()
@@ -483,7 +633,7 @@ async fn write_batch(
         if ends || !creates.is_empty() {
             notify.push("q".into());
         }
-        Ok(Outcome { appended, notify })
+        Ok(Outcome { appended, started: opened, notify })
     })
 }
 

@@ -149,7 +149,10 @@ dual_test!(
         let admin = app.register("admin@example.com").await;
         let conv = start(&app, &admin, json!(["calculator__evaluate"]), json!({})).await;
         let created = run(&app, &admin, &conv, json!({ "message": "calc" })).await;
-        assert_eq!(created["status"], "queued");
+        // A free worker and an idle conversation: the run starts at once.
+        assert_eq!(created["status"], "running");
+        assert_eq!(created["attempts"], 1);
+        assert!(created["started_at"].is_string());
         let id = created["id"].as_str().unwrap();
         let events = read_events(&app, &admin.token, id, None, None).await;
         // Sequence ids are 1..n without gaps.
