@@ -32,8 +32,9 @@ use orchestra::users::model::{AuthMethod, Principal, Role};
 use serde_json::Map;
 use uuid::Uuid;
 
-/// Counts the heap's live bytes (to tell the program's own memory from the
-/// allocator's and the kernel's share of the RSS).
+/// The server's allocator (see `main.rs`), counting the heap's live bytes (to
+/// tell the program's own memory from the allocator's and the kernel's share
+/// of the RSS).
 struct Counting;
 
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -41,7 +42,7 @@ static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::ne
 
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = unsafe { std::alloc::System.alloc(layout) };
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
         if !p.is_null() {
             let now =
                 LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed) + layout.size();
@@ -50,11 +51,11 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size >= layout.size() {
                 let now = LIVE.fetch_add(
@@ -305,7 +306,7 @@ impl Bench {
         let started = Instant::now();
         let mut last_report = Instant::now();
         while self.completed().await < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             if std::env::var("ORCHESTRA_BENCH_PROGRESS").is_ok()
                 && last_report.elapsed() > Duration::from_millis(500)
             {
@@ -409,6 +410,7 @@ async fn concurrent(name: &str, url: Option<String>, n: usize) {
 }
 
 fn main() {
+    orchestra::allocator::tune();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,6 +2,7 @@
 //! engine, the tool sandbox and the MCP bridge. See `ARCHITECTURE.md`.
 
 pub mod agents;
+pub mod allocator;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -3,7 +3,12 @@
 use clap::Parser;
 use orchestra::cli::{Cli, Command, McpCommand};
 
+/// See `orchestra::allocator`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    orchestra::allocator::tune();
     let cli = Cli::parse();
     // `mcp stdio` serves one client, one message at a time: a single thread
     // answers it without a hop between threads. Everything else gets every

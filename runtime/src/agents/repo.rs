@@ -70,7 +70,7 @@ macro_rules! bind_spec {
     };
 }
 
-const COLUMNS: &str = "id, user_id, name, description, instructions, model, tools, config, metadata, version, created_at, updated_at";
+pub(crate) const COLUMNS: &str = "id, user_id, name, description, instructions, model, tools, config, metadata, version, created_at, updated_at";
 const REVISION_INSERT: &str =
     "INSERT INTO agent_revisions (agent_id, version, snapshot, created_by, created_at) VALUES ($1, $2, $3, $4, $5)";
 

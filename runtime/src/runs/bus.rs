@@ -30,6 +30,10 @@ struct Signals {
 struct Inner {
     runs: Mutex<HashMap<Uuid, Arc<Signals>>>,
     queued: Notify,
+    /// Some run may be queued (set by every `queued` signal, cleared by the
+    /// dispatcher when the queue is empty): runs that end wake the
+    /// dispatcher only then.
+    maybe_queued: std::sync::atomic::AtomicBool,
 }
 
 /// The signal hub of one process.
@@ -110,7 +114,31 @@ impl Bus {
 
     /// A run was queued.
     pub fn queued(&self) {
+        self.inner
+            .maybe_queued
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.queued.notify_one();
+    }
+
+    /// A run left its worker: a run waiting for its conversation or for a
+    /// slot may go now, if any may be queued.
+    pub fn run_ended(&self) {
+        if self
+            .inner
+            .maybe_queued
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.inner.queued.notify_one();
+        }
+    }
+
+    /// The dispatcher found runs queued or none (after a claim that took
+    /// none). A run queued meanwhile has also sent its `queued` signal, so
+    /// the dispatcher looks again.
+    pub fn queue_seen(&self, nonempty: bool) {
+        self.inner
+            .maybe_queued
+            .store(nonempty, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Resolves at the next `queued` signal (or one sent before).

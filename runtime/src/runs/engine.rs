@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::bus::{Bus, RunWatch};
 use super::model::*;
 use super::repo::*;
-use super::writer::{Created, DirectStart, StepWrite, Writer};
+use super::writer::{Created, DirectStart, StepRun, StepWrite, Writer};
 use crate::agents::repo::{AgentRepo, AgentRow};
 use crate::config::RunsConfig;
 use crate::conversations::model::{ContentPart, MessageRole};
@@ -85,6 +85,14 @@ pub struct Ticket {
 struct Prepared {
     agent: AgentRow,
     provider: Arc<dyn Provider>,
+}
+
+/// A run that started at once: what was loaded, its last event's seq, and
+/// its history when that is only its input.
+struct Adopted {
+    prepared: Prepared,
+    seq: i64,
+    history: Option<Vec<MessageRow>>,
 }
 
 /// How a run's execution ended on this worker.
@@ -203,11 +211,16 @@ impl Engine {
             .first()
             .is_some_and(|m| m.seq == 1)
             .then(|| created.appended.clone());
-        let prepared = Prepared { agent, provider };
+        let adopted = Box::new(Adopted {
+            prepared: Prepared { agent, provider },
+            seq: ticket.seq,
+            history,
+        });
+        let run = Box::new(run);
         tokio::spawn(async move {
-            me.execute(run, Some((prepared, ticket.seq, history))).await;
+            me.execute(run, Some(adopted)).await;
             drop(ticket.permit);
-            me.bus.queued();
+            me.bus.run_ended();
         });
     }
 
@@ -269,6 +282,11 @@ impl Inner {
                 {
                     Ok(rows) => {
                         claimed = rows.len();
+                        if claimed == 0 {
+                            if let Ok(any) = self.repo.any_queued().await {
+                                self.bus.queue_seen(any);
+                            }
+                        }
                         for row in rows {
                             let permit = self
                                 .slots
@@ -278,11 +296,9 @@ impl Inner {
                             let me = self.clone();
                             tokio::spawn(async move {
                                 let id = row.id;
-                                me.execute(row, None).await;
+                                me.execute(Box::new(row), None).await;
                                 drop(permit);
-                                // The conversation's next run, or another
-                                // waiting for a slot, may go now.
-                                me.bus.queued();
+                                me.bus.run_ended();
                                 tracing::debug!(run = %id, "run left the worker");
                             });
                         }
@@ -303,18 +319,16 @@ impl Inner {
     /// Executes a claimed run, or one that started at once with what the
     /// API prepared (its last event's seq, and its history when it is only
     /// its input).
-    async fn execute(
-        self: &Arc<Self>,
-        run: RunRow,
-        adopted: Option<(Prepared, i64, Option<Vec<MessageRow>>)>,
-    ) {
+    ///
+    /// What a waiting run holds is this future's state and those it awaits:
+    /// arguments and the execution are boxed (an async fn keeps its
+    /// arguments for its whole life), and so are the futures it awaits
+    /// (10,000 runs in flight must fit in little memory).
+    async fn execute(self: &Arc<Self>, run: Box<RunRow>, adopted: Option<Box<Adopted>>) {
         let watch = self.bus.watch(run.id);
         let id = run.id;
-        // Futures are boxed where they are large and short-lived, so that a
-        // waiting run holds only the frames it is waiting in (10,000 runs
-        // in flight must fit in little memory).
-        let mut exec = match Box::pin(Execution::new(self.clone(), run, watch, adopted)).await {
-            Ok(e) => e,
+        let mut exec = match Box::pin(Execution::new(self.clone(), *run, watch, adopted)).await {
+            Ok(e) => Box::new(e),
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "cannot start the run; its lease will expire and it will be retried");
                 return;
@@ -424,10 +438,14 @@ impl Execution {
         engine: Arc<Inner>,
         run: RunRow,
         watch: RunWatch,
-        adopted: Option<(Prepared, i64, Option<Vec<MessageRow>>)>,
+        adopted: Option<Box<Adopted>>,
     ) -> Result<Self, crate::error::Error> {
-        let (prepared, seq, history) = match adopted {
-            Some((prepared, seq, history)) => (Some(prepared), seq, history),
+        let (prepared, seq, history) = match adopted.map(|a| *a) {
+            Some(Adopted {
+                prepared,
+                seq,
+                history,
+            }) => (Some(prepared), seq, history),
             // A first attempt has only its `queued` event so far.
             None if run.attempts == 1 => (None, 1, None),
             None => (None, engine.repo.last_event(run.id).await?, None),
@@ -470,40 +488,62 @@ impl Execution {
 
     /// One fenced write; keeps the local view in step with what was stored.
     #[allow(clippy::too_many_arguments)]
-    async fn write(
+    /// Boxed: a caller's future then holds a pointer, not the write.
+    fn write(
         &mut self,
-        messages: &[NewMessage],
-        new_calls: &[NewCall],
-        started: &[String],
-        outcomes: &[CallOutcome],
+        messages: Vec<NewMessage>,
+        new_calls: Vec<NewCall>,
+        started: Vec<String>,
+        outcomes: Vec<CallOutcome>,
         update: RunUpdate,
         events: Vec<NewEvent>,
-    ) -> Result<Vec<MessageRow>, StepError> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StepError>> + Send + '_>>
+    {
+        Box::pin(self.write_now(messages, new_calls, started, outcomes, update, events))
+    }
+
+    async fn write_now(
+        &mut self,
+        messages: Vec<NewMessage>,
+        new_calls: Vec<NewCall>,
+        started: Vec<String>,
+        outcomes: Vec<CallOutcome>,
+        update: RunUpdate,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StepError> {
+        let (steps, input_tokens, output_tokens) =
+            (update.steps, update.input_tokens, update.output_tokens);
+        let sets_input = update.sets_input;
+        let has_events = !events.is_empty();
         let rows = self
             .engine
             .writer
             .step(StepWrite {
-                run: self.run.clone(),
+                run: StepRun {
+                    id: self.run.id,
+                    conversation_id: self.run.conversation_id,
+                    step_count: self.run.step_count,
+                },
                 owner: self.engine.node,
-                messages: messages.to_vec(),
-                new_calls: new_calls.to_vec(),
-                started: started.to_vec(),
-                outcomes: outcomes.to_vec(),
-                update: update.clone(),
-                events: events.clone(),
+                messages,
+                new_calls,
+                started,
+                outcomes,
+                update,
+                events,
             })
             .await?;
-        self.run.step_count += update.steps;
-        self.run.input_tokens += update.input_tokens;
-        self.run.output_tokens += update.output_tokens;
-        if update.sets_input {
+        self.run.step_count += steps;
+        self.run.input_tokens += input_tokens;
+        self.run.output_tokens += output_tokens;
+        if sets_input {
             self.run.input_seq = rows.first().map(|r| r.seq);
         }
-        self.history.extend(rows.iter().cloned());
-        if !events.is_empty() {
+        self.history.extend(rows);
+        if has_events {
             self.engine.bus.events(self.run.id);
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// A message of this run (tagged with its id).
@@ -526,10 +566,10 @@ impl Execution {
             self.event("done", data),
         ];
         self.write(
-            &[],
-            &[],
-            &[],
-            &[],
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
             RunUpdate {
                 status: Some(status),
                 error,
@@ -556,7 +596,7 @@ impl Execution {
         }
         if let Some(Prepared { agent, provider }) = self.prepared.take() {
             // Started at once: the first step is stored with the run.
-            return self.steps(&agent, provider.as_ref()).await;
+            return Box::pin(self.steps(&agent, provider.as_ref())).await;
         }
         let agent = match Box::pin(self.engine.agents.get(self.run.agent_id, None)).await {
             Ok(Some(agent)) => agent,
@@ -600,8 +640,9 @@ impl Execution {
             sets_input: !messages.is_empty(),
             ..RunUpdate::default()
         };
-        self.write(&messages, &[], &[], &[], update, events).await?;
-        self.steps(&agent, provider.as_ref()).await
+        self.write(messages, Vec::new(), Vec::new(), Vec::new(), update, events)
+            .await?;
+        Box::pin(self.steps(&agent, provider.as_ref())).await
     }
 
     /// The loop of model and tool steps, from what is stored.
@@ -810,8 +851,15 @@ impl Execution {
             if last_flush.elapsed() >= flush_every && (!text.is_empty() || !call_deltas.is_empty())
             {
                 let events = self.delta_events(&mut text, &mut call_deltas);
-                self.write(&[], &[], &[], &[], RunUpdate::default(), events)
-                    .await?;
+                self.write(
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    RunUpdate::default(),
+                    events,
+                )
+                .await?;
                 last_flush = Instant::now();
             }
         }
@@ -940,8 +988,15 @@ impl Execution {
         });
         events.extend(tail);
         events.sort_by_key(|e| e.seq);
-        self.write(&[message], &new_calls, &[], &[], update, events)
-            .await?;
+        self.write(
+            vec![message],
+            new_calls,
+            Vec::new(),
+            Vec::new(),
+            update,
+            events,
+        )
+        .await?;
         if park || final_answer {
             return Ok(Some(Stop::Done));
         }
@@ -1037,10 +1092,10 @@ impl Execution {
             // Still waiting for decisions (resumed too early): park again.
             let event = self.event("run.status", json!({ "status": "requires_action" }));
             self.write(
-                &[],
-                &[],
-                &[],
-                &[],
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
                 RunUpdate {
                     status: Some(RunStatus::RequiresAction),
                     ..RunUpdate::default()
@@ -1077,8 +1132,15 @@ impl Execution {
             .map(|(k, d)| self.event(k, d))
             .collect();
         if !started.is_empty() || !events.is_empty() {
-            self.write(&[], &[], &started, &[], RunUpdate::default(), events)
-                .await?;
+            self.write(
+                Vec::new(),
+                Vec::new(),
+                started,
+                Vec::new(),
+                RunUpdate::default(),
+                events,
+            )
+            .await?;
         }
         self.announced.clear();
         // ... then run them in parallel, recording each as it finishes.
@@ -1144,10 +1206,10 @@ impl Execution {
                     "is_error": is_error, "duration_ms": duration_ms }),
         );
         self.write(
-            &[message],
-            &[],
-            &[],
-            &[CallOutcome {
+            vec![message],
+            Vec::new(),
+            Vec::new(),
+            vec![CallOutcome {
                 call_id: call.id.clone(),
                 result,
                 is_error,

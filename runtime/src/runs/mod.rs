@@ -16,8 +16,7 @@ use uuid::Uuid;
 
 use self::bus::Bus;
 use self::model::*;
-use self::repo::{EventRow, RunRepo, RunRow, ToolCallRow};
-use crate::agents::repo::AgentRepo;
+use self::repo::{EventRow, RunRepo, RunRow, StartContext, ToolCallRow};
 use crate::config::RunsConfig;
 use crate::conversations::ConversationService;
 use crate::db::Db;
@@ -30,7 +29,6 @@ use crate::users::model::{Permission, Principal};
 #[derive(Clone, Debug)]
 pub struct RunService {
     repo: RunRepo,
-    agents: AgentRepo,
     conversations: ConversationService,
     models: ModelService,
     usage: usage::UsageService,
@@ -106,7 +104,6 @@ impl RunService {
             writer,
             engine,
             repo: RunRepo::new(db.clone()),
-            agents: AgentRepo::new(db.clone()),
             usage: usage::UsageService::new(db),
             conversations,
             models,
@@ -150,15 +147,24 @@ impl RunService {
         mut input: RunInput,
     ) -> Result<RunResponse> {
         principal.require(Permission::ConversationWrite)?;
+        principal.require(Permission::ConversationRead)?;
         let parts = input.message_parts()?;
-        let conv = self.conversations.get(principal, conversation).await?;
-        let agent = self
-            .agents
-            .get(conv.agent_id, None)
-            .await?
-            .ok_or(Error::NotFound("agent"))?;
+        let context = self
+            .repo
+            .start_context(conversation, principal.owner_scope())
+            .await?;
+        let Some(StartContext {
+            owner,
+            agent,
+            limits: stored_limits,
+        }) = context
+        else {
+            // Which one is missing, for the error.
+            self.conversations.get(principal, conversation).await?;
+            return Err(Error::NotFound("agent"));
+        };
         let model = agent.model.0.clone();
-        let provider = match self.models.client(&model.provider, conv.owner_id).await {
+        let provider = match self.models.client(&model.provider, owner).await {
             Ok(p) => p,
             Err(e) => {
                 return Err(Error::unprocessable(
@@ -186,7 +192,7 @@ impl RunService {
             limits = limits.apply(asked, &self.config.max_limits, "limits")?;
         }
         self.usage
-            .check_quota(conv.owner_id, self.config.default_daily_tokens)
+            .check_limits(owner, stored_limits, self.config.default_daily_tokens)
             .await?;
         let policy = input.on_active.unwrap_or(self.config.on_active);
         let (row, interrupted) = if policy == ActivePolicy::Queue {
@@ -195,7 +201,7 @@ impl RunService {
             // conversation no unfinished run.
             let row = writer::queued_row(
                 conversation,
-                conv.owner_id,
+                owner,
                 agent.id,
                 parts,
                 limits,
@@ -218,7 +224,7 @@ impl RunService {
             self.repo
                 .create(
                     conversation,
-                    conv.owner_id,
+                    owner,
                     agent.id,
                     parts.as_deref(),
                     &limits,
@@ -231,7 +237,9 @@ impl RunService {
         for other in interrupted {
             self.bus.cancel(other);
         }
-        self.bus.queued();
+        if row.status == "queued" {
+            self.bus.queued();
+        }
         self.respond(row).await
     }
 

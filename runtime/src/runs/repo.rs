@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use super::bus::CHANNEL;
 use super::model::*;
+use super::usage::UsageLimits;
+use crate::agents::repo::AgentRow;
 use crate::conversations::model::ContentPart;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
@@ -184,6 +186,17 @@ impl From<sqlx::Error> for StepError {
     }
 }
 
+/// What starting a run needs, read at once (see [`RunRepo::start_context`]).
+#[derive(Debug)]
+pub struct StartContext {
+    /// The conversation's owner (the run's user).
+    pub owner: Uuid,
+    /// The conversation's agent.
+    pub agent: AgentRow,
+    /// The owner's stored usage limits.
+    pub limits: Option<UsageLimits>,
+}
+
 /// Queries over runs.
 #[derive(Clone, Debug)]
 pub struct RunRepo {
@@ -311,6 +324,50 @@ impl RunRepo {
         })
     }
 
+    /// The owner, live agent and usage limits of `conversation`, if `owner`
+    /// (when given) owns it, in one read. `None` when the conversation is
+    /// not visible or its agent was deleted.
+    pub async fn start_context(
+        &self,
+        conversation: Uuid,
+        owner: Option<Uuid>,
+    ) -> Result<Option<StartContext>> {
+        use sqlx::{FromRow, Row};
+        let agent_columns: Vec<String> = crate::agents::repo::COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect();
+        on_db!(&self.db, pool, D => {
+            let mut qb = sqlx::QueryBuilder::<D>::new(format!(
+                "SELECT {}, c.user_id AS c_owner, l.user_id AS l_user, l.daily_tokens AS l_daily, \
+                   l.monthly_tokens AS l_monthly, l.daily_runs AS l_runs \
+                 FROM conversations c JOIN agents a ON a.id = c.agent_id AND a.deleted_at IS NULL \
+                 LEFT JOIN usage_limits l ON l.user_id = c.user_id WHERE c.id = ",
+                agent_columns.join(", ")
+            ));
+            qb.push_bind(conversation);
+            if let Some(owner) = owner {
+                qb.push(" AND c.user_id = ").push_bind(owner);
+            }
+            let Some(row) = qb.build().fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            let limits = match row.try_get::<Option<Uuid>, _>("l_user")? {
+                Some(_) => Some(UsageLimits {
+                    daily_tokens: row.try_get("l_daily")?,
+                    monthly_tokens: row.try_get("l_monthly")?,
+                    daily_runs: row.try_get("l_runs")?,
+                }),
+                None => None,
+            };
+            Ok(Some(StartContext {
+                owner: row.try_get("c_owner")?,
+                agent: AgentRow::from_row(&row)?,
+                limits,
+            }))
+        })
+    }
+
     /// A run, if `owner` (when given) started it.
     pub async fn get(&self, id: Uuid, owner: Option<Uuid>) -> Result<Option<RunRow>> {
         on_db!(&self.db, pool, D => {
@@ -377,6 +434,15 @@ impl RunRepo {
             "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
         )
         .bind(run)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Whether any run is queued.
+    pub async fn any_queued(&self) -> Result<bool> {
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued')",
+        )
         .fetch_one(pool)
         .await?))
     }

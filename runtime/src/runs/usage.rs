@@ -125,7 +125,19 @@ impl UsageService {
 
     /// Refuses (429) a new run of `user` whose limits are spent.
     pub async fn check_quota(&self, user: Uuid, default_daily: Option<i64>) -> Result<()> {
-        let limits = self.stored_limits(user).await?.unwrap_or(UsageLimits {
+        let stored = self.stored_limits(user).await?;
+        self.check_limits(user, stored, default_daily).await
+    }
+
+    /// Refuses (429) a new run of `user` whose limits (`stored`, as read
+    /// with the run's context, or the default) are spent.
+    pub async fn check_limits(
+        &self,
+        user: Uuid,
+        stored: Option<UsageLimits>,
+        default_daily: Option<i64>,
+    ) -> Result<()> {
+        let limits = stored.unwrap_or(UsageLimits {
             daily_tokens: default_daily,
             ..UsageLimits::default()
         });

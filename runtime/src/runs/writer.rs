@@ -32,9 +32,18 @@ use crate::on_db;
 /// Most bound parameters in one statement (SQLite allows 32766).
 const MAX_BINDS: usize = 20_000;
 
-/// A fenced step of a run (see [`RunRepo::step`]).
+/// Which run a step belongs to, as the writer needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRun {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    /// Model steps stored before this one.
+    pub step_count: i64,
+}
+
+/// A fenced step of a run.
 pub struct StepWrite {
-    pub run: RunRow,
+    pub run: StepRun,
     pub owner: Uuid,
     pub messages: Vec<NewMessage>,
     pub new_calls: Vec<NewCall>,
@@ -630,7 +639,7 @@ async fn write_batch(
         let ends = survivors
             .iter()
             .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
-        if ends || !creates.is_empty() {
+        if ends || creates.len() > openings.len() {
             notify.push("q".into());
         }
         Ok(Outcome { appended, started: opened, notify })
