@@ -3,9 +3,12 @@
 //!
 //! With thousands of runs in flight, glibc's malloc left the RSS about twice
 //! the live heap (per-thread arenas), and mimalloc with its defaults kept
-//! freed pages for a while and committed its arenas eagerly. With the two
-//! options below, 10,000 concurrent turns peak at about 270 MiB instead of
-//! about 350 (see the run-engine benchmark).
+//! freed pages for a while and committed its arenas eagerly. The run-engine
+//! benchmark's 10,000 concurrent turns peak at 338-365 MiB with either
+//! default, 292-309 MiB with the options set here, and 275 MiB when
+//! `MIMALLOC_ARENA_EAGER_COMMIT=0` is also in the environment: mimalloc
+//! reads it for its first arena before `main` runs, so `scripts/serve`
+//! sets it.
 
 use std::ffi::{c_int, c_long};
 

@@ -10,6 +10,12 @@
 //! "interrupted" result instead of a second execution); otherwise call the
 //! model; stop at a final answer or a limit.
 //!
+//! A new run usually does not wait for the dispatcher: when this node has a
+//! free slot and the conversation no unfinished run, the API creates it
+//! already `running` and leased here, with its input message, in one commit
+//! ([`Engine::opening`]), and hands it to a worker with the agent and
+//! provider it loaded ([`Engine::adopt`]).
+//!
 //! One process runs one dispatcher (claims runs while it has free slots), one
 //! heartbeat (extends the leases of its runs in one statement and picks up
 //! cancellations the bus missed) and one sweeper (re-queues runs whose lease
