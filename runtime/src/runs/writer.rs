@@ -371,12 +371,36 @@ async fn write_batch(
             });
         }
         // The fence: only steps whose run is still leased to their worker.
+        // Steps that change no state go in a statement that sets no indexed
+        // column: SQLite rewrites an index's entries whenever one of its
+        // columns is assigned, and `status` and `lease_owner` are in three.
         let mut live: HashSet<Uuid> = HashSet::new();
-        if !steps.is_empty() {
+        let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps
+            .iter()
+            .copied()
+            .partition(|s| s.update.status.is_none() && s.update.error.is_none());
+        if !counting.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_owner, v_steps, v_in, v_out) AS (");
+            qb.push_values(counting.iter(), |mut b, s| {
+                let u = &s.update;
+                b.push_bind(s.run.id)
+                    .push_bind(s.owner)
+                    .push_bind(u.steps)
+                    .push_bind(u.input_tokens)
+                    .push_bind(u.output_tokens);
+            });
+            qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
+                     output_tokens = output_tokens + v_out, updated_at = ");
+            qb.push_bind(now);
+            qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
+            live.extend(ids);
+        }
+        if !changing.is_empty() {
             let mut qb = sqlx::QueryBuilder::<D>::new(
                 "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS (",
             );
-            qb.push_values(steps.iter(), |mut b, s| {
+            qb.push_values(changing.iter(), |mut b, s| {
                 let u = &s.update;
                 b.push_bind(s.run.id)
                     .push_bind(s.owner)
