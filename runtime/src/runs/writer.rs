@@ -460,10 +460,11 @@ async fn write_batch(
             let rows: Vec<(Uuid, String)> = qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
             started.extend(rows.into_iter().filter(|(_, st)| st == "running").map(|(id, _)| id));
         }
-        let openings: Vec<(Uuid, &DirectStart)> = starting
+        // The runs that started: (run, conversation, how).
+        let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
             .iter()
             .filter(|c| started.contains(&c.row.id))
-            .map(|c| (c.row.id, c.start.as_ref().expect("a starting run")))
+            .map(|c| (c.row.id, c.row.conversation_id, c.start.as_ref().expect("a starting run")))
             .collect();
         let survivors: Vec<(usize, &StepWrite)> = steps
             .iter()
@@ -478,9 +479,9 @@ async fn write_batch(
                 *per_conversation.entry(s.run.conversation_id).or_default() += s.messages.len() as i64;
             }
         }
-        for c in &starting {
-            if started.contains(&c.row.id) && c.start.as_ref().is_some_and(|s| s.message.is_some()) {
-                *per_conversation.entry(c.row.conversation_id).or_default() += 1;
+        for (_, conversation, start) in &openings {
+            if start.message.is_some() {
+                *per_conversation.entry(*conversation).or_default() += 1;
             }
         }
         let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
@@ -530,13 +531,8 @@ async fn write_batch(
             }
             mine
         };
-        for (run, start) in &openings {
-            let conversation = starting
-                .iter()
-                .find(|c| c.row.id == *run)
-                .map(|c| c.row.conversation_id)
-                .expect("a starting run");
-            let mine = append(*run, conversation, start.message.as_slice(), true);
+        for (run, conversation, start) in &openings {
+            let mine = append(*run, *conversation, start.message.as_slice(), true);
             opened.insert(*run, mine);
         }
         for (i, s) in &survivors {
@@ -633,7 +629,7 @@ async fn write_batch(
             .iter()
             .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
             .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
-            .chain(openings.iter().flat_map(|(run, start)| start.events.iter().map(move |e| (*run, e))))
+            .chain(openings.iter().flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))))
             .collect();
         if !events.is_empty() {
             tail_next!();
@@ -658,7 +654,7 @@ async fn write_batch(
             .iter()
             .filter(|(_, s)| !s.events.is_empty())
             .map(|(_, s)| format!("e:{}", s.run.id))
-            .chain(openings.iter().map(|(run, _)| format!("e:{run}")))
+            .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
             .collect();
         let ends = survivors
             .iter()
