@@ -493,7 +493,6 @@ impl Execution {
     }
 
     /// One fenced write; keeps the local view in step with what was stored.
-    #[allow(clippy::too_many_arguments)]
     /// Boxed: a caller's future then holds a pointer, not the write.
     fn write(
         &mut self,
@@ -505,51 +504,41 @@ impl Execution {
         events: Vec<NewEvent>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StepError>> + Send + '_>>
     {
-        Box::pin(self.write_now(messages, new_calls, started, outcomes, update, events))
-    }
-
-    async fn write_now(
-        &mut self,
-        messages: Vec<NewMessage>,
-        new_calls: Vec<NewCall>,
-        started: Vec<String>,
-        outcomes: Vec<CallOutcome>,
-        update: RunUpdate,
-        events: Vec<NewEvent>,
-    ) -> Result<(), StepError> {
-        let (steps, input_tokens, output_tokens) =
-            (update.steps, update.input_tokens, update.output_tokens);
-        let sets_input = update.sets_input;
-        let has_events = !events.is_empty();
-        let rows = self
-            .engine
-            .writer
-            .step(StepWrite {
-                run: StepRun {
-                    id: self.run.id,
-                    conversation_id: self.run.conversation_id,
-                    step_count: self.run.step_count,
-                },
-                owner: self.engine.node,
-                messages,
-                new_calls,
-                started,
-                outcomes,
-                update,
-                events,
-            })
-            .await?;
-        self.run.step_count += steps;
-        self.run.input_tokens += input_tokens;
-        self.run.output_tokens += output_tokens;
-        if sets_input {
-            self.run.input_seq = rows.first().map(|r| r.seq);
-        }
-        self.history.extend(rows);
-        if has_events {
-            self.engine.bus.events(self.run.id);
-        }
-        Ok(())
+        Box::pin(async move {
+            let (steps, input_tokens, output_tokens) =
+                (update.steps, update.input_tokens, update.output_tokens);
+            let sets_input = update.sets_input;
+            let has_events = !events.is_empty();
+            let rows = self
+                .engine
+                .writer
+                .step(StepWrite {
+                    run: StepRun {
+                        id: self.run.id,
+                        conversation_id: self.run.conversation_id,
+                        step_count: self.run.step_count,
+                    },
+                    owner: self.engine.node,
+                    messages,
+                    new_calls,
+                    started,
+                    outcomes,
+                    update,
+                    events,
+                })
+                .await?;
+            self.run.step_count += steps;
+            self.run.input_tokens += input_tokens;
+            self.run.output_tokens += output_tokens;
+            if sets_input {
+                self.run.input_seq = rows.first().map(|r| r.seq);
+            }
+            self.history.extend(rows);
+            if has_events {
+                self.engine.bus.events(self.run.id);
+            }
+            Ok(())
+        })
     }
 
     /// A message of this run (tagged with its id).

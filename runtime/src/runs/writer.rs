@@ -379,49 +379,41 @@ async fn write_batch(
             .iter()
             .copied()
             .partition(|s| s.update.status.is_none() && s.update.error.is_none());
-        if !counting.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_owner, v_steps, v_in, v_out) AS (");
-            qb.push_values(counting.iter(), |mut b, s| {
+        for (group, changes) in [(counting, false), (changing, true)] {
+            if group.is_empty() {
+                continue;
+            }
+            let mut qb = sqlx::QueryBuilder::<D>::new(if changes {
+                "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS ("
+            } else {
+                "WITH v(v_id, v_owner, v_steps, v_in, v_out) AS ("
+            });
+            qb.push_values(group.iter(), |mut b, s| {
                 let u = &s.update;
                 b.push_bind(s.run.id)
                     .push_bind(s.owner)
                     .push_bind(u.steps)
                     .push_bind(u.input_tokens)
                     .push_bind(u.output_tokens);
+                if changes {
+                    b.push_bind(u.status.map(RunStatus::as_str))
+                        .push_bind(u.error.as_ref().map(Json))
+                        .push_bind(u.status.is_some_and(RunStatus::is_terminal))
+                        .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
+                }
             });
             qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
                      output_tokens = output_tokens + v_out, updated_at = ");
             qb.push_bind(now);
+            if changes {
+                qb.push(", status = COALESCE(v_status, status), error = COALESCE(v_error, error), \
+                         finished_at = CASE WHEN v_finished THEN ");
+                qb.push_bind(now);
+                qb.push(" ELSE finished_at END, \
+                         lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
+                         lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END");
+            }
             qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
-            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
-            live.extend(ids);
-        }
-        if !changing.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
-                "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS (",
-            );
-            qb.push_values(changing.iter(), |mut b, s| {
-                let u = &s.update;
-                b.push_bind(s.run.id)
-                    .push_bind(s.owner)
-                    .push_bind(u.steps)
-                    .push_bind(u.input_tokens)
-                    .push_bind(u.output_tokens)
-                    .push_bind(u.status.map(RunStatus::as_str))
-                    .push_bind(u.error.as_ref().map(Json))
-                    .push_bind(u.status.is_some_and(RunStatus::is_terminal))
-                    .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
-            });
-            qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
-                     output_tokens = output_tokens + v_out, status = COALESCE(v_status, status), \
-                     error = COALESCE(v_error, error), updated_at = ");
-            qb.push_bind(now);
-            qb.push(", finished_at = CASE WHEN v_finished THEN ");
-            qb.push_bind(now);
-            qb.push(" ELSE finished_at END, \
-                     lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
-                     lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END \
-                     FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
             let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
             live.extend(ids);
         }
