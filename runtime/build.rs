@@ -19,6 +19,12 @@ fn main() {
         root.join("plugin-sdk").display()
     );
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
+    // `sqlx::migrate!` embeds the migrations; on stable Rust it cannot tell
+    // cargo that it read them.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("migrations").display()
+    );
     println!(
         "cargo:rerun-if-changed={}",
         root.join("Cargo.toml").display()

@@ -14,7 +14,8 @@
 //!
 //! SQLite always; PostgreSQL too when `ORCHESTRA_BENCH_DATABASE_URL` (or
 //! `ORCHESTRA_TEST_DATABASE_URL`) names a server whose user may create
-//! databases. `ORCHESTRA_BENCH_CONCURRENT` changes the 10,000.
+//! databases. `ORCHESTRA_BENCH_CONCURRENT` changes the 10,000,
+//! `ORCHESTRA_BENCH_TURNS` the 300 turns timed one at a time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,6 +195,9 @@ async fn setup(database_url: Option<String>, delay: Duration) -> Bench {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
     config.sandbox.refresh_secs = 0;
+    // Compiled plugins are kept between bench runs (compiling them is start-up
+    // work, not the engine's).
+    config.sandbox.cache_dir = Some(std::env::temp_dir().join("orchestra-bench-plugin-cache"));
     config.runs.max_concurrent = 20_000;
     let state = orchestra::server::build_state(config).await.unwrap();
     state
@@ -335,7 +339,10 @@ async fn overhead(name: &str, url: Option<String>) {
         let run = bench.start(c).await;
         bench.wait(run).await;
     }
-    let turns = 300;
+    let turns = std::env::var("ORCHESTRA_BENCH_TURNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let conversations = bench.conversations(turns).await;
     let mut times = Vec::with_capacity(turns);
     for c in conversations {
@@ -383,6 +390,9 @@ async fn overhead(name: &str, url: Option<String>) {
 async fn concurrent(name: &str, url: Option<String>, n: usize) {
     let bench = Arc::new(setup(url, Duration::from_secs(1)).await);
     let conversations = bench.conversations(n).await;
+    if std::env::var("ORCHESTRA_BENCH_PROGRESS").is_ok() {
+        eprintln!("{name}: {n} conversations ready; timing starts");
+    }
     let rss_before = rss_mib();
     let cpu_before = cpu_secs();
     let started = Instant::now();

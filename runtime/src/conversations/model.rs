@@ -67,7 +67,8 @@ pub struct ConversationResponse {
     pub message_count: i64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When it last changed (renamed, or a message added).
+    /// When it last changed (renamed, or a message added; for the messages
+    /// of a run, to within a second).
     pub updated_at: DateTime<Utc>,
 }
 

@@ -96,9 +96,13 @@ impl Db {
     pub fn dedicated_writer(&self) -> Db {
         match self {
             Db::Sqlite(pool) => {
+                // It checkpoints the log only as a backstop (64 MiB of
+                // pages): a checkpoint syncs the database file, so the
+                // writer leaves that to a connection of the shared pool.
                 let options = (*pool.connect_options())
                     .clone()
-                    .pragma("cache_size", "-16384");
+                    .pragma("cache_size", "-16384")
+                    .pragma("wal_autocheckpoint", "16384");
                 Db::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(1)

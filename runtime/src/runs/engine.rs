@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -803,16 +803,52 @@ impl Execution {
         let mut stream = provider.stream(request);
         let mut acc = Accumulator::default();
         let flush_every = Duration::from_millis(self.engine.config.delta_flush_ms);
-        let mut last_flush = Instant::now();
+        let mut last_flush = tokio::time::Instant::now();
         let mut text = String::new();
         let mut call_deltas: Vec<Value> = Vec::new();
         let mut cancel = self.watch.cancel.clone();
         loop {
-            let event = tokio::select! {
-                biased;
-                _ = cancel.wait_for(|c| *c) => return Ok(Some(Stop::Cancelled)),
-                _ = tokio::time::sleep_until(self.deadline) => return Ok(Some(Stop::Failed(timeout_error(limits)))),
-                event = stream.next() => event,
+            // Deltas are stored together, at most every `flush_every`, and
+            // only once the stream has nothing more ready: a burst (one
+            // network read often carries many events) is one write.
+            let event = match stream.next().now_or_never() {
+                Some(event) => {
+                    if self.cancelled() {
+                        return Ok(Some(Stop::Cancelled));
+                    }
+                    if tokio::time::Instant::now() >= self.deadline {
+                        return Ok(Some(Stop::Failed(timeout_error(limits))));
+                    }
+                    event
+                }
+                None => {
+                    let buffered = !text.is_empty() || !call_deltas.is_empty();
+                    let flush_at = last_flush + flush_every;
+                    let waited = tokio::select! {
+                        biased;
+                        _ = cancel.wait_for(|c| *c) => return Ok(Some(Stop::Cancelled)),
+                        _ = tokio::time::sleep_until(self.deadline) => return Ok(Some(Stop::Failed(timeout_error(limits)))),
+                        _ = tokio::time::sleep_until(flush_at), if buffered => None,
+                        event = stream.next() => Some(event),
+                    };
+                    match waited {
+                        Some(event) => event,
+                        None => {
+                            let events = self.delta_events(&mut text, &mut call_deltas);
+                            self.write(
+                                Vec::new(),
+                                Vec::new(),
+                                Vec::new(),
+                                Vec::new(),
+                                RunUpdate::default(),
+                                events,
+                            )
+                            .await?;
+                            last_flush = tokio::time::Instant::now();
+                            continue;
+                        }
+                    }
+                }
             };
             let Some(event) = event else { break };
             let event = match event {
@@ -842,20 +878,6 @@ impl Execution {
                     _ => call_deltas.push(json!({ "index": index, "arguments": fragment })),
                 },
                 _ => {}
-            }
-            if last_flush.elapsed() >= flush_every && (!text.is_empty() || !call_deltas.is_empty())
-            {
-                let events = self.delta_events(&mut text, &mut call_deltas);
-                self.write(
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    RunUpdate::default(),
-                    events,
-                )
-                .await?;
-                last_flush = Instant::now();
             }
         }
         drop(stream);

@@ -15,6 +15,9 @@
 //! only its own caller.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::types::Json;
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +34,10 @@ use crate::on_db;
 
 /// Most bound parameters in one statement (SQLite allows 32766).
 const MAX_BINDS: usize = 20_000;
+
+/// How far a conversation's `updated_at` may lag behind its last message
+/// appended by a run.
+const ACTIVITY_PRECISION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// Which run a step belongs to, as the writer needs it.
 #[derive(Debug, Clone, Copy)]
@@ -140,12 +147,17 @@ impl Writer {
             .enable_all()
             .build()
             .expect("a runtime for the run writer");
+        let committed = Arc::new(AtomicU64::new(0));
+        if let Db::Sqlite(pool) = &db {
+            tokio::spawn(checkpoint_loop(pool.clone(), committed.clone()));
+        }
         std::thread::Builder::new()
             .name("orchestra-writer".into())
             .spawn(move || {
                 // Its pool is made here, so its connections belong to this
                 // thread's runtime.
-                runtime.block_on(async move { write_loop(db.dedicated_writer(), rx).await })
+                runtime
+                    .block_on(async move { write_loop(db.dedicated_writer(), rx, committed).await })
             })
             .expect("a thread for the run writer");
         Writer { tx }
@@ -173,9 +185,41 @@ impl Writer {
     }
 }
 
+/// How often the writer's SQLite log is copied back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Checkpoints the SQLite write-ahead log off the writer's path: the
+/// writer's own connection checkpoints only as a backstop (see
+/// [`Db::dedicated_writer`]), because a checkpoint syncs the database file
+/// to disk, which would stall every run waiting for that commit. A passive
+/// checkpoint does not block the writer. Ends when the pool is closed.
+async fn checkpoint_loop(pool: sqlx::SqlitePool, committed: Arc<AtomicU64>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        let now = committed.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "a checkpoint of the SQLite log failed");
+        }
+    }
+}
+
 /// Writes whatever is waiting, batch after batch, until every [`Writer`] is
-/// gone.
-async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>) {
+/// gone. Counts its batches in `committed`.
+async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, committed: Arc<AtomicU64>) {
     let mut carry: Option<Op> = None;
     loop {
         let first = match carry.take() {
@@ -195,7 +239,13 @@ async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>) {
             binds += op.binds();
             batch.push(op);
         }
+        let t0 = std::time::Instant::now();
+        let nb = batch.len();
         run_batch(&db, batch).await;
+        if std::env::var("XX_TRACE").is_ok() {
+            eprintln!("XX {nb} {}", t0.elapsed().as_micros());
+        }
+        committed.fetch_add(1, Ordering::Relaxed);
     }
     db.close().await;
 }
@@ -482,12 +532,31 @@ async fn write_batch(
             qb.push_values(per_conversation.iter(), |mut b, (id, n)| {
                 b.push_bind(*id).push_bind(*n);
             });
-            qb.push(") UPDATE conversations SET message_count = message_count + v_n, updated_at = ");
-            qb.push_bind(now);
-            qb.push(" FROM v WHERE id = v_id RETURNING id, message_count");
-            let counts: Vec<(Uuid, i64)> = qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
-            for (id, count) in counts {
+            // `updated_at` is in three indexes of conversations: it moves
+            // in a statement of its own, and only when it is older than
+            // ACTIVITY_PRECISION (a run's steps follow each other closely).
+            qb.push(") UPDATE conversations SET message_count = message_count + v_n \
+                     FROM v WHERE id = v_id RETURNING id, message_count, updated_at");
+            let counts: Vec<(Uuid, i64, chrono::DateTime<chrono::Utc>)> =
+                qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
+            let mut stale = Vec::new();
+            for (id, count, updated_at) in counts {
                 next_seq.insert(id, count - per_conversation[&id] + 1);
+                if now - updated_at >= ACTIVITY_PRECISION {
+                    stale.push(id);
+                }
+            }
+            if !stale.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push("UPDATE conversations SET updated_at = ");
+                qb.push_bind(now);
+                qb.push(" WHERE id IN (");
+                let mut ids = qb.separated(", ");
+                for id in &stale {
+                    ids.push_bind(*id);
+                }
+                qb.push(")");
             }
         }
         let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
@@ -523,13 +592,16 @@ async fn write_batch(
             }
             mine
         };
-        for (run, conversation, start) in &openings {
-            let mine = append(*run, *conversation, start.message.as_slice(), true);
-            opened.insert(*run, mine);
-        }
+        // Steps first: a run that starts in this batch may follow one that
+        // ends in it, in the same conversation (its last answer comes
+        // before the new run's input).
         for (i, s) in &survivors {
             let mine = append(s.run.id, s.run.conversation_id, &s.messages, s.update.sets_input);
             appended.insert(*i, mine);
+        }
+        for (run, conversation, start) in &openings {
+            let mine = append(*run, *conversation, start.message.as_slice(), true);
+            opened.insert(*run, mine);
         }
         if !rows.is_empty() {
             tail_next!();
