@@ -67,8 +67,8 @@ pub struct ConversationResponse {
     pub message_count: i64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When it last changed (renamed, or a message added; for the messages
-    /// of a run, to within a second).
+    /// When it last changed: renamed, a message posted, or a run started or
+    /// stopped (to within a second; a run's steps in between do not move it).
     pub updated_at: DateTime<Utc>,
 }
 

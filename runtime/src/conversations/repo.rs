@@ -1,7 +1,8 @@
-//! SQL for conversations and messages. A message's `seq` comes from the
-//! conversation's `message_count`, incremented in the same transaction that
-//! inserts the message, so sequence numbers are gap-free and unique even under
-//! concurrent posts.
+//! SQL for conversations and messages. A message's `seq` is one more than
+//! the conversation's last (messages are never removed one by one, so the
+//! last `seq` is also the message count); the unique `(conversation_id, seq)`
+//! index refuses a second message with the same number, and a post that
+//! meets one retries with the next.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -39,8 +40,11 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "id, user_id, agent_id, title, metadata, message_count, created_at, updated_at";
+/// The columns of a [`ConversationRow`], its message count included.
+const COLUMNS: &str = "id, user_id, agent_id, title, metadata, \
+     (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.conversation_id = conversations.id) AS message_count, \
+     created_at, updated_at";
+const INSERT_COLUMNS: &str = "id, user_id, agent_id, title, metadata, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
 
 /// Queries over conversations and messages.
@@ -64,7 +68,7 @@ impl ConversationRepo {
         metadata: &Map<String, Value>,
     ) -> Result<ConversationRow> {
         let sql = format!(
-            "INSERT INTO conversations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, 0, $6, $6) RETURNING {COLUMNS}"
+            "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
         );
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
             .bind(Uuid::now_v7())
@@ -166,32 +170,46 @@ impl ConversationRepo {
             "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
         );
         let now = db::now();
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let seq: Option<i64> = sqlx::query_scalar(
-                "UPDATE conversations SET message_count = message_count + 1, updated_at = $2
-                 WHERE id = $1 RETURNING message_count",
-            )
-            .bind(conversation)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(seq) = seq else {
-                return Ok(None);
-            };
-            let row: MessageRow = sqlx::query_as(&insert)
-                .bind(Uuid::now_v7())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let stored: std::result::Result<Option<MessageRow>, sqlx::Error> = on_db!(&self.db, pool => async {
+                let mut tx = pool.begin().await?;
+                // Posts to one conversation wait for each other here (the
+                // row's lock); a run's writer may still take a number first.
+                let touched = sqlx::query("UPDATE conversations SET updated_at = $2 WHERE id = $1")
+                    .bind(conversation)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if touched == 0 {
+                    return Ok(None);
+                }
+                let seq: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = $1",
+                )
                 .bind(conversation)
-                .bind(seq)
-                .bind(role)
-                .bind(Json(content))
-                .bind(Json(metadata))
-                .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-            tx.commit().await?;
-            Ok(Some(row))
-        })
+                let row: MessageRow = sqlx::query_as(&insert)
+                    .bind(Uuid::now_v7())
+                    .bind(conversation)
+                    .bind(seq)
+                    .bind(role)
+                    .bind(Json(content))
+                    .bind(Json(metadata))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(row))
+            }.await);
+            match stored {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 5 => continue,
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Up to `limit` messages after `after_seq`, oldest first.

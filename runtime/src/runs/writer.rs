@@ -4,8 +4,9 @@
 //! through one writer task per process. The writer takes whatever is
 //! waiting (up to a bound), writes all of it in one transaction with a fixed
 //! number of statements however many runs are in the batch (one fenced
-//! `UPDATE runs ... FROM (VALUES ...)`, one message-count update, one
-//! insert per table), commits, then answers each caller. Alone, a write
+//! `UPDATE runs ... FROM (VALUES ...)`, one read of the conversations' last
+//! message numbers, one insert per table), commits, then answers each
+//! caller. Alone, a write
 //! costs what it did before; under load, thousands of runs share a commit
 //! and a handful of round trips.
 //!
@@ -35,8 +36,8 @@ use crate::on_db;
 /// Most bound parameters in one statement (SQLite allows 32766).
 const MAX_BINDS: usize = 20_000;
 
-/// How far a conversation's `updated_at` may lag behind its last message
-/// appended by a run.
+/// How far a conversation's `updated_at` may lag behind the input or the
+/// last message of a run.
 const ACTIVITY_PRECISION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// Which run a step belongs to, as the writer needs it.
@@ -371,11 +372,19 @@ async fn write_batch(
     // fill each connection's cache with large one-off statements.
     let cache = steps.len() + creates.len() == 1;
     on_db!(db, pool, D => {
-        let mut tx = pool.begin().await?;
         // The statements that return nothing go out together: on SQLite as
         // one multi-statement query (one round trip to the connection's
         // thread), on PostgreSQL one after the other.
         let combine = std::any::TypeId::of::<D>() == std::any::TypeId::of::<sqlx::Sqlite>();
+        // On SQLite the write lock is taken at once: the message numbers
+        // read below must not change before the commit. (On PostgreSQL the
+        // unique index of numbers refuses a clash with a concurrent post;
+        // the batch is then retried.)
+        let mut tx = if combine {
+            pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            pool.begin().await?
+        };
         let mut tail = sqlx::QueryBuilder::<D>::new("");
         let mut tail_len = 0usize;
         macro_rules! tail_flush {
@@ -514,35 +523,48 @@ async fn write_batch(
             .map(|(i, s)| (i, *s))
             .filter(|(_, s)| live.contains(&s.run.id))
             .collect();
-        // Message sequence numbers: one count update per conversation.
-        let mut per_conversation: HashMap<Uuid, i64> = HashMap::new();
+        // Message numbers: one read per conversation.
+        let mut numbered: HashSet<Uuid> = HashSet::new();
+        // Conversations whose activity time moves: a run's input arrived,
+        // or a run stopped (its messages are then all there).
+        let mut active: HashSet<Uuid> = HashSet::new();
         for (_, s) in &survivors {
             if !s.messages.is_empty() {
-                *per_conversation.entry(s.run.conversation_id).or_default() += s.messages.len() as i64;
+                numbered.insert(s.run.conversation_id);
+                if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
+                    active.insert(s.run.conversation_id);
+                }
             }
         }
         for (_, conversation, start) in &openings {
             if start.message.is_some() {
-                *per_conversation.entry(*conversation).or_default() += 1;
+                numbered.insert(*conversation);
+                active.insert(*conversation);
             }
         }
         let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
-        if !per_conversation.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_n) AS (");
-            qb.push_values(per_conversation.iter(), |mut b, (id, n)| {
-                b.push_bind(*id).push_bind(*n);
-            });
-            // `updated_at` is in three indexes of conversations: it moves
-            // in a statement of its own, and only when it is older than
-            // ACTIVITY_PRECISION (a run's steps follow each other closely).
-            qb.push(") UPDATE conversations SET message_count = message_count + v_n \
-                     FROM v WHERE id = v_id RETURNING id, message_count, updated_at");
-            let counts: Vec<(Uuid, i64, chrono::DateTime<chrono::Utc>)> =
+        if !numbered.is_empty() {
+            // Each conversation's last message number: read, not counted in
+            // the conversation's row (an update of it would cost several
+            // times this read, on every step).
+            let mut qb = sqlx::QueryBuilder::<D>::new(
+                "SELECT c.id, c.updated_at, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m \
+                 WHERE m.conversation_id = c.id) FROM conversations c WHERE c.id IN (",
+            );
+            let mut ids = qb.separated(", ");
+            for id in &numbered {
+                ids.push_bind(*id);
+            }
+            qb.push(")");
+            let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
                 qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
+            // `updated_at` is in three indexes of conversations: it moves
+            // when a run's input arrives or the run stops, and only if
+            // older than ACTIVITY_PRECISION.
             let mut stale = Vec::new();
-            for (id, count, updated_at) in counts {
-                next_seq.insert(id, count - per_conversation[&id] + 1);
-                if now - updated_at >= ACTIVITY_PRECISION {
+            for (id, updated_at, last) in lasts {
+                next_seq.insert(id, last + 1);
+                if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
                     stale.push(id);
                 }
             }
