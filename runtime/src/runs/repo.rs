@@ -123,6 +123,18 @@ pub struct RunUpdate {
     pub sets_input: bool,
 }
 
+impl RunUpdate {
+    /// True when the run's row stays as it is (the input's number aside,
+    /// which is written on its own).
+    pub fn is_noop(&self) -> bool {
+        self.steps == 0
+            && self.input_tokens == 0
+            && self.output_tokens == 0
+            && self.status.is_none()
+            && self.error.is_none()
+    }
+}
+
 /// A tool call's outcome to store.
 #[derive(Debug, Clone)]
 pub struct CallOutcome {

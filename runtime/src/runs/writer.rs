@@ -3,12 +3,12 @@
 //! Every step a worker persists, and every queued run the API creates, goes
 //! through one writer task per process. The writer takes whatever is
 //! waiting (up to a bound), writes all of it in one transaction with a fixed
-//! number of statements however many runs are in the batch (one fenced
-//! `UPDATE runs ... FROM (VALUES ...)`, one read of the conversations' last
-//! message numbers, one insert per table), commits, then answers each
-//! caller. Alone, a write
-//! costs what it did before; under load, thousands of runs share a commit
-//! and a handful of round trips.
+//! number of statements however many runs are in the batch (the fence: one
+//! `UPDATE runs ... FROM (VALUES ...)` per kind of change, or a locking read
+//! for steps that change nothing in the run's row; one read of the
+//! conversations' last message numbers; one insert per table), commits,
+//! then answers each caller. Alone, a write costs what it did before; under
+//! load, thousands of runs share a commit and a handful of round trips.
 //!
 //! The fence: a step whose run is no longer leased to its worker changes
 //! nothing and gets [`StepError::LeaseLost`]. If a batch fails as a whole,
@@ -35,6 +35,13 @@ use crate::on_db;
 
 /// Most bound parameters in one statement (SQLite allows 32766).
 const MAX_BINDS: usize = 20_000;
+
+/// On SQLite, the tool calls an `UPDATE run_tool_calls ... FROM v` changes,
+/// as a list of rowids: SQLite loops over an updated table first, so without
+/// it each batch would scan every call ever stored.
+const CALLS_OF_V: &str =
+    " AND run_tool_calls.rowid IN (SELECT t.rowid FROM v CROSS JOIN run_tool_calls t \
+     WHERE t.run_id = v.v_run AND t.call_id = v.v_call)";
 
 /// How far a conversation's `updated_at` may lag behind the input or the
 /// last message of a run.
@@ -433,10 +440,31 @@ async fn write_batch(
         // Steps that change no state go in a statement that sets no indexed
         // column: SQLite rewrites an index's entries whenever one of its
         // columns is assigned, and `status` and `lease_owner` are in three.
+        //
+        // Steps that change nothing in the run's row (a tool's result, a
+        // flush of deltas) only read it: on PostgreSQL with a share lock,
+        // which holds off a sweeper until the commit; on SQLite the
+        // transaction holds the write lock already.
         let mut live: HashSet<Uuid> = HashSet::new();
-        let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps
-            .iter()
-            .copied()
+        let (checking, steps_touching): (Vec<&StepWrite>, Vec<&StepWrite>) =
+            steps.iter().copied().partition(|s| s.update.is_noop());
+        if !checking.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_owner) AS (");
+            qb.push_values(checking.iter(), |mut b, s| {
+                b.push_bind(s.run.id).push_bind(s.owner);
+            });
+            // `v` first (CROSS JOIN keeps SQLite from scanning every running
+            // run instead).
+            qb.push(") SELECT runs.id FROM v CROSS JOIN runs WHERE runs.id = v_id \
+                     AND runs.lease_owner = v_owner AND runs.status = 'running'");
+            if !combine {
+                qb.push(" FOR SHARE OF runs");
+            }
+            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
+            live.extend(ids);
+        }
+        let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps_touching
+            .into_iter()
             .partition(|s| s.update.status.is_none() && s.update.error.is_none());
         for (group, changes) in [(counting, false), (changing, true)] {
             if group.is_empty() {
@@ -472,7 +500,15 @@ async fn write_batch(
                          lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
                          lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END");
             }
-            qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+            if combine {
+                // SQLite loops over the updated table first, whatever the
+                // plan: without the rowid list, each batch would scan every
+                // running run.
+                qb.push(" FROM v WHERE runs.id = v_id AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r \
+                         WHERE r.id = v.v_id AND r.lease_owner = v.v_owner AND r.status = 'running') RETURNING id");
+            } else {
+                qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+            }
             let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
             live.extend(ids);
         }
@@ -649,6 +685,9 @@ async fn write_batch(
                 b.push_bind(*id).push_bind(*seq);
             });
             qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
+            if combine {
+                qb.push(" AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r WHERE r.id = v.v_id)");
+            }
         }
         let calls: Vec<(&StepWrite, &NewCall)> = survivors
             .iter()
@@ -687,6 +726,9 @@ async fn write_batch(
                 b.push_bind(*run).push_bind(*call);
             });
             qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
+            if combine {
+                qb.push(CALLS_OF_V);
+            }
         }
         let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
             .iter()
@@ -705,6 +747,9 @@ async fn write_batch(
             qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
             qb.push_bind(now);
             qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
+            if combine {
+                qb.push(CALLS_OF_V);
+            }
         }
         let queued_event = [NewEvent {
             seq: 1,
