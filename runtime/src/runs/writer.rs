@@ -387,413 +387,440 @@ async fn write_batch(
         // read below must not change before the commit. (On PostgreSQL the
         // unique index of numbers refuses a clash with a concurrent post;
         // the batch is then retried.)
-        let mut tx = if combine {
-            pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            pool.begin().await?
-        };
-        let mut tail = sqlx::QueryBuilder::<D>::new("");
-        let mut tail_len = 0usize;
-        macro_rules! tail_flush {
-            () => {
-                if tail_len > 0 {
-                    tail.build().persistent(cache).execute(&mut *tx).await?;
-                    tail.reset();
-                    tail_len = 0;
-                }
-            };
-        }
-        macro_rules! tail_next {
-            () => {
-                if tail_len > 0 {
-                    if combine {
-                        tail.push("; ");
-                    } else {
-                        tail_flush!();
-                    }
-                }
-                tail_len += 1;
-            };
-        }
-        // New queued runs (their first event comes with the others').
-        if !queued.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push(
-                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
-            );
-            qb.push_values(queued.iter().map(|c| &c.row), |mut b, r| {
-                b.push_bind(r.id)
-                    .push_bind(r.conversation_id)
-                    .push_bind(r.user_id)
-                    .push_bind(r.agent_id)
-                    .push_bind("queued")
-                    .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
-                    .push_bind(Json(&r.limits.0))
-                    .push_bind(&r.provider)
-                    .push_bind(&r.model)
-                    .push_bind(r.created_at)
-                    .push_bind(r.created_at);
-            });
-        }
-        // The fence: only steps whose run is still leased to their worker.
-        // Steps that change no state go in a statement that sets no indexed
-        // column: SQLite rewrites an index's entries whenever one of its
-        // columns is assigned, and `status` and `lease_owner` are in three.
         //
-        // Steps that change nothing in the run's row (a tool's result, a
-        // flush of deltas) only read it: on PostgreSQL with a share lock,
-        // which holds off a sweeper until the commit; on SQLite the
-        // transaction holds the write lock already.
-        let mut live: HashSet<Uuid> = HashSet::new();
-        let (checking, steps_touching): (Vec<&StepWrite>, Vec<&StepWrite>) =
-            steps.iter().copied().partition(|s| s.update.is_noop());
-        if !checking.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new("WITH v(v_id, v_owner) AS (");
-            qb.push_values(checking.iter(), |mut b, s| {
-                b.push_bind(s.run.id).push_bind(s.owner);
-            });
-            // `v` first (CROSS JOIN keeps SQLite from scanning every running
-            // run instead).
-            qb.push(") SELECT runs.id FROM v CROSS JOIN runs WHERE runs.id = v_id \
-                     AND runs.lease_owner = v_owner AND runs.status = 'running'");
-            if !combine {
-                qb.push(" FOR SHARE OF runs");
-            }
-            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
-            live.extend(ids);
-        }
-        let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps_touching
-            .into_iter()
-            .partition(|s| s.update.status.is_none() && s.update.error.is_none());
-        for (group, changes) in [(counting, false), (changing, true)] {
-            if group.is_empty() {
-                continue;
-            }
-            let mut qb = sqlx::QueryBuilder::<D>::new(if changes {
-                "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS ("
+        // Each statement is a round trip to the connection (on SQLite, to
+        // its thread): there, BEGIN rides with the first statement and
+        // COMMIT with the last. Any error rolls the whole batch back.
+        let mut conn = pool.acquire().await?;
+        let written = async {
+            let mut begin = if combine {
+                "BEGIN IMMEDIATE; "
             } else {
-                "WITH v(v_id, v_owner, v_steps, v_in, v_out) AS ("
-            });
-            qb.push_values(group.iter(), |mut b, s| {
-                let u = &s.update;
-                b.push_bind(s.run.id)
-                    .push_bind(s.owner)
-                    .push_bind(u.steps)
-                    .push_bind(u.input_tokens)
-                    .push_bind(u.output_tokens);
-                if changes {
-                    b.push_bind(u.status.map(RunStatus::as_str))
-                        .push_bind(u.error.as_ref().map(Json))
-                        .push_bind(u.status.is_some_and(RunStatus::is_terminal))
-                        .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
-                }
-            });
-            qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
-                     output_tokens = output_tokens + v_out, updated_at = ");
-            qb.push_bind(now);
-            if changes {
-                qb.push(", status = COALESCE(v_status, status), error = COALESCE(v_error, error), \
-                         finished_at = CASE WHEN v_finished THEN ");
-                qb.push_bind(now);
-                qb.push(" ELSE finished_at END, \
-                         lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
-                         lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END");
+                sqlx::query("BEGIN").execute(&mut *conn).await?;
+                ""
+            };
+            let tx = &mut conn;
+            let mut tail = sqlx::QueryBuilder::<D>::new("");
+            let mut tail_len = 0usize;
+            macro_rules! tail_flush {
+                () => {
+                    if tail_len > 0 {
+                        tail.build().persistent(cache).execute(&mut **tx).await?;
+                        tail.reset();
+                        tail_len = 0;
+                    }
+                };
             }
-            if combine {
-                // SQLite loops over the updated table first, whatever the
-                // plan: without the rowid list, each batch would scan every
-                // running run.
-                qb.push(" FROM v WHERE runs.id = v_id AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r \
-                         WHERE r.id = v.v_id AND r.lease_owner = v.v_owner AND r.status = 'running') RETURNING id");
-            } else {
-                qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+            macro_rules! tail_next {
+                () => {
+                    if tail_len > 0 {
+                        if combine {
+                            tail.push("; ");
+                        } else {
+                            tail_flush!();
+                        }
+                    }
+                    tail_len += 1;
+                };
             }
-            let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut *tx).await?;
-            live.extend(ids);
-        }
-        // New runs that start at once: `running` and leased to this node
-        // unless their conversation has an unfinished run.
-        let mut started: HashSet<Uuid> = HashSet::new();
-        if !starting.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<D>::new(
-                "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
-            );
-            qb.push_values(starting.iter(), |mut b, c| {
-                let r = &c.row;
-                let start = c.start.as_ref().expect("a starting run");
-                b.push_bind(r.id)
-                    .push_bind(r.conversation_id)
-                    .push_bind(r.user_id)
-                    .push_bind(r.agent_id)
-                    .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
-                    .push_bind(Json(&r.limits.0))
-                    .push_bind(&r.provider)
-                    .push_bind(&r.model)
-                    .push_bind(r.created_at)
-                    .push_bind(start.owner)
-                    .push_bind(start.lease_until);
-            });
-            qb.push(format!(
-                "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
-                   AND o.status IN {UNFINISHED}) AS go FROM v) \
-                 INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
-                   created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
-                 SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
-                   v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
-                   CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
-                 FROM w RETURNING id, status"
-            ));
-            let rows: Vec<(Uuid, String)> = qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
-            started.extend(rows.into_iter().filter(|(_, st)| st == "running").map(|(id, _)| id));
-        }
-        // The runs that started: (run, conversation, how).
-        let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
-            .iter()
-            .filter(|c| started.contains(&c.row.id))
-            .map(|c| (c.row.id, c.row.conversation_id, c.start.as_ref().expect("a starting run")))
-            .collect();
-        let survivors: Vec<(usize, &StepWrite)> = steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, *s))
-            .filter(|(_, s)| live.contains(&s.run.id))
-            .collect();
-        // Message numbers: one read per conversation.
-        let mut numbered: HashSet<Uuid> = HashSet::new();
-        // Conversations whose activity time moves: a run's input arrived,
-        // or a run stopped (its messages are then all there).
-        let mut active: HashSet<Uuid> = HashSet::new();
-        for (_, s) in &survivors {
-            if !s.messages.is_empty() {
-                numbered.insert(s.run.conversation_id);
-                if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
-                    active.insert(s.run.conversation_id);
-                }
-            }
-        }
-        for (_, conversation, start) in &openings {
-            if start.message.is_some() {
-                numbered.insert(*conversation);
-                active.insert(*conversation);
-            }
-        }
-        let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
-        if !numbered.is_empty() {
-            // Each conversation's last message number: read, not counted in
-            // the conversation's row (an update of it would cost several
-            // times this read, on every step).
-            let mut qb = sqlx::QueryBuilder::<D>::new(
-                "SELECT c.id, c.updated_at, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m \
-                 WHERE m.conversation_id = c.id) FROM conversations c WHERE c.id IN (",
-            );
-            let mut ids = qb.separated(", ");
-            for id in &numbered {
-                ids.push_bind(*id);
-            }
-            qb.push(")");
-            let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
-                qb.build_query_as().persistent(cache).fetch_all(&mut *tx).await?;
-            // `updated_at` is in three indexes of conversations: it moves
-            // when a run's input arrives or the run stops, and only if
-            // older than ACTIVITY_PRECISION.
-            let mut stale = Vec::new();
-            for (id, updated_at, last) in lasts {
-                next_seq.insert(id, last + 1);
-                if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
-                    stale.push(id);
-                }
-            }
-            if !stale.is_empty() {
+            // New queued runs (their first event comes with the others').
+            if !queued.is_empty() {
                 tail_next!();
                 let qb = &mut tail;
-                qb.push("UPDATE conversations SET updated_at = ");
+                qb.push(
+                    "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
+                );
+                qb.push_values(queued.iter().map(|c| &c.row), |mut b, r| {
+                    b.push_bind(r.id)
+                        .push_bind(r.conversation_id)
+                        .push_bind(r.user_id)
+                        .push_bind(r.agent_id)
+                        .push_bind("queued")
+                        .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                        .push_bind(Json(&r.limits.0))
+                        .push_bind(&r.provider)
+                        .push_bind(&r.model)
+                        .push_bind(r.created_at)
+                        .push_bind(r.created_at);
+                });
+            }
+            // The fence: only steps whose run is still leased to their worker.
+            // Steps that change no state go in a statement that sets no indexed
+            // column: SQLite rewrites an index's entries whenever one of its
+            // columns is assigned, and `status` and `lease_owner` are in three.
+            //
+            // Steps that change nothing in the run's row (a tool's result, a
+            // flush of deltas) only read it: on PostgreSQL with a share lock,
+            // which holds off a sweeper until the commit; on SQLite the
+            // transaction holds the write lock already.
+            let mut live: HashSet<Uuid> = HashSet::new();
+            let (checking, steps_touching): (Vec<&StepWrite>, Vec<&StepWrite>) =
+                steps.iter().copied().partition(|s| s.update.is_noop());
+            if !checking.is_empty() {
+                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
+                qb.push("WITH v(v_id, v_owner) AS (");
+                qb.push_values(checking.iter(), |mut b, s| {
+                    b.push_bind(s.run.id).push_bind(s.owner);
+                });
+                // `v` first (CROSS JOIN keeps SQLite from scanning every running
+                // run instead).
+                qb.push(") SELECT runs.id FROM v CROSS JOIN runs WHERE runs.id = v_id \
+                         AND runs.lease_owner = v_owner AND runs.status = 'running'");
+                if !combine {
+                    qb.push(" FOR SHARE OF runs");
+                }
+                let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut **tx).await?;
+                live.extend(ids);
+            }
+            let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps_touching
+                .into_iter()
+                .partition(|s| s.update.status.is_none() && s.update.error.is_none());
+            for (group, changes) in [(counting, false), (changing, true)] {
+                if group.is_empty() {
+                    continue;
+                }
+                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
+                qb.push(if changes {
+                    "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS ("
+                } else {
+                    "WITH v(v_id, v_owner, v_steps, v_in, v_out) AS ("
+                });
+                qb.push_values(group.iter(), |mut b, s| {
+                    let u = &s.update;
+                    b.push_bind(s.run.id)
+                        .push_bind(s.owner)
+                        .push_bind(u.steps)
+                        .push_bind(u.input_tokens)
+                        .push_bind(u.output_tokens);
+                    if changes {
+                        b.push_bind(u.status.map(RunStatus::as_str))
+                            .push_bind(u.error.as_ref().map(Json))
+                            .push_bind(u.status.is_some_and(RunStatus::is_terminal))
+                            .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
+                    }
+                });
+                qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
+                         output_tokens = output_tokens + v_out, updated_at = ");
                 qb.push_bind(now);
-                qb.push(" WHERE id IN (");
+                if changes {
+                    qb.push(", status = COALESCE(v_status, status), error = COALESCE(v_error, error), \
+                             finished_at = CASE WHEN v_finished THEN ");
+                    qb.push_bind(now);
+                    qb.push(" ELSE finished_at END, \
+                             lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
+                             lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END");
+                }
+                if combine {
+                    // SQLite loops over the updated table first, whatever the
+                    // plan: without the rowid list, each batch would scan every
+                    // running run.
+                    qb.push(" FROM v WHERE runs.id = v_id AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r \
+                             WHERE r.id = v.v_id AND r.lease_owner = v.v_owner AND r.status = 'running') RETURNING id");
+                } else {
+                    qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
+                }
+                let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut **tx).await?;
+                live.extend(ids);
+            }
+            // New runs that start at once: `running` and leased to this node
+            // unless their conversation has an unfinished run.
+            let mut started: HashSet<Uuid> = HashSet::new();
+            if !starting.is_empty() {
+                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
+                qb.push(
+                    "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
+                );
+                qb.push_values(starting.iter(), |mut b, c| {
+                    let r = &c.row;
+                    let start = c.start.as_ref().expect("a starting run");
+                    b.push_bind(r.id)
+                        .push_bind(r.conversation_id)
+                        .push_bind(r.user_id)
+                        .push_bind(r.agent_id)
+                        .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                        .push_bind(Json(&r.limits.0))
+                        .push_bind(&r.provider)
+                        .push_bind(&r.model)
+                        .push_bind(r.created_at)
+                        .push_bind(start.owner)
+                        .push_bind(start.lease_until);
+                });
+                qb.push(format!(
+                    "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
+                       AND o.status IN {UNFINISHED}) AS go FROM v) \
+                     INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
+                       created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
+                     SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
+                       v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
+                       CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
+                     FROM w RETURNING id, status"
+                ));
+                let rows: Vec<(Uuid, String)> = qb.build_query_as().persistent(cache).fetch_all(&mut **tx).await?;
+                started.extend(rows.into_iter().filter(|(_, st)| st == "running").map(|(id, _)| id));
+            }
+            // The runs that started: (run, conversation, how).
+            let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
+                .iter()
+                .filter(|c| started.contains(&c.row.id))
+                .map(|c| (c.row.id, c.row.conversation_id, c.start.as_ref().expect("a starting run")))
+                .collect();
+            let survivors: Vec<(usize, &StepWrite)> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, *s))
+                .filter(|(_, s)| live.contains(&s.run.id))
+                .collect();
+            // Message numbers: one read per conversation.
+            let mut numbered: HashSet<Uuid> = HashSet::new();
+            // Conversations whose activity time moves: a run's input arrived,
+            // or a run stopped (its messages are then all there).
+            let mut active: HashSet<Uuid> = HashSet::new();
+            for (_, s) in &survivors {
+                if !s.messages.is_empty() {
+                    numbered.insert(s.run.conversation_id);
+                    if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
+                        active.insert(s.run.conversation_id);
+                    }
+                }
+            }
+            for (_, conversation, start) in &openings {
+                if start.message.is_some() {
+                    numbered.insert(*conversation);
+                    active.insert(*conversation);
+                }
+            }
+            let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
+            if !numbered.is_empty() {
+                // Each conversation's last message number: read, not counted in
+                // the conversation's row (an update of it would cost several
+                // times this read, on every step).
+                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
+                qb.push(
+                    "SELECT c.id, c.updated_at, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m \
+                     WHERE m.conversation_id = c.id) FROM conversations c WHERE c.id IN (",
+                );
                 let mut ids = qb.separated(", ");
-                for id in &stale {
+                for id in &numbered {
                     ids.push_bind(*id);
                 }
                 qb.push(")");
-            }
-        }
-        let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
-        let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
-        let mut rows: Vec<MessageRow> = Vec::new();
-        let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
-        // Numbers `messages` of `run` in its conversation; the first one is
-        // the run's input when `sets_input`.
-        let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
-            let mut mine = Vec::with_capacity(messages.len());
-            for m in messages {
-                let Some(seq) = next_seq.get_mut(&conversation) else {
-                    // The conversation is gone (its runs go with it).
-                    continue;
-                };
-                let row = MessageRow {
-                    id: m.id,
-                    conversation_id: conversation,
-                    seq: *seq,
-                    role: m.role.to_owned(),
-                    content: Json(m.content.clone()),
-                    metadata: Json(m.metadata.clone()),
-                    created_at: now,
-                };
-                *seq += 1;
-                rows.push(row.clone());
-                mine.push(row);
-            }
-            if sets_input {
-                if let Some(first) = mine.first() {
-                    input_seqs.push((run, first.seq));
+                let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
+                    qb.build_query_as().persistent(cache).fetch_all(&mut **tx).await?;
+                // `updated_at` is in three indexes of conversations: it moves
+                // when a run's input arrives or the run stops, and only if
+                // older than ACTIVITY_PRECISION.
+                let mut stale = Vec::new();
+                for (id, updated_at, last) in lasts {
+                    next_seq.insert(id, last + 1);
+                    if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
+                        stale.push(id);
+                    }
+                }
+                if !stale.is_empty() {
+                    tail_next!();
+                    let qb = &mut tail;
+                    qb.push("UPDATE conversations SET updated_at = ");
+                    qb.push_bind(now);
+                    qb.push(" WHERE id IN (");
+                    let mut ids = qb.separated(", ");
+                    for id in &stale {
+                        ids.push_bind(*id);
+                    }
+                    qb.push(")");
                 }
             }
-            mine
-        };
-        // Steps first: a run that starts in this batch may follow one that
-        // ends in it, in the same conversation (its last answer comes
-        // before the new run's input).
-        for (i, s) in &survivors {
-            let mine = append(s.run.id, s.run.conversation_id, &s.messages, s.update.sets_input);
-            appended.insert(*i, mine);
-        }
-        for (run, conversation, start) in &openings {
-            let mine = append(*run, *conversation, start.message.as_slice(), true);
-            opened.insert(*run, mine);
-        }
-        if !rows.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push(
-                "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
-            );
-            qb.push_values(rows.iter(), |mut b, r| {
-                b.push_bind(r.id)
-                    .push_bind(r.conversation_id)
-                    .push_bind(r.seq)
-                    .push_bind(&r.role)
-                    .push_bind(Json(&r.content.0))
-                    .push_bind(Json(&r.metadata.0))
-                    .push_bind(r.created_at);
-            });
-        }
-        if !input_seqs.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push("WITH v(v_id, v_seq) AS (");
-            qb.push_values(input_seqs.iter(), |mut b, (id, seq)| {
-                b.push_bind(*id).push_bind(*seq);
-            });
-            qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
-            if combine {
-                qb.push(" AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r WHERE r.id = v.v_id)");
+            let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+            let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
+            let mut rows: Vec<MessageRow> = Vec::new();
+            let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
+            // Numbers `messages` of `run` in its conversation; the first one is
+            // the run's input when `sets_input`.
+            let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
+                let mut mine = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let Some(seq) = next_seq.get_mut(&conversation) else {
+                        // The conversation is gone (its runs go with it).
+                        continue;
+                    };
+                    let row = MessageRow {
+                        id: m.id,
+                        conversation_id: conversation,
+                        seq: *seq,
+                        role: m.role.to_owned(),
+                        content: Json(m.content.clone()),
+                        metadata: Json(m.metadata.clone()),
+                        created_at: now,
+                    };
+                    *seq += 1;
+                    rows.push(row.clone());
+                    mine.push(row);
+                }
+                if sets_input {
+                    if let Some(first) = mine.first() {
+                        input_seqs.push((run, first.seq));
+                    }
+                }
+                mine
+            };
+            // Steps first: a run that starts in this batch may follow one that
+            // ends in it, in the same conversation (its last answer comes
+            // before the new run's input).
+            for (i, s) in &survivors {
+                let mine = append(s.run.id, s.run.conversation_id, &s.messages, s.update.sets_input);
+                appended.insert(*i, mine);
             }
-        }
-        let calls: Vec<(&StepWrite, &NewCall)> = survivors
-            .iter()
-            .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
-            .collect();
-        if !calls.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push(
-                "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
-                     idempotent, status, approval_expires_ms, created_at) ",
-            );
-            qb.push_values(calls.iter(), |mut b, (s, c)| {
-                b.push_bind(s.run.id)
-                    .push_bind(&c.call_id)
-                    .push_bind(s.run.step_count + s.update.steps)
-                    .push_bind(c.position)
-                    .push_bind(&c.name)
-                    .push_bind(Json(&c.arguments))
-                    .push_bind(&c.arguments_error)
-                    .push_bind(c.idempotent)
-                    .push_bind(c.status)
-                    .push_bind(c.approval_expires_ms)
-                    .push_bind(now);
-            });
-        }
-        let started: Vec<(Uuid, &String)> = survivors
-            .iter()
-            .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
-            .collect();
-        if !started.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push("WITH v(v_run, v_call) AS (");
-            qb.push_values(started.iter(), |mut b, (run, call)| {
-                b.push_bind(*run).push_bind(*call);
-            });
-            qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
-            if combine {
-                qb.push(CALLS_OF_V);
+            for (run, conversation, start) in &openings {
+                let mine = append(*run, *conversation, start.message.as_slice(), true);
+                opened.insert(*run, mine);
             }
-        }
-        let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
-            .iter()
-            .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
-            .collect();
-        if !outcomes.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push("WITH v(v_run, v_call, v_result, v_error) AS (");
-            qb.push_values(outcomes.iter(), |mut b, (run, o)| {
-                b.push_bind(*run)
-                    .push_bind(&o.call_id)
-                    .push_bind(Json(&o.result))
-                    .push_bind(o.is_error);
-            });
-            qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
-            qb.push_bind(now);
-            qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
-            if combine {
-                qb.push(CALLS_OF_V);
+            if !rows.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push(
+                    "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
+                );
+                qb.push_values(rows.iter(), |mut b, r| {
+                    b.push_bind(r.id)
+                        .push_bind(r.conversation_id)
+                        .push_bind(r.seq)
+                        .push_bind(&r.role)
+                        .push_bind(Json(&r.content.0))
+                        .push_bind(Json(&r.metadata.0))
+                        .push_bind(r.created_at);
+                });
             }
-        }
-        let queued_event = [NewEvent {
-            seq: 1,
-            kind: "run.status",
-            data: serde_json::json!({ "status": "queued" }),
-        }];
-        let events: Vec<(Uuid, &NewEvent)> = survivors
-            .iter()
-            .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
-            .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
-            .chain(openings.iter().flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))))
-            .collect();
-        if !events.is_empty() {
-            tail_next!();
-            let qb = &mut tail;
-            qb.push("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
-            qb.push_values(events.iter(), |mut b, (run, e)| {
-                b.push_bind(*run)
-                    .push_bind(e.seq)
-                    .push_bind(e.kind)
-                    .push_bind(Json(&e.data))
-                    .push_bind(now);
-            });
-        }
+            if !input_seqs.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push("WITH v(v_id, v_seq) AS (");
+                qb.push_values(input_seqs.iter(), |mut b, (id, seq)| {
+                    b.push_bind(*id).push_bind(*seq);
+                });
+                qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
+                if combine {
+                    qb.push(" AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r WHERE r.id = v.v_id)");
+                }
+            }
+            let calls: Vec<(&StepWrite, &NewCall)> = survivors
+                .iter()
+                .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
+                .collect();
+            if !calls.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push(
+                    "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
+                         idempotent, status, approval_expires_ms, created_at) ",
+                );
+                qb.push_values(calls.iter(), |mut b, (s, c)| {
+                    b.push_bind(s.run.id)
+                        .push_bind(&c.call_id)
+                        .push_bind(s.run.step_count + s.update.steps)
+                        .push_bind(c.position)
+                        .push_bind(&c.name)
+                        .push_bind(Json(&c.arguments))
+                        .push_bind(&c.arguments_error)
+                        .push_bind(c.idempotent)
+                        .push_bind(c.status)
+                        .push_bind(c.approval_expires_ms)
+                        .push_bind(now);
+                });
+            }
+            let started: Vec<(Uuid, &String)> = survivors
+                .iter()
+                .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
+                .collect();
+            if !started.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push("WITH v(v_run, v_call) AS (");
+                qb.push_values(started.iter(), |mut b, (run, call)| {
+                    b.push_bind(*run).push_bind(*call);
+                });
+                qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
+                if combine {
+                    qb.push(CALLS_OF_V);
+                }
+            }
+            let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
+                .iter()
+                .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
+                .collect();
+            if !outcomes.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push("WITH v(v_run, v_call, v_result, v_error) AS (");
+                qb.push_values(outcomes.iter(), |mut b, (run, o)| {
+                    b.push_bind(*run)
+                        .push_bind(&o.call_id)
+                        .push_bind(Json(&o.result))
+                        .push_bind(o.is_error);
+                });
+                qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
+                qb.push_bind(now);
+                qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
+                if combine {
+                    qb.push(CALLS_OF_V);
+                }
+            }
+            let queued_event = [NewEvent {
+                seq: 1,
+                kind: "run.status",
+                data: serde_json::json!({ "status": "queued" }),
+            }];
+            let events: Vec<(Uuid, &NewEvent)> = survivors
+                .iter()
+                .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
+                .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
+                .chain(openings.iter().flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))))
+                .collect();
+            if !events.is_empty() {
+                tail_next!();
+                let qb = &mut tail;
+                qb.push("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
+                qb.push_values(events.iter(), |mut b, (run, e)| {
+                    b.push_bind(*run)
+                        .push_bind(e.seq)
+                        .push_bind(e.kind)
+                        .push_bind(Json(&e.data))
+                        .push_bind(now);
+                });
+            }
 
-        if tail_len > 0 {
-            tail.build().persistent(cache).execute(&mut *tx).await?;
-        }
+            if !begin.is_empty() {
+                // Nothing ran yet (a batch of queued runs only).
+                sqlx::query(begin.trim_end_matches("; ")).execute(&mut **tx).await?;
+            }
+            if combine && tail_len > 0 {
+                tail.push("; COMMIT");
+                tail.build().persistent(cache).execute(&mut **tx).await?;
+            } else {
+                if tail_len > 0 {
+                    tail.build().persistent(cache).execute(&mut **tx).await?;
+                }
+                sqlx::query("COMMIT").execute(&mut **tx).await?;
+            }
 
-        tx.commit().await?;
-
-        let mut notify: Vec<String> = survivors
-            .iter()
-            .filter(|(_, s)| !s.events.is_empty())
-            .map(|(_, s)| format!("e:{}", s.run.id))
-            .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
-            .collect();
-        let ends = survivors
-            .iter()
-            .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
-        if ends || creates.len() > openings.len() {
-            notify.push("q".into());
+            let mut notify: Vec<String> = survivors
+                .iter()
+                .filter(|(_, s)| !s.events.is_empty())
+                .map(|(_, s)| format!("e:{}", s.run.id))
+                .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
+                .collect();
+            let ends = survivors
+                .iter()
+                .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
+            if ends || creates.len() > openings.len() {
+                notify.push("q".into());
+            }
+            Ok(Outcome { appended, started: opened, notify })
         }
-        Ok(Outcome { appended, started: opened, notify })
+        .await;
+        if written.is_err() {
+            // Whatever ran of the batch (nothing, if BEGIN failed).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        written
     })
 }
 
