@@ -859,3 +859,151 @@ pub fn queued_row(
         updated_at: now,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::Map;
+
+    fn text(role: &'static str, run: Uuid, text: &str) -> NewMessage {
+        NewMessage {
+            id: Uuid::now_v7(),
+            role,
+            content: vec![ContentPart::Text { text: text.into() }],
+            metadata: Map::from_iter([("run_id".to_owned(), serde_json::json!(run))]),
+        }
+    }
+
+    /// A run's last answer and the next run's input, stored in one batch:
+    /// the answer is numbered first, and the next run starts (the first one
+    /// no longer holds the conversation once the batch's fence has run).
+    #[tokio::test]
+    async fn a_run_started_in_a_batch_follows_the_step_that_ends_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let db = Db::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("no database URL: SQLite")
+        };
+        let (user, agent, conversation, first, node) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let now = db::now();
+        for (sql, id) in [
+            ("INSERT INTO users (id, email, password_hash, role, created_at, updated_at) \
+              VALUES ($1, 'a@example.com', 'x', 'admin', $2, $2)", user),
+            ("INSERT INTO agents (id, user_id, name, model, version, created_at, updated_at) \
+              VALUES ($1, $3, 'a', '{}', 1, $2, $2)", agent),
+            ("INSERT INTO conversations (id, user_id, agent_id, created_at, updated_at) \
+              VALUES ($1, $3, $4, $2, $2)", conversation),
+            ("INSERT INTO runs (id, conversation_id, user_id, agent_id, status, limits, provider, model, \
+              created_at, updated_at, lease_owner, attempts, input_seq) \
+              VALUES ($1, $5, $3, $4, 'running', '{}', 'p', 'm', $2, $2, $6, 1, 1)", first),
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(now)
+                .bind(user)
+                .bind(agent)
+                .bind(conversation)
+                .bind(node)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        // The first run's input.
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) \
+             VALUES ($1, $2, 1, 'user', '[]', $3)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(conversation)
+        .bind(now)
+        .execute(pool)
+        .await
+        .unwrap();
+
+        let last_step = StepWrite {
+            run: StepRun {
+                id: first,
+                conversation_id: conversation,
+                step_count: 0,
+            },
+            owner: node,
+            messages: vec![text("assistant", first, "the answer")],
+            new_calls: Vec::new(),
+            started: Vec::new(),
+            outcomes: Vec::new(),
+            update: RunUpdate {
+                steps: 1,
+                status: Some(RunStatus::Completed),
+                ..RunUpdate::default()
+            },
+            events: Vec::new(),
+        };
+        let row = queued_row(
+            conversation,
+            user,
+            agent,
+            Some(vec![ContentPart::Text {
+                text: "next".into(),
+            }]),
+            RunLimits::default(),
+            "p",
+            "m",
+        );
+        let second = row.id;
+        let next = CreateWrite {
+            start: Some(DirectStart {
+                owner: node,
+                lease_until: i64::MAX,
+                message: Some(text("user", second, "next")),
+                events: Vec::new(),
+            }),
+            row,
+        };
+        let mut outcome = write_batch(&db, &[&last_step], &[&next]).await.unwrap();
+        assert_eq!(outcome.appended[&0][0].seq, 2, "the answer");
+        let created = outcome.created(next.row);
+        assert_eq!(created.row.status, "running");
+        assert_eq!(created.row.input_seq, Some(3));
+        assert_eq!(created.appended[0].seq, 3);
+        let stored: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, role FROM messages WHERE conversation_id = $1 ORDER BY seq",
+        )
+        .bind(conversation)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored,
+            [
+                (1, "user".into()),
+                (2, "assistant".into()),
+                (3, "user".into())
+            ]
+        );
+        let statuses: Vec<(Uuid, String, Option<i64>)> =
+            sqlx::query_as("SELECT id, status, input_seq FROM runs ORDER BY created_at, id")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            statuses,
+            [
+                (first, "completed".into(), Some(1)),
+                (second, "running".into(), Some(3))
+            ]
+        );
+        db.close().await;
+    }
+}
