@@ -247,12 +247,7 @@ async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, committed: Arc<
             binds += op.binds();
             batch.push(op);
         }
-        let t0 = std::time::Instant::now();
-        let nb = batch.len();
         run_batch(&db, batch).await;
-        if std::env::var("XX_TRACE").is_ok() {
-            eprintln!("XX {nb} {}", t0.elapsed().as_micros());
-        }
         committed.fetch_add(1, Ordering::Relaxed);
     }
     db.close().await;
