@@ -345,22 +345,25 @@ async fn overhead(name: &str, url: Option<String>) {
         .unwrap_or(300);
     let conversations = bench.conversations(turns).await;
     let mut times = Vec::with_capacity(turns);
+    let cpu_before = cpu_secs();
     for c in conversations {
         let started = Instant::now();
         let run = bench.start(c).await;
         bench.wait(run).await;
         times.push(started.elapsed());
     }
+    let cpu_per_turn = (cpu_secs() - cpu_before) / turns as f64;
     times.sort();
     let mean = times.iter().sum::<Duration>() / times.len() as u32;
     let p50 = times[times.len() / 2];
     let p99 = times[times.len() * 99 / 100];
     println!(
-        "{name}: one turn at a time (3 steps, instant model): p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms per turn; {:.3} ms per step (mean)",
+        "{name}: one turn at a time (3 steps, instant model): p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms per turn; {:.3} ms per step (mean); CPU {:.2} ms per turn",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         mean.as_secs_f64() * 1e3,
-        mean.as_secs_f64() * 1e3 / 3.0
+        mean.as_secs_f64() * 1e3 / 3.0,
+        cpu_per_turn * 1e3
     );
 
     let n = 2000;

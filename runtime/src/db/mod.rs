@@ -7,6 +7,8 @@
 //! types are used on each side (UUID, JSONB, TIMESTAMPTZ on PostgreSQL; BLOB,
 //! TEXT on SQLite), chosen by sqlx's type mappings, not by string conversions.
 
+pub mod link;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -84,43 +86,6 @@ impl Db {
                 .await
                 .with_context(|| format!("opening SQLite database {url:?}"))?;
             Ok(Db::Sqlite(pool))
-        }
-    }
-
-    /// A pool of its own for one busy writer, with the same settings, made
-    /// lazily (its connections belong to the runtime that first uses it).
-    /// On SQLite it has one connection with a larger page cache: in WAL
-    /// mode a connection's cache is dropped whenever another connection has
-    /// committed, so a writer that took whichever pooled connection was idle
-    /// would start every transaction cold.
-    pub fn dedicated_writer(&self) -> Db {
-        match self {
-            Db::Sqlite(pool) => {
-                // It checkpoints the log only as a backstop (64 MiB of
-                // pages): a checkpoint syncs the database file, so the
-                // writer leaves that to a connection of the shared pool.
-                let options = (*pool.connect_options())
-                    .clone()
-                    .pragma("cache_size", "-16384")
-                    .pragma("wal_autocheckpoint", "16384");
-                Db::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(1)
-                        .test_before_acquire(false)
-                        .acquire_timeout(pool.options().get_acquire_timeout())
-                        .idle_timeout(None)
-                        .max_lifetime(None)
-                        .connect_lazy_with(options),
-                )
-            }
-            Db::Postgres(pool) => Db::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(pool.options().get_acquire_timeout())
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_lazy_with((*pool.connect_options()).clone()),
-            ),
         }
     }
 

@@ -29,9 +29,9 @@ use super::model::*;
 use super::repo::*;
 use crate::conversations::model::ContentPart;
 use crate::conversations::repo::MessageRow;
+use crate::db::link::{self, Link, Stmt};
 use crate::db::{self, Db};
 use crate::error::Result;
-use crate::on_db;
 
 /// Most bound parameters in one statement (SQLite allows 32766).
 const MAX_BINDS: usize = 20_000;
@@ -145,7 +145,7 @@ fn gone<T>() -> std::result::Result<T, crate::error::Error> {
 
 impl Writer {
     /// Starts the writer over `db`: a thread of its own with its own
-    /// connection (see [`Db::dedicated_writer`]). On the shared runtime,
+    /// connection (see [`Conn::open`]). On the shared runtime,
     /// each of a batch's awaits would queue behind every ready run task (with
     /// thousands of runs in flight, tens of milliseconds each), and every
     /// run waits for the writer.
@@ -162,10 +162,17 @@ impl Writer {
         std::thread::Builder::new()
             .name("orchestra-writer".into())
             .spawn(move || {
-                // Its pool is made here, so its connections belong to this
+                // Its connection is made here: on SQLite it is driven from
+                // this thread, on PostgreSQL its pool belongs to this
                 // thread's runtime.
-                runtime
-                    .block_on(async move { write_loop(db.dedicated_writer(), rx, committed).await })
+                runtime.block_on(async move {
+                    match Conn::open(&db) {
+                        Ok(conn) => write_loop(conn, rx, committed).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the run writer cannot open its connection")
+                        }
+                    }
+                })
             })
             .expect("a thread for the run writer");
         Writer { tx }
@@ -198,7 +205,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Checkpoints the SQLite write-ahead log off the writer's path: the
 /// writer's own connection checkpoints only as a backstop (see
-/// [`Db::dedicated_writer`]), because a checkpoint syncs the database file
+/// [`Conn::open`]), because a checkpoint syncs the database file
 /// to disk, which would stall every run waiting for that commit. A passive
 /// checkpoint does not block the writer. Ends when the pool is closed.
 async fn checkpoint_loop(pool: sqlx::SqlitePool, committed: Arc<AtomicU64>) {
@@ -227,7 +234,11 @@ async fn checkpoint_loop(pool: sqlx::SqlitePool, committed: Arc<AtomicU64>) {
 
 /// Writes whatever is waiting, batch after batch, until every [`Writer`] is
 /// gone. Counts its batches in `committed`.
-async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, committed: Arc<AtomicU64>) {
+async fn write_loop(
+    mut conn: Conn,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    committed: Arc<AtomicU64>,
+) {
     let mut carry: Option<Op> = None;
     loop {
         let first = match carry.take() {
@@ -247,13 +258,13 @@ async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, committed: Arc<
             binds += op.binds();
             batch.push(op);
         }
-        run_batch(&db, batch).await;
+        run_batch(&mut conn, batch).await;
         committed.fetch_add(1, Ordering::Relaxed);
     }
-    db.close().await;
+    conn.close().await;
 }
 
-async fn run_batch(db: &Db, batch: Vec<Op>) {
+async fn run_batch(conn: &mut Conn, batch: Vec<Op>) {
     let mut steps = Vec::new();
     let mut creates = Vec::new();
     for op in batch {
@@ -264,9 +275,9 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
     }
     let step_refs: Vec<&StepWrite> = steps.iter().map(|(s, _)| s).collect();
     let create_refs: Vec<&CreateWrite> = creates.iter().map(|(c, _)| c).collect();
-    match write_batch(db, &step_refs, &create_refs).await {
+    match write_batch(conn, &step_refs, &create_refs).await {
         Ok(mut outcome) => {
-            notify(db, &outcome.notify).await;
+            notify(conn, &outcome.notify).await;
             for (i, (_, reply)) in steps.into_iter().enumerate() {
                 let _ = reply.send(outcome.appended.remove(&i).ok_or(StepError::LeaseLost));
             }
@@ -279,9 +290,9 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
                 "a batch of run writes failed; writing each on its own");
             // The same statements, one write at a time: only the bad one fails.
             for (s, reply) in steps {
-                let result = match write_batch(db, &[&s], &[]).await {
+                let result = match write_batch(conn, &[&s], &[]).await {
                     Ok(mut outcome) => {
-                        notify(db, &outcome.notify).await;
+                        notify(conn, &outcome.notify).await;
                         outcome.appended.remove(&0).ok_or(StepError::LeaseLost)
                     }
                     Err(e) => Err(StepError::from(e)),
@@ -289,18 +300,18 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
                 let _ = reply.send(result);
             }
             for (mut c, reply) in creates {
-                let mut result = write_batch(db, &[], &[&c]).await;
+                let mut result = write_batch(conn, &[], &[&c]).await;
                 if let Err(sqlx::Error::Database(e)) = &result {
                     if e.is_unique_violation() && c.start.is_some() {
                         // Another node started a run of this conversation
                         // meanwhile: this one waits in the queue.
                         c.start = None;
-                        result = write_batch(db, &[], &[&c]).await;
+                        result = write_batch(conn, &[], &[&c]).await;
                     }
                 }
                 let result = match result {
                     Ok(mut outcome) => {
-                        notify(db, &outcome.notify).await;
+                        notify(conn, &outcome.notify).await;
                         Ok(outcome.created(c.row))
                     }
                     Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
@@ -315,8 +326,8 @@ async fn run_batch(db: &Db, batch: Vec<Op>) {
 }
 
 /// Sends the `NOTIFY`s of a committed batch (PostgreSQL).
-async fn notify(db: &Db, payloads: &[String]) {
-    if let Db::Postgres(pool) = db {
+async fn notify(conn: &Conn, payloads: &[String]) {
+    if let Conn::Postgres(pool) = conn {
         if !payloads.is_empty() {
             let sent = sqlx::query("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x")
                 .bind(CHANNEL)
@@ -356,12 +367,94 @@ impl Outcome {
     }
 }
 
+/// The writer's connection: its own SQLite connection, driven from the
+/// writer's thread (see [`crate::db::link`]), or a pool of its own on
+/// PostgreSQL.
+pub(crate) enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgPool),
+}
+
+impl Conn {
+    /// The writer's connection to `db`. On SQLite it has a larger page
+    /// cache (in WAL mode a connection's cache is dropped whenever another
+    /// connection has committed, so a writer on whichever pooled connection
+    /// was idle would start every transaction cold), and it checkpoints the
+    /// log only as a backstop (64 MiB of pages): a checkpoint syncs the
+    /// database file, so the writer leaves that to the shared pool (see
+    /// [`checkpoint_loop`]).
+    pub(crate) fn open(db: &Db) -> std::result::Result<Conn, sqlx::Error> {
+        match db {
+            Db::Sqlite(pool) => Ok(Conn::Sqlite(link::open_sqlite(
+                pool,
+                "PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 16384;",
+            )?)),
+            Db::Postgres(pool) => Ok(Conn::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(pool.options().get_acquire_timeout())
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            )),
+        }
+    }
+
+    async fn close(self) {
+        if let Conn::Postgres(pool) = self {
+            pool.close().await;
+        }
+    }
+}
+
 async fn write_batch(
-    db: &Db,
+    conn: &mut Conn,
+    steps: &[&StepWrite],
+    creates: &[&CreateWrite],
+) -> std::result::Result<Outcome, sqlx::Error> {
+    match conn {
+        Conn::Sqlite(c) => write_in(&mut Link::Sqlite(c), steps, creates).await,
+        Conn::Postgres(pool) => {
+            let mut c = pool.acquire().await?;
+            write_in(&mut Link::Postgres(&mut c), steps, creates).await
+        }
+    }
+}
+
+/// One batch in one transaction on `link`; any error rolls it back.
+async fn write_in(
+    link: &mut Link<'_>,
+    steps: &[&StepWrite],
+    creates: &[&CreateWrite],
+) -> std::result::Result<Outcome, sqlx::Error> {
+    // On SQLite the write lock is taken at once: the message numbers read
+    // below must not change before the commit. (On PostgreSQL the unique
+    // index of numbers refuses a clash with a concurrent post; the batch is
+    // then retried.)
+    link.run(if link.sqlite() {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    })
+    .await?;
+    let written = write_statements(link, steps, creates).await;
+    let written = match written {
+        Ok(outcome) => link.run("COMMIT").await.map(|()| outcome),
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        let _ = link.run("ROLLBACK").await;
+    }
+    written
+}
+
+async fn write_statements(
+    link: &mut Link<'_>,
     steps: &[&StepWrite],
     creates: &[&CreateWrite],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     let now = db::now();
+    let lite = link.sqlite();
     // New runs that may start at once: the first of each conversation in
     // the batch (a second one waits behind it in any case).
     let mut seen: HashSet<Uuid> = HashSet::new();
@@ -371,451 +464,407 @@ async fn write_batch(
         .partition(|c| c.start.is_some() && seen.insert(c.row.conversation_id));
     // A batch's statements are prepared once per shape: a batch of one
     // write repeats (cached); larger ones rarely do, and caching them would
-    // fill each connection's cache with large one-off statements.
+    // fill the connection's cache with large one-off statements.
     let cache = steps.len() + creates.len() == 1;
-    on_db!(db, pool, D => {
-        // The statements that return nothing go out together: on SQLite as
-        // one multi-statement query (one round trip to the connection's
-        // thread), on PostgreSQL one after the other.
-        let combine = std::any::TypeId::of::<D>() == std::any::TypeId::of::<sqlx::Sqlite>();
-        // On SQLite the write lock is taken at once: the message numbers
-        // read below must not change before the commit. (On PostgreSQL the
-        // unique index of numbers refuses a clash with a concurrent post;
-        // the batch is then retried.)
-        //
-        // Each statement is a round trip to the connection (on SQLite, to
-        // its thread): there, BEGIN rides with the first statement and
-        // COMMIT with the last. Any error rolls the whole batch back.
-        let mut conn = pool.acquire().await?;
-        let written = async {
-            let mut begin = if combine {
-                "BEGIN IMMEDIATE; "
-            } else {
-                sqlx::query("BEGIN").execute(&mut *conn).await?;
-                ""
-            };
-            let tx = &mut conn;
-            let mut tail = sqlx::QueryBuilder::<D>::new("");
-            let mut tail_len = 0usize;
-            macro_rules! tail_flush {
-                () => {
-                    if tail_len > 0 {
-                        tail.build().persistent(cache).execute(&mut **tx).await?;
-                        tail.reset();
-                        tail_len = 0;
-                    }
-                };
-            }
-            macro_rules! tail_next {
-                () => {
-                    if tail_len > 0 {
-                        if combine {
-                            tail.push("; ");
-                        } else {
-                            tail_flush!();
-                        }
-                    }
-                    tail_len += 1;
-                };
-            }
-            // New queued runs (their first event comes with the others').
-            if !queued.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push(
-                    "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
-                );
-                qb.push_values(queued.iter().map(|c| &c.row), |mut b, r| {
-                    b.push_bind(r.id)
-                        .push_bind(r.conversation_id)
-                        .push_bind(r.user_id)
-                        .push_bind(r.agent_id)
-                        .push_bind("queued")
-                        .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
-                        .push_bind(Json(&r.limits.0))
-                        .push_bind(&r.provider)
-                        .push_bind(&r.model)
-                        .push_bind(r.created_at)
-                        .push_bind(r.created_at);
-                });
-            }
-            // The fence: only steps whose run is still leased to their worker.
-            // Steps that change no state go in a statement that sets no indexed
-            // column: SQLite rewrites an index's entries whenever one of its
-            // columns is assigned, and `status` and `lease_owner` are in three.
-            //
-            // Steps that change nothing in the run's row (a tool's result, a
-            // flush of deltas) only read it: on PostgreSQL with a share lock,
-            // which holds off a sweeper until the commit; on SQLite the
-            // transaction holds the write lock already.
-            let mut live: HashSet<Uuid> = HashSet::new();
-            let (checking, steps_touching): (Vec<&StepWrite>, Vec<&StepWrite>) =
-                steps.iter().copied().partition(|s| s.update.is_noop());
-            if !checking.is_empty() {
-                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
-                qb.push("WITH v(v_id, v_owner) AS (");
-                qb.push_values(checking.iter(), |mut b, s| {
-                    b.push_bind(s.run.id).push_bind(s.owner);
-                });
-                // `v` first (CROSS JOIN keeps SQLite from scanning every running
-                // run instead).
-                qb.push(") SELECT runs.id FROM v CROSS JOIN runs WHERE runs.id = v_id \
-                         AND runs.lease_owner = v_owner AND runs.status = 'running'");
-                if !combine {
-                    qb.push(" FOR SHARE OF runs");
-                }
-                let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut **tx).await?;
-                live.extend(ids);
-            }
-            let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps_touching
-                .into_iter()
-                .partition(|s| s.update.status.is_none() && s.update.error.is_none());
-            for (group, changes) in [(counting, false), (changing, true)] {
-                if group.is_empty() {
-                    continue;
-                }
-                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
-                qb.push(if changes {
-                    "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS ("
-                } else {
-                    "WITH v(v_id, v_owner, v_steps, v_in, v_out) AS ("
-                });
-                qb.push_values(group.iter(), |mut b, s| {
-                    let u = &s.update;
-                    b.push_bind(s.run.id)
-                        .push_bind(s.owner)
-                        .push_bind(u.steps)
-                        .push_bind(u.input_tokens)
-                        .push_bind(u.output_tokens);
-                    if changes {
-                        b.push_bind(u.status.map(RunStatus::as_str))
-                            .push_bind(u.error.as_ref().map(Json))
-                            .push_bind(u.status.is_some_and(RunStatus::is_terminal))
-                            .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
-                    }
-                });
-                qb.push(") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
-                         output_tokens = output_tokens + v_out, updated_at = ");
-                qb.push_bind(now);
-                if changes {
-                    qb.push(", status = COALESCE(v_status, status), error = COALESCE(v_error, error), \
-                             finished_at = CASE WHEN v_finished THEN ");
-                    qb.push_bind(now);
-                    qb.push(" ELSE finished_at END, \
-                             lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
-                             lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END");
-                }
-                if combine {
-                    // SQLite loops over the updated table first, whatever the
-                    // plan: without the rowid list, each batch would scan every
-                    // running run.
-                    qb.push(" FROM v WHERE runs.id = v_id AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r \
-                             WHERE r.id = v.v_id AND r.lease_owner = v.v_owner AND r.status = 'running') RETURNING id");
-                } else {
-                    qb.push(" FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id");
-                }
-                let ids: Vec<Uuid> = qb.build_query_scalar().persistent(cache).fetch_all(&mut **tx).await?;
-                live.extend(ids);
-            }
-            // New runs that start at once: `running` and leased to this node
-            // unless their conversation has an unfinished run.
-            let mut started: HashSet<Uuid> = HashSet::new();
-            if !starting.is_empty() {
-                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
-                qb.push(
-                    "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
-                );
-                qb.push_values(starting.iter(), |mut b, c| {
-                    let r = &c.row;
-                    let start = c.start.as_ref().expect("a starting run");
-                    b.push_bind(r.id)
-                        .push_bind(r.conversation_id)
-                        .push_bind(r.user_id)
-                        .push_bind(r.agent_id)
-                        .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
-                        .push_bind(Json(&r.limits.0))
-                        .push_bind(&r.provider)
-                        .push_bind(&r.model)
-                        .push_bind(r.created_at)
-                        .push_bind(start.owner)
-                        .push_bind(start.lease_until);
-                });
-                qb.push(format!(
-                    "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
-                       AND o.status IN {UNFINISHED}) AS go FROM v) \
-                     INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
-                       created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
-                     SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
-                       v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
-                       CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
-                     FROM w RETURNING id, status"
-                ));
-                let rows: Vec<(Uuid, String)> = qb.build_query_as().persistent(cache).fetch_all(&mut **tx).await?;
-                started.extend(rows.into_iter().filter(|(_, st)| st == "running").map(|(id, _)| id));
-            }
-            // The runs that started: (run, conversation, how).
-            let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
-                .iter()
-                .filter(|c| started.contains(&c.row.id))
-                .map(|c| (c.row.id, c.row.conversation_id, c.start.as_ref().expect("a starting run")))
-                .collect();
-            let survivors: Vec<(usize, &StepWrite)> = steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i, *s))
-                .filter(|(_, s)| live.contains(&s.run.id))
-                .collect();
-            // Message numbers: one read per conversation.
-            let mut numbered: HashSet<Uuid> = HashSet::new();
-            // Conversations whose activity time moves: a run's input arrived,
-            // or a run stopped (its messages are then all there).
-            let mut active: HashSet<Uuid> = HashSet::new();
-            for (_, s) in &survivors {
-                if !s.messages.is_empty() {
-                    numbered.insert(s.run.conversation_id);
-                    if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
-                        active.insert(s.run.conversation_id);
-                    }
-                }
-            }
-            for (_, conversation, start) in &openings {
-                if start.message.is_some() {
-                    numbered.insert(*conversation);
-                    active.insert(*conversation);
-                }
-            }
-            let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
-            if !numbered.is_empty() {
-                // Each conversation's last message number: read, not counted in
-                // the conversation's row (an update of it would cost several
-                // times this read, on every step).
-                let mut qb = sqlx::QueryBuilder::<D>::new(std::mem::take(&mut begin));
-                qb.push(
-                    "SELECT c.id, c.updated_at, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m \
-                     WHERE m.conversation_id = c.id) FROM conversations c WHERE c.id IN (",
-                );
-                let mut ids = qb.separated(", ");
-                for id in &numbered {
-                    ids.push_bind(*id);
-                }
-                qb.push(")");
-                let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
-                    qb.build_query_as().persistent(cache).fetch_all(&mut **tx).await?;
-                // `updated_at` is in three indexes of conversations: it moves
-                // when a run's input arrives or the run stops, and only if
-                // older than ACTIVITY_PRECISION.
-                let mut stale = Vec::new();
-                for (id, updated_at, last) in lasts {
-                    next_seq.insert(id, last + 1);
-                    if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
-                        stale.push(id);
-                    }
-                }
-                if !stale.is_empty() {
-                    tail_next!();
-                    let qb = &mut tail;
-                    qb.push("UPDATE conversations SET updated_at = ");
-                    qb.push_bind(now);
-                    qb.push(" WHERE id IN (");
-                    let mut ids = qb.separated(", ");
-                    for id in &stale {
-                        ids.push_bind(*id);
-                    }
-                    qb.push(")");
-                }
-            }
-            let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
-            let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
-            let mut rows: Vec<MessageRow> = Vec::new();
-            let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
-            // Numbers `messages` of `run` in its conversation; the first one is
-            // the run's input when `sets_input`.
-            let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
-                let mut mine = Vec::with_capacity(messages.len());
-                for m in messages {
-                    let Some(seq) = next_seq.get_mut(&conversation) else {
-                        // The conversation is gone (its runs go with it).
-                        continue;
-                    };
-                    let row = MessageRow {
-                        id: m.id,
-                        conversation_id: conversation,
-                        seq: *seq,
-                        role: m.role.to_owned(),
-                        content: Json(m.content.clone()),
-                        metadata: Json(m.metadata.clone()),
-                        created_at: now,
-                    };
-                    *seq += 1;
-                    rows.push(row.clone());
-                    mine.push(row);
-                }
-                if sets_input {
-                    if let Some(first) = mine.first() {
-                        input_seqs.push((run, first.seq));
-                    }
-                }
-                mine
-            };
-            // Steps first: a run that starts in this batch may follow one that
-            // ends in it, in the same conversation (its last answer comes
-            // before the new run's input).
-            for (i, s) in &survivors {
-                let mine = append(s.run.id, s.run.conversation_id, &s.messages, s.update.sets_input);
-                appended.insert(*i, mine);
-            }
-            for (run, conversation, start) in &openings {
-                let mine = append(*run, *conversation, start.message.as_slice(), true);
-                opened.insert(*run, mine);
-            }
-            if !rows.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push(
-                    "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
-                );
-                qb.push_values(rows.iter(), |mut b, r| {
-                    b.push_bind(r.id)
-                        .push_bind(r.conversation_id)
-                        .push_bind(r.seq)
-                        .push_bind(&r.role)
-                        .push_bind(Json(&r.content.0))
-                        .push_bind(Json(&r.metadata.0))
-                        .push_bind(r.created_at);
-                });
-            }
-            if !input_seqs.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push("WITH v(v_id, v_seq) AS (");
-                qb.push_values(input_seqs.iter(), |mut b, (id, seq)| {
-                    b.push_bind(*id).push_bind(*seq);
-                });
-                qb.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
-                if combine {
-                    qb.push(" AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r WHERE r.id = v.v_id)");
-                }
-            }
-            let calls: Vec<(&StepWrite, &NewCall)> = survivors
-                .iter()
-                .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
-                .collect();
-            if !calls.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push(
-                    "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
-                         idempotent, status, approval_expires_ms, created_at) ",
-                );
-                qb.push_values(calls.iter(), |mut b, (s, c)| {
-                    b.push_bind(s.run.id)
-                        .push_bind(&c.call_id)
-                        .push_bind(s.run.step_count + s.update.steps)
-                        .push_bind(c.position)
-                        .push_bind(&c.name)
-                        .push_bind(Json(&c.arguments))
-                        .push_bind(&c.arguments_error)
-                        .push_bind(c.idempotent)
-                        .push_bind(c.status)
-                        .push_bind(c.approval_expires_ms)
-                        .push_bind(now);
-                });
-            }
-            let started: Vec<(Uuid, &String)> = survivors
-                .iter()
-                .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
-                .collect();
-            if !started.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push("WITH v(v_run, v_call) AS (");
-                qb.push_values(started.iter(), |mut b, (run, call)| {
-                    b.push_bind(*run).push_bind(*call);
-                });
-                qb.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
-                if combine {
-                    qb.push(CALLS_OF_V);
-                }
-            }
-            let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
-                .iter()
-                .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
-                .collect();
-            if !outcomes.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push("WITH v(v_run, v_call, v_result, v_error) AS (");
-                qb.push_values(outcomes.iter(), |mut b, (run, o)| {
-                    b.push_bind(*run)
-                        .push_bind(&o.call_id)
-                        .push_bind(Json(&o.result))
-                        .push_bind(o.is_error);
-                });
-                qb.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
-                qb.push_bind(now);
-                qb.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
-                if combine {
-                    qb.push(CALLS_OF_V);
-                }
-            }
-            let queued_event = [NewEvent {
-                seq: 1,
-                kind: "run.status",
-                data: serde_json::json!({ "status": "queued" }),
-            }];
-            let events: Vec<(Uuid, &NewEvent)> = survivors
-                .iter()
-                .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
-                .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
-                .chain(openings.iter().flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))))
-                .collect();
-            if !events.is_empty() {
-                tail_next!();
-                let qb = &mut tail;
-                qb.push("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
-                qb.push_values(events.iter(), |mut b, (run, e)| {
-                    b.push_bind(*run)
-                        .push_bind(e.seq)
-                        .push_bind(e.kind)
-                        .push_bind(Json(&e.data))
-                        .push_bind(now);
-                });
-            }
-
-            if !begin.is_empty() {
-                // Nothing ran yet (a batch of queued runs only).
-                sqlx::query(begin.trim_end_matches("; ")).execute(&mut **tx).await?;
-            }
-            if combine && tail_len > 0 {
-                tail.push("; COMMIT");
-                tail.build().persistent(cache).execute(&mut **tx).await?;
-            } else {
-                if tail_len > 0 {
-                    tail.build().persistent(cache).execute(&mut **tx).await?;
-                }
-                sqlx::query("COMMIT").execute(&mut **tx).await?;
-            }
-
-            let mut notify: Vec<String> = survivors
-                .iter()
-                .filter(|(_, s)| !s.events.is_empty())
-                .map(|(_, s)| format!("e:{}", s.run.id))
-                .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
-                .collect();
-            let ends = survivors
-                .iter()
-                .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
-            if ends || creates.len() > openings.len() {
-                notify.push("q".into());
-            }
-            Ok(Outcome { appended, started: opened, notify })
+    // The statements that return nothing, run in order after those that
+    // return something.
+    let mut tail: Vec<Stmt<'_>> = Vec::new();
+    // New queued runs (their first event comes with the others').
+    if !queued.is_empty() {
+        let mut q = link.stmt(
+            "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
+        );
+        q.push_values(queued.iter().map(|c| &c.row), |b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.conversation_id)
+                .push_bind(r.user_id)
+                .push_bind(r.agent_id)
+                .push_bind("queued")
+                .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                .push_bind(Json(&r.limits.0))
+                .push_bind(&r.provider)
+                .push_bind(&r.model)
+                .push_bind(r.created_at)
+                .push_bind(r.created_at);
+        });
+        tail.push(q);
+    }
+    // The fence: only steps whose run is still leased to their worker.
+    // Steps that change no state go in a statement that sets no indexed
+    // column: SQLite rewrites an index's entries whenever one of its
+    // columns is assigned, and `status` and `lease_owner` are in three.
+    //
+    // Steps that change nothing in the run's row (a tool's result, a flush
+    // of deltas) only read it: on PostgreSQL with a share lock, which holds
+    // off a sweeper until the commit; on SQLite the transaction holds the
+    // write lock already.
+    let mut live: HashSet<Uuid> = HashSet::new();
+    let (checking, steps_touching): (Vec<&StepWrite>, Vec<&StepWrite>) =
+        steps.iter().copied().partition(|s| s.update.is_noop());
+    if !checking.is_empty() {
+        let mut q = link.stmt("WITH v(v_id, v_owner) AS (");
+        q.push_values(checking.iter(), |b, s| {
+            b.push_bind(s.run.id).push_bind(s.owner);
+        });
+        // `v` first (CROSS JOIN keeps SQLite from scanning every running
+        // run instead).
+        q.push(
+            ") SELECT runs.id FROM v CROSS JOIN runs WHERE runs.id = v_id \
+             AND runs.lease_owner = v_owner AND runs.status = 'running'",
+        );
+        if !lite {
+            q.push(" FOR SHARE OF runs");
         }
-        .await;
-        if written.is_err() {
-            // Whatever ran of the batch (nothing, if BEGIN failed).
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let ids: Vec<(Uuid,)> = link.fetch_all(q, cache).await?;
+        live.extend(ids.into_iter().map(|(id,)| id));
+    }
+    let (counting, changing): (Vec<&StepWrite>, Vec<&StepWrite>) = steps_touching
+        .into_iter()
+        .partition(|s| s.update.status.is_none() && s.update.error.is_none());
+    for (group, changes) in [(counting, false), (changing, true)] {
+        if group.is_empty() {
+            continue;
         }
-        written
+        let mut q = link.stmt(if changes {
+            "WITH v(v_id, v_owner, v_steps, v_in, v_out, v_status, v_error, v_finished, v_ends) AS ("
+        } else {
+            "WITH v(v_id, v_owner, v_steps, v_in, v_out) AS ("
+        });
+        q.push_values(group.iter(), |b, s| {
+            let u = &s.update;
+            b.push_bind(s.run.id)
+                .push_bind(s.owner)
+                .push_bind(u.steps)
+                .push_bind(u.input_tokens)
+                .push_bind(u.output_tokens);
+            if changes {
+                b.push_bind(u.status.map(RunStatus::as_str))
+                    .push_bind(u.error.as_ref().map(Json))
+                    .push_bind(u.status.is_some_and(RunStatus::is_terminal))
+                    .push_bind(u.status.is_some_and(|st| st != RunStatus::Running));
+            }
+        });
+        q.push(
+            ") UPDATE runs SET step_count = step_count + v_steps, input_tokens = input_tokens + v_in, \
+             output_tokens = output_tokens + v_out, updated_at = ",
+        );
+        q.push_bind(now);
+        if changes {
+            q.push(
+                ", status = COALESCE(v_status, status), error = COALESCE(v_error, error), \
+                 finished_at = CASE WHEN v_finished THEN ",
+            );
+            q.push_bind(now);
+            q.push(
+                " ELSE finished_at END, \
+                 lease_owner = CASE WHEN v_ends THEN NULL ELSE lease_owner END, \
+                 lease_until = CASE WHEN v_ends THEN NULL ELSE lease_until END",
+            );
+        }
+        if lite {
+            // SQLite loops over the updated table first, whatever the plan:
+            // without the rowid list, each batch would scan every running
+            // run.
+            q.push(
+                " FROM v WHERE runs.id = v_id AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r \
+                 WHERE r.id = v.v_id AND r.lease_owner = v.v_owner AND r.status = 'running') RETURNING id",
+            );
+        } else {
+            q.push(
+                " FROM v WHERE id = v_id AND lease_owner = v_owner AND status = 'running' RETURNING id",
+            );
+        }
+        let ids: Vec<(Uuid,)> = link.fetch_all(q, cache).await?;
+        live.extend(ids.into_iter().map(|(id,)| id));
+    }
+    // New runs that start at once: `running` and leased to this node unless
+    // their conversation has an unfinished run.
+    let mut started: HashSet<Uuid> = HashSet::new();
+    if !starting.is_empty() {
+        let mut q = link.stmt(
+            "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
+        );
+        q.push_values(starting.iter(), |b, c| {
+            let r = &c.row;
+            let start = c.start.as_ref().expect("a starting run");
+            b.push_bind(r.id)
+                .push_bind(r.conversation_id)
+                .push_bind(r.user_id)
+                .push_bind(r.agent_id)
+                .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                .push_bind(Json(&r.limits.0))
+                .push_bind(&r.provider)
+                .push_bind(&r.model)
+                .push_bind(r.created_at)
+                .push_bind(start.owner)
+                .push_bind(start.lease_until);
+        });
+        q.push(format!(
+            "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
+               AND o.status IN {UNFINISHED}) AS go FROM v) \
+             INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
+               created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
+             SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
+               v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
+               CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
+             FROM w RETURNING id, status"
+        ));
+        let rows: Vec<(Uuid, String)> = link.fetch_all(q, cache).await?;
+        started.extend(
+            rows.into_iter()
+                .filter(|(_, st)| st == "running")
+                .map(|(id, _)| id),
+        );
+    }
+    // The runs that started: (run, conversation, how).
+    let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
+        .iter()
+        .filter(|c| started.contains(&c.row.id))
+        .map(|c| {
+            (
+                c.row.id,
+                c.row.conversation_id,
+                c.start.as_ref().expect("a starting run"),
+            )
+        })
+        .collect();
+    let survivors: Vec<(usize, &StepWrite)> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, *s))
+        .filter(|(_, s)| live.contains(&s.run.id))
+        .collect();
+    // Message numbers: one read per conversation.
+    let mut numbered: HashSet<Uuid> = HashSet::new();
+    // Conversations whose activity time moves: a run's input arrived, or a
+    // run stopped (its messages are then all there).
+    let mut active: HashSet<Uuid> = HashSet::new();
+    for (_, s) in &survivors {
+        if !s.messages.is_empty() {
+            numbered.insert(s.run.conversation_id);
+            if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
+                active.insert(s.run.conversation_id);
+            }
+        }
+    }
+    for (_, conversation, start) in &openings {
+        if start.message.is_some() {
+            numbered.insert(*conversation);
+            active.insert(*conversation);
+        }
+    }
+    let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
+    if !numbered.is_empty() {
+        // Each conversation's last message number: read, not counted in the
+        // conversation's row (an update of it would cost several times this
+        // read, on every step).
+        let mut q = link.stmt(
+            "SELECT c.id, c.updated_at, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m \
+             WHERE m.conversation_id = c.id) FROM conversations c WHERE c.id IN ",
+        );
+        q.push_list(numbered.iter().copied());
+        let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
+            link.fetch_all(q, cache).await?;
+        // `updated_at` is in three indexes of conversations: it moves when a
+        // run's input arrives or the run stops, and only if older than
+        // ACTIVITY_PRECISION.
+        let mut stale = Vec::new();
+        for (id, updated_at, last) in lasts {
+            next_seq.insert(id, last + 1);
+            if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
+                stale.push(id);
+            }
+        }
+        if !stale.is_empty() {
+            let mut q = link.stmt("UPDATE conversations SET updated_at = ");
+            q.push_bind(now);
+            q.push(" WHERE id IN ");
+            q.push_list(stale);
+            tail.push(q);
+        }
+    }
+    let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+    let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
+    let mut rows: Vec<MessageRow> = Vec::new();
+    let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
+    // Numbers `messages` of `run` in its conversation; the first one is the
+    // run's input when `sets_input`.
+    let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
+        let mut mine = Vec::with_capacity(messages.len());
+        for m in messages {
+            let Some(seq) = next_seq.get_mut(&conversation) else {
+                // The conversation is gone (its runs go with it).
+                continue;
+            };
+            let row = MessageRow {
+                id: m.id,
+                conversation_id: conversation,
+                seq: *seq,
+                role: m.role.to_owned(),
+                content: Json(m.content.clone()),
+                metadata: Json(m.metadata.clone()),
+                created_at: now,
+            };
+            *seq += 1;
+            rows.push(row.clone());
+            mine.push(row);
+        }
+        if sets_input {
+            if let Some(first) = mine.first() {
+                input_seqs.push((run, first.seq));
+            }
+        }
+        mine
+    };
+    // Steps first: a run that starts in this batch may follow one that ends
+    // in it, in the same conversation (its last answer comes before the new
+    // run's input).
+    for (i, s) in &survivors {
+        let mine = append(
+            s.run.id,
+            s.run.conversation_id,
+            &s.messages,
+            s.update.sets_input,
+        );
+        appended.insert(*i, mine);
+    }
+    for (run, conversation, start) in &openings {
+        let mine = append(*run, *conversation, start.message.as_slice(), true);
+        opened.insert(*run, mine);
+    }
+    if !rows.is_empty() {
+        let mut q = link.stmt(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
+        );
+        q.push_values(rows.iter(), |b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.conversation_id)
+                .push_bind(r.seq)
+                .push_bind(r.role.as_str())
+                .push_bind(Json(&r.content.0))
+                .push_bind(Json(&r.metadata.0))
+                .push_bind(r.created_at);
+        });
+        tail.push(q);
+    }
+    if !input_seqs.is_empty() {
+        let mut q = link.stmt("WITH v(v_id, v_seq) AS (");
+        q.push_values(input_seqs.iter(), |b, (id, seq)| {
+            b.push_bind(*id).push_bind(*seq);
+        });
+        q.push(") UPDATE runs SET input_seq = v_seq FROM v WHERE id = v_id");
+        if lite {
+            q.push(
+                " AND runs.rowid IN (SELECT r.rowid FROM v CROSS JOIN runs r WHERE r.id = v.v_id)",
+            );
+        }
+        tail.push(q);
+    }
+    let calls: Vec<(&StepWrite, &NewCall)> = survivors
+        .iter()
+        .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
+        .collect();
+    if !calls.is_empty() {
+        let mut q = link.stmt(
+            "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
+                 idempotent, status, approval_expires_ms, created_at) ",
+        );
+        q.push_values(calls.iter(), |b, (s, c)| {
+            b.push_bind(s.run.id)
+                .push_bind(c.call_id.as_str())
+                .push_bind(s.run.step_count + s.update.steps)
+                .push_bind(c.position)
+                .push_bind(c.name.as_str())
+                .push_bind(Json(&c.arguments))
+                .push_bind(c.arguments_error.as_deref())
+                .push_bind(c.idempotent)
+                .push_bind(c.status)
+                .push_bind(c.approval_expires_ms)
+                .push_bind(now);
+        });
+        tail.push(q);
+    }
+    let started: Vec<(Uuid, &String)> = survivors
+        .iter()
+        .flat_map(|(_, s)| s.started.iter().map(move |c| (s.run.id, c)))
+        .collect();
+    if !started.is_empty() {
+        let mut q = link.stmt("WITH v(v_run, v_call) AS (");
+        q.push_values(started.iter(), |b, (run, call)| {
+            b.push_bind(*run).push_bind(call.as_str());
+        });
+        q.push(") UPDATE run_tool_calls SET status = 'started' FROM v WHERE run_id = v_run AND call_id = v_call");
+        if lite {
+            q.push(CALLS_OF_V);
+        }
+        tail.push(q);
+    }
+    let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
+        .iter()
+        .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
+        .collect();
+    if !outcomes.is_empty() {
+        let mut q = link.stmt("WITH v(v_run, v_call, v_result, v_error) AS (");
+        q.push_values(outcomes.iter(), |b, (run, o)| {
+            b.push_bind(*run)
+                .push_bind(o.call_id.as_str())
+                .push_bind(Json(&o.result))
+                .push_bind(o.is_error);
+        });
+        q.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
+        q.push_bind(now);
+        q.push(" FROM v WHERE run_id = v_run AND call_id = v_call");
+        if lite {
+            q.push(CALLS_OF_V);
+        }
+        tail.push(q);
+    }
+    let queued_event = [NewEvent {
+        seq: 1,
+        kind: "run.status",
+        data: serde_json::json!({ "status": "queued" }),
+    }];
+    let events: Vec<(Uuid, &NewEvent)> = survivors
+        .iter()
+        .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
+        .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
+        .chain(
+            openings
+                .iter()
+                .flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))),
+        )
+        .collect();
+    if !events.is_empty() {
+        let mut q = link.stmt("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
+        q.push_values(events.iter(), |b, (run, e)| {
+            b.push_bind(*run)
+                .push_bind(e.seq)
+                .push_bind(e.kind)
+                .push_bind(Json(&e.data))
+                .push_bind(now);
+        });
+        tail.push(q);
+    }
+    for q in tail {
+        link.execute(q, cache).await?;
+    }
+
+    let mut notify: Vec<String> = survivors
+        .iter()
+        .filter(|(_, s)| !s.events.is_empty())
+        .map(|(_, s)| format!("e:{}", s.run.id))
+        .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
+        .collect();
+    let ends = survivors
+        .iter()
+        .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
+    if ends || creates.len() > openings.len() {
+        notify.push("q".into());
+    }
+    Ok(Outcome {
+        appended,
+        started: opened,
+        notify,
     })
 }
 
@@ -966,7 +1015,10 @@ mod tests {
             }),
             row,
         };
-        let mut outcome = write_batch(&db, &[&last_step], &[&next]).await.unwrap();
+        let mut conn = Conn::open(&db).unwrap();
+        let mut outcome = write_batch(&mut conn, &[&last_step], &[&next])
+            .await
+            .unwrap();
         assert_eq!(outcome.appended[&0][0].seq, 2, "the answer");
         let created = outcome.created(next.row);
         assert_eq!(created.row.status, "running");
