@@ -285,15 +285,21 @@ impl Bench {
             .id
     }
 
+    /// Waits for the run's end as a client of the API would, by a long poll
+    /// (`GET /api/v1/runs/{id}?wait_secs=`): woken by the run's stop, with
+    /// no read of the run after each of its steps.
     async fn wait(&self, run: Uuid) {
-        let mut watch = self.state.runs.bus().watch(run);
         loop {
-            let r = self.state.runs.get(&self.principal, run).await.unwrap();
+            let r = self
+                .state
+                .runs
+                .wait(&self.principal, run, Duration::from_secs(60))
+                .await
+                .unwrap();
             if r.status.is_terminal() {
                 assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), watch.events.changed()).await;
         }
     }
 

@@ -1,6 +1,7 @@
 //! Wake-ups between the parts of the run engine: "run R has new events"
-//! (for SSE streams), "cancel run R" (for the worker executing it) and "a run
-//! was queued" (for the dispatcher).
+//! (for SSE streams), "run R stopped" (it left `queued`/`running`: for
+//! callers waiting for its outcome), "cancel run R" (for the worker
+//! executing it) and "a run was queued" (for the dispatcher).
 //!
 //! The database is the source of truth; these signals only say "look again".
 //! Inside one process they are in-memory; on PostgreSQL every write that
@@ -23,6 +24,7 @@ pub const CHANNEL: &str = "orchestra_runs";
 
 struct Signals {
     events: watch::Sender<u64>,
+    stops: watch::Sender<u64>,
     cancel: watch::Sender<bool>,
 }
 
@@ -55,6 +57,9 @@ pub struct RunWatch {
     signals: Arc<Signals>,
     /// Changes when the run has new events.
     pub events: watch::Receiver<u64>,
+    /// Changes when the run stopped: completed, failed, cancelled, or
+    /// waiting for approvals.
+    pub stops: watch::Receiver<u64>,
     /// Becomes `true` when the run should be cancelled.
     pub cancel: watch::Receiver<bool>,
 }
@@ -81,6 +86,7 @@ impl Bus {
             .or_insert_with(|| {
                 Arc::new(Signals {
                     events: watch::channel(0).0,
+                    stops: watch::channel(0).0,
                     cancel: watch::channel(false).0,
                 })
             })
@@ -89,6 +95,7 @@ impl Bus {
             bus: self.clone(),
             id,
             events: signals.events.subscribe(),
+            stops: signals.stops.subscribe(),
             cancel: signals.cancel.subscribe(),
             signals,
         }
@@ -102,6 +109,13 @@ impl Bus {
     pub fn events(&self, id: Uuid) {
         if let Some(s) = self.signals(id) {
             s.events.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Run `id` stopped (its new status is stored).
+    pub fn stopped(&self, id: Uuid) {
+        if let Some(s) = self.signals(id) {
+            s.stops.send_modify(|n| *n += 1);
         }
     }
 
@@ -146,12 +160,17 @@ impl Bus {
         self.inner.queued.notified().await
     }
 
-    /// Applies one `NOTIFY` payload: `e:<run>`, `c:<run>` or `q`.
+    /// Applies one `NOTIFY` payload: `e:<run>`, `s:<run>`, `c:<run>` or `q`.
     pub fn apply(&self, payload: &str) {
         match payload.split_once(':') {
             Some(("e", id)) => {
                 if let Ok(id) = id.parse() {
                     self.events(id)
+                }
+            }
+            Some(("s", id)) => {
+                if let Ok(id) = id.parse() {
+                    self.stopped(id)
                 }
             }
             Some(("c", id)) => {
@@ -225,6 +244,8 @@ mod tests {
         assert!(bus.signals(id).is_some());
         bus.apply(&format!("c:{id}"));
         assert!(*b.cancel.borrow());
+        bus.apply(&format!("s:{id}"));
+        assert!(b.stops.has_changed().unwrap());
         drop(b);
         assert!(bus.signals(id).is_none());
         // Signals to unwatched runs are dropped, not stored.

@@ -508,6 +508,7 @@ impl Execution {
             let (steps, input_tokens, output_tokens) =
                 (update.steps, update.input_tokens, update.output_tokens);
             let sets_input = update.sets_input;
+            let stops = update.status.is_some_and(|s| s != RunStatus::Running);
             let has_events = !events.is_empty();
             let rows = self
                 .engine
@@ -536,6 +537,9 @@ impl Execution {
             self.history.extend(rows);
             if has_events {
                 self.engine.bus.events(self.run.id);
+            }
+            if stops {
+                self.engine.bus.stopped(self.run.id);
             }
             Ok(())
         })

@@ -272,6 +272,32 @@ impl RunService {
         Ok(page.wrap(items, total))
     }
 
+    /// The run once it has stopped (completed, failed, cancelled, or
+    /// waiting for approvals), or as it is after `timeout`. Waits for the
+    /// run's stop signal, not by reading the run after each step; it reads
+    /// again at least every second in case a signal from another node was
+    /// lost.
+    pub async fn wait(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        timeout: std::time::Duration,
+    ) -> Result<RunResponse> {
+        let mut watch = self.bus.watch(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Marked seen before the read: a stop after it wakes the wait.
+            watch.stops.borrow_and_update();
+            let run = self.get(principal, id).await?;
+            let now = tokio::time::Instant::now();
+            if !matches!(run.status, RunStatus::Queued | RunStatus::Running) || now >= deadline {
+                return Ok(run);
+            }
+            let until = deadline.min(now + std::time::Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(until, watch.stops.changed()).await;
+        }
+    }
+
     /// Cancels a run: at once when queued or waiting, at the worker's next
     /// await point when running (its status changes shortly after).
     pub async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<RunResponse> {
@@ -286,6 +312,7 @@ impl RunService {
         match self.repo.cancel(id, "cancelled by the user").await? {
             Some(true) => {
                 self.bus.events(id);
+                self.bus.stopped(id);
                 self.bus.queued();
             }
             Some(false) => self.bus.cancel(id),

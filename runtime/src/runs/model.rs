@@ -285,6 +285,20 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
 }
 
+/// `?wait_secs=` of `GET /api/v1/runs/{id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunWait {
+    /// Wait up to this many seconds (at most 60) for the run to stop:
+    /// completed, failed, cancelled, or waiting for approvals. The answer
+    /// comes as soon as it stops, or with the run as it is when the time is
+    /// up. Without it, the run as it is now.
+    pub wait_secs: Option<u64>,
+}
+
+/// The longest `wait_secs`.
+pub const MAX_WAIT_SECS: u64 = 60;
+
 /// One event of a run's story.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunEvent {

@@ -72,16 +72,33 @@ async fn list_runs(
     Ok(Json(state.runs.list(&principal, id, filter, page).await?))
 }
 
-/// One run: status, steps, usage, error, pending approvals.
+/// One run: status, steps, usage, error, pending approvals; with
+/// `wait_secs`, once it has stopped (a long poll).
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Run id")),
-    responses((status = 200, body = RunResponse), (status = 404, body = ErrorResponse)))]
+    params(("id" = Uuid, Path, description = "Run id"), RunWait),
+    responses((status = 200, body = RunResponse), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
 async fn get_run(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<Uuid>,
+    Query(wait): Query<RunWait>,
 ) -> Result<Json<RunResponse>> {
-    Ok(Json(state.runs.get(&principal, id).await?))
+    Ok(Json(match wait.wait_secs {
+        None | Some(0) => state.runs.get(&principal, id).await?,
+        Some(secs) if secs > MAX_WAIT_SECS => {
+            return Err(Error::invalid_field(
+                "wait_secs",
+                format!("must be at most {MAX_WAIT_SECS}"),
+            ))
+        }
+        Some(secs) => {
+            state
+                .runs
+                .wait(&principal, id, Duration::from_secs(secs))
+                .await?
+        }
+    }))
 }
 
 /// Cancel a run (202: a running run stops at its worker's next step).

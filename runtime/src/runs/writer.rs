@@ -855,10 +855,13 @@ async fn write_statements(
         .map(|(_, s)| format!("e:{}", s.run.id))
         .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
         .collect();
-    let ends = survivors
+    let stopping: Vec<Uuid> = survivors
         .iter()
-        .any(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running));
-    if ends || creates.len() > openings.len() {
+        .filter(|(_, s)| s.update.status.is_some_and(|st| st != RunStatus::Running))
+        .map(|(_, s)| s.run.id)
+        .collect();
+    notify.extend(stopping.iter().map(|run| format!("s:{run}")));
+    if !stopping.is_empty() || creates.len() > openings.len() {
         notify.push("q".into());
     }
     Ok(Outcome {

@@ -908,3 +908,78 @@ dual_test!(
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
 );
+
+dual_test!(
+    a_long_poll_answers_when_the_run_stops_or_when_the_wait_is_over,
+    configure,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let get = |id: String, query: &'static str| {
+            let app = &app;
+            let token = admin.token.clone();
+            async move { app.get(&format!("/api/v1/runs/{id}?{query}"), &token).await }
+        };
+        // One request, answered once the run has completed.
+        let conv = start(&app, &admin, json!(["calculator__evaluate"]), json!({})).await;
+        let id = run_id(&app, &admin, &conv, json!({ "message": "calc" })).await;
+        let (status, done) = get(id.clone(), "wait_secs=30").await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["step_count"], 2);
+
+        // A run that waits for approvals has stopped too.
+        let conv = start(
+            &app,
+            &admin,
+            json!(["notes__save", "notes__read"]),
+            json!({ "require_approval": ["notes__save"] }),
+        )
+        .await;
+        let id = run_id(&app, &admin, &conv, json!({ "message": "note" })).await;
+        let (_, waiting) = get(id.clone(), "wait_secs=30").await;
+        assert_eq!(waiting["status"], "requires_action", "{waiting}");
+        assert_eq!(waiting["pending_tool_calls"].as_array().unwrap().len(), 1);
+
+        // Still running when the time is up: the run as it is.
+        let conv = start(&app, &admin, json!([]), json!({})).await;
+        let id = run_id(&app, &admin, &conv, json!({ "message": "slow" })).await;
+        let (status, running) = get(id.clone(), "wait_secs=1").await;
+        assert_eq!(status, StatusCode::OK, "{running}");
+        assert_eq!(running["status"], "running");
+        // Cancelled while a caller waits: the caller gets the cancelled run.
+        let waiter = tokio::spawn({
+            let client = app.client.clone();
+            let url = format!("{}/api/v1/runs/{id}?wait_secs=30", app.base);
+            let token = admin.token.clone();
+            async move {
+                let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+                resp.json::<Value>().await.unwrap()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/runs/{id}/cancel"),
+                &admin.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let cancelled = tokio::time::timeout(Duration::from_secs(20), waiter)
+            .await
+            .expect("the long poll answered")
+            .unwrap();
+        assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+        // Too long a wait, or not a number: 400, and the run is untouched.
+        for query in ["wait_secs=61", "wait_secs=soon", "wait_secs=-1"] {
+            assert_error(
+                &get(id.clone(), query).await,
+                StatusCode::BAD_REQUEST,
+                "validation_error",
+            );
+        }
+        let (_, after) = get(id.clone(), "wait_secs=0").await;
+        assert_eq!(after["status"], "cancelled");
+    }
+);
