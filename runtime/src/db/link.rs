@@ -449,10 +449,18 @@ pub fn open_sqlite(
 ) -> Result<rusqlite::Connection, sqlx::Error> {
     use rusqlite::OpenFlags;
     let options = pool.connect_options();
-    let conn = rusqlite::Connection::open_with_flags(
-        options.get_filename(),
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    let name = options.get_filename().to_string_lossy();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // sqlx names an in-memory database (`sqlite::memory:`) this way and
+    // shares it between its connections through SQLite's shared cache.
+    let conn = if name.starts_with("file:sqlx-in-memory-") {
+        rusqlite::Connection::open_with_flags(
+            format!("{name}?mode=memory&cache=shared"),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    } else {
+        rusqlite::Connection::open_with_flags(name.as_ref(), flags)
+    }
     .map_err(from_sqlite)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(from_sqlite)?;
@@ -476,6 +484,54 @@ mod tests {
         assert_eq!(parse_time(&written).unwrap(), t);
         assert_eq!(parse_time("2026-01-02 03:04:05").unwrap(), t);
         assert!(parse_time("yesterday").is_none());
+    }
+
+    /// What the connection writes, sqlx reads, for a file and for an
+    /// in-memory database; constraint failures keep their kind.
+    #[tokio::test]
+    async fn a_connection_of_its_own_shares_the_pools_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        for url in [file.as_str(), "sqlite::memory:"] {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect(url)
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE t (id BLOB PRIMARY KEY, at TEXT NOT NULL, n INTEGER)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let conn = open_sqlite(&pool, "").unwrap();
+            let id = Uuid::now_v7();
+            let at = crate::db::now();
+            let mut link = Link::Sqlite(&conn);
+            let mut q = link.stmt("INSERT INTO t (id, at, n) ");
+            q.push_values([(id, at)], |row, (id, at)| {
+                row.push_bind(id).push_bind(at).push_bind(None::<i64>);
+            });
+            link.execute(q, true).await.unwrap();
+            let read: (Uuid, DateTime<Utc>, Option<i64>) =
+                sqlx::query_as("SELECT id, at, n FROM t")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(read, (id, at, None), "{url}");
+            let mut q = link.stmt("SELECT id, at FROM t WHERE id IN ");
+            q.push_list([id]);
+            let back: Vec<(Uuid, DateTime<Utc>)> = link.fetch_all(q, false).await.unwrap();
+            assert_eq!(back, [(id, at)]);
+            let mut again = link.stmt("INSERT INTO t (id, at) VALUES (");
+            again.push_bind(id).push(", 'x')");
+            match link.execute(again, false).await {
+                Err(sqlx::Error::Database(e)) => assert!(e.is_unique_violation(), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            drop(conn);
+            pool.close().await;
+        }
     }
 
     #[test]
