@@ -144,6 +144,30 @@ fn cpu_secs() -> f64 {
     (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / ticks
 }
 
+/// CPU time (user and system) of this process's threads named `name`, in
+/// seconds (the run writer's thread: the one part of the engine that does
+/// not spread over cores).
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<f64> = after
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect();
+            (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+        })
+        .sum()
+}
+
 fn peak_rss_mib() -> f64 {
     status_kib("VmHWM:") / 1024.0
 }
@@ -404,6 +428,7 @@ async fn concurrent(name: &str, url: Option<String>, n: usize) {
     }
     let rss_before = rss_mib();
     let cpu_before = cpu_secs();
+    let writer_before = thread_cpu_secs("orchestra-write");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in conversations {
@@ -417,10 +442,11 @@ async fn concurrent(name: &str, url: Option<String>, n: usize) {
     bench.wait_completed(n as i64).await;
     let elapsed = started.elapsed();
     println!(
-        "{name}: {n} concurrent turns, 1 s per model answer (floor 2 s): all done in {:.2} s (runs created in {:.2} s), {:.2} s of CPU; RSS {:.0} MiB before, peak {:.0} MiB (peak heap {:.0} MiB)",
+        "{name}: {n} concurrent turns, 1 s per model answer (floor 2 s): all done in {:.2} s (runs created in {:.2} s), {:.2} s of CPU ({:.2} s in the writer's thread); RSS {:.0} MiB before, peak {:.0} MiB (peak heap {:.0} MiB)",
         elapsed.as_secs_f64(),
         created.as_secs_f64(),
         cpu_secs() - cpu_before,
+        thread_cpu_secs("orchestra-write") - writer_before,
         rss_before,
         peak_rss_mib(),
         peak_heap_mib()
