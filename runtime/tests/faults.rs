@@ -217,14 +217,19 @@ async fn story(database_url: &str) -> Story {
         .fetch_all(pool)
         .await
         .unwrap();
-        let events = sqlx::query_scalar("SELECT data FROM run_events WHERE type = 'run.status'")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-        let done = sqlx::query_scalar("SELECT COUNT(*) FROM run_events WHERE type = 'done'")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        // Each row holds the events of one write.
+        let groups: Vec<sqlx::types::Json<Vec<Value>>> =
+            sqlx::query_scalar("SELECT events FROM run_event_groups")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let all: Vec<Value> = groups.into_iter().flat_map(|g| g.0).collect();
+        let events = all
+            .iter()
+            .filter(|e| e["type"] == "run.status")
+            .map(|e| sqlx::types::Json(e["data"].clone()))
+            .collect();
+        let done = all.iter().filter(|e| e["type"] == "done").count() as i64;
         (statuses, attempts, messages, events, done)
     });
     db.close().await;

@@ -6,6 +6,7 @@
 //! [`super::bus`]), delivered when they commit.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -67,14 +68,46 @@ pub struct ToolCallRow {
     pub approval_expires_ms: Option<i64>,
 }
 
-/// A row of `run_events`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One stored event.
+#[derive(Debug, Clone)]
 pub struct EventRow {
     pub seq: i64,
-    #[sqlx(rename = "type")]
     pub kind: String,
     pub data: Json<Value>,
     pub created_at: DateTime<Utc>,
+}
+
+/// An event as a row of `run_event_groups` holds it (the events of one
+/// write share a row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackedEvent {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+}
+
+/// `events` as one row's `events` and `last_seq` (`events` is not empty).
+pub fn pack<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> (Json<Vec<PackedRef<'a>>>, i64) {
+    let packed: Vec<PackedRef<'a>> = events
+        .into_iter()
+        .map(|e| PackedRef {
+            seq: e.seq,
+            kind: e.kind,
+            data: &e.data,
+        })
+        .collect();
+    let last = packed.iter().map(|e| e.seq).max().unwrap_or(0);
+    (Json(packed), last)
+}
+
+/// A borrowed [`PackedEvent`], to store.
+#[derive(Debug, Serialize)]
+pub struct PackedRef<'a> {
+    seq: i64,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a Value,
 }
 
 /// An event to store.
@@ -159,17 +192,16 @@ pub fn now_ms() -> i64 {
 macro_rules! insert_events {
     ($tx:expr, $D:ty, $postgres:expr, $run:expr, $events:expr, $now:expr) => {{
         if !$events.is_empty() {
-            let mut qb = sqlx::QueryBuilder::<$D>::new(
-                "INSERT INTO run_events (run_id, seq, type, data, created_at) ",
-            );
-            qb.push_values($events.iter(), |mut b, e| {
-                b.push_bind($run)
-                    .push_bind(e.seq)
-                    .push_bind(e.kind)
-                    .push_bind(Json(&e.data))
-                    .push_bind($now);
-            });
-            qb.build().execute(&mut *$tx).await?;
+            let (packed, last) = pack($events.iter());
+            sqlx::query::<$D>(
+                "INSERT INTO run_event_groups (run_id, last_seq, events, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind($run)
+            .bind(last)
+            .bind(packed)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
             if $postgres {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
@@ -284,7 +316,7 @@ impl RunRepo {
                                 to_signal.push(*other);
                             } else {
                                 let seq: i64 = sqlx::query_scalar(
-                                    "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+                                    "SELECT COALESCE(MAX(last_seq), 0) FROM run_event_groups WHERE run_id = $1",
                                 )
                                 .bind(other)
                                 .fetch_one(&mut *tx)
@@ -430,20 +462,43 @@ impl RunRepo {
 
     /// Events after `after`, at most `limit`.
     pub async fn events(&self, run: Uuid, after: i64, limit: i64) -> Result<Vec<EventRow>> {
-        Ok(on_db!(&self.db, pool => sqlx::query_as(
-            "SELECT seq, type, data, created_at FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        // Each row holds at least one event: `limit` rows hold enough.
+        let groups: Vec<(Json<Vec<PackedEvent>>, DateTime<Utc>)> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT events, created_at FROM run_event_groups WHERE run_id = $1 AND last_seq > $2 \
+             ORDER BY last_seq LIMIT $3",
         )
         .bind(run)
         .bind(after)
         .bind(limit)
         .fetch_all(pool)
-        .await?))
+        .await?);
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let mut out = Vec::new();
+        for (Json(mut events), created_at) in groups {
+            events.sort_by_key(|e| e.seq);
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|e| e.seq > after)
+                    .map(|e| EventRow {
+                        seq: e.seq,
+                        kind: e.kind,
+                        data: Json(e.data),
+                        created_at,
+                    }),
+            );
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
     }
 
     /// The last event's seq.
     pub async fn last_event(&self, run: Uuid) -> Result<i64> {
         Ok(on_db!(&self.db, pool => sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+            "SELECT COALESCE(MAX(last_seq), 0) FROM run_event_groups WHERE run_id = $1",
         )
         .bind(run)
         .fetch_one(pool)
@@ -615,7 +670,7 @@ impl RunRepo {
                     .rows_affected();
                     if changed == 1 {
                         let seq: i64 = sqlx::query_scalar(
-                            "SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1",
+                            "SELECT COALESCE(MAX(last_seq), 0) FROM run_event_groups WHERE run_id = $1",
                         )
                         .bind(id)
                         .fetch_one(&mut *tx)
@@ -695,7 +750,7 @@ impl RunRepo {
             .fetch_one(&mut *tx)
             .await?;
             let requeue = pending == 0;
-            let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM run_events WHERE run_id = $1")
+            let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(last_seq), 0) FROM run_event_groups WHERE run_id = $1")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;

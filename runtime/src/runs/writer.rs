@@ -819,28 +819,35 @@ async fn write_statements(
         }
         tail.push(q);
     }
-    let queued_event = [NewEvent {
+    // Each write's events in one row: a step's, or a new run's `queued`
+    // with, when it started at once, its first events.
+    let queued_event = NewEvent {
         seq: 1,
         kind: "run.status",
         data: serde_json::json!({ "status": "queued" }),
-    }];
-    let events: Vec<(Uuid, &NewEvent)> = survivors
+    };
+    let first_events: HashMap<Uuid, &[NewEvent]> = openings
         .iter()
-        .flat_map(|(_, s)| s.events.iter().map(move |e| (s.run.id, e)))
-        .chain(creates.iter().map(|c| (c.row.id, &queued_event[0])))
-        .chain(
-            openings
-                .iter()
-                .flat_map(|(run, _, start)| start.events.iter().map(move |e| (*run, e))),
-        )
+        .map(|(run, _, start)| (*run, start.events.as_slice()))
         .collect();
-    if !events.is_empty() {
-        let mut q = link.stmt("INSERT INTO run_events (run_id, seq, type, data, created_at) ");
-        q.push_values(events.iter(), |b, (run, e)| {
-            b.push_bind(*run)
-                .push_bind(e.seq)
-                .push_bind(e.kind)
-                .push_bind(Json(&e.data))
+    let groups: Vec<(Uuid, Vec<&NewEvent>)> = survivors
+        .iter()
+        .filter(|(_, s)| !s.events.is_empty())
+        .map(|(_, s)| (s.run.id, s.events.iter().collect()))
+        .chain(creates.iter().map(|c| {
+            let mut events = vec![&queued_event];
+            events.extend(first_events.get(&c.row.id).copied().unwrap_or_default());
+            (c.row.id, events)
+        }))
+        .collect();
+    if !groups.is_empty() {
+        let mut q =
+            link.stmt("INSERT INTO run_event_groups (run_id, last_seq, events, created_at) ");
+        q.push_values(groups, |b, (run, events)| {
+            let (packed, last) = pack(events);
+            b.push_bind(run)
+                .push_bind(last)
+                .push_bind(packed)
                 .push_bind(now);
         });
         tail.push(q);
@@ -1054,6 +1061,50 @@ mod tests {
                 (second, "running".into(), Some(3))
             ]
         );
+
+        // The events of one write share a row; reads start anywhere in it.
+        let step = StepWrite {
+            run: StepRun {
+                id: second,
+                conversation_id: conversation,
+                step_count: 0,
+            },
+            owner: node,
+            messages: Vec::new(),
+            new_calls: Vec::new(),
+            started: Vec::new(),
+            outcomes: Vec::new(),
+            update: RunUpdate::default(),
+            events: (2..=4)
+                .map(|seq| NewEvent {
+                    seq,
+                    kind: "message.delta",
+                    data: serde_json::json!({ "text": seq.to_string() }),
+                })
+                .collect(),
+        };
+        let mut outcome = write_batch(&mut conn, &[&step], &[]).await.unwrap();
+        assert!(
+            outcome.appended.remove(&0).is_some(),
+            "the run holds its lease"
+        );
+        let repo = RunRepo::new(db.clone());
+        let seqs = |events: Vec<EventRow>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(repo.events(second, 0, 100).await.unwrap()),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(seqs(repo.events(second, 2, 100).await.unwrap()), [3, 4]);
+        assert_eq!(seqs(repo.events(second, 0, 2).await.unwrap()), [1, 2]);
+        assert_eq!(seqs(repo.events(second, 2, 1).await.unwrap()), [3]);
+        assert_eq!(
+            seqs(repo.events(second, 4, 100).await.unwrap()),
+            [] as [i64; 0]
+        );
+        let third = repo.events(second, 2, 1).await.unwrap().remove(0);
+        assert_eq!(third.kind, "message.delta");
+        assert_eq!(third.data.0, serde_json::json!({ "text": "3" }));
+        assert_eq!(repo.last_event(second).await.unwrap(), 4);
         db.close().await;
     }
 }
