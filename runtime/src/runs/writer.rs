@@ -577,83 +577,27 @@ async fn write_statements(
         let ids: Vec<(Uuid,)> = link.fetch_all(q, cache).await?;
         live.extend(ids.into_iter().map(|(id,)| id));
     }
-    // New runs that start at once: `running` and leased to this node unless
-    // their conversation has an unfinished run.
-    let mut started: HashSet<Uuid> = HashSet::new();
-    if !starting.is_empty() {
-        let mut q = link.stmt(
-            "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until) AS (",
-        );
-        q.push_values(starting.iter(), |b, c| {
-            let r = &c.row;
-            let start = c.start.as_ref().expect("a starting run");
-            b.push_bind(r.id)
-                .push_bind(r.conversation_id)
-                .push_bind(r.user_id)
-                .push_bind(r.agent_id)
-                .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
-                .push_bind(Json(&r.limits.0))
-                .push_bind(&r.provider)
-                .push_bind(&r.model)
-                .push_bind(r.created_at)
-                .push_bind(start.owner)
-                .push_bind(start.lease_until);
-        });
-        q.push(format!(
-            "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
-               AND o.status IN {UNFINISHED}) AS go FROM v) \
-             INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
-               created_at, updated_at, lease_owner, lease_until, attempts, started_at) \
-             SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
-               v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
-               CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END \
-             FROM w RETURNING id, status"
-        ));
-        let rows: Vec<(Uuid, String)> = link.fetch_all(q, cache).await?;
-        started.extend(
-            rows.into_iter()
-                .filter(|(_, st)| st == "running")
-                .map(|(id, _)| id),
-        );
-    }
-    // The runs that started: (run, conversation, how).
-    let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
-        .iter()
-        .filter(|c| started.contains(&c.row.id))
-        .map(|c| {
-            (
-                c.row.id,
-                c.row.conversation_id,
-                c.start.as_ref().expect("a starting run"),
-            )
-        })
-        .collect();
     let survivors: Vec<(usize, &StepWrite)> = steps
         .iter()
         .enumerate()
         .map(|(i, s)| (i, *s))
         .filter(|(_, s)| live.contains(&s.run.id))
         .collect();
-    // Message numbers: one read per conversation.
+    // Message numbers: one read per conversation, for the steps that store
+    // messages and the new runs that may start with their input.
     let mut numbered: HashSet<Uuid> = HashSet::new();
-    // Conversations whose activity time moves: a run's input arrived, or a
-    // run stopped (its messages are then all there).
-    let mut active: HashSet<Uuid> = HashSet::new();
     for (_, s) in &survivors {
         if !s.messages.is_empty() {
             numbered.insert(s.run.conversation_id);
-            if s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running) {
-                active.insert(s.run.conversation_id);
-            }
         }
     }
-    for (_, conversation, start) in &openings {
-        if start.message.is_some() {
-            numbered.insert(*conversation);
-            active.insert(*conversation);
+    for c in &starting {
+        if c.start.as_ref().is_some_and(|s| s.message.is_some()) {
+            numbered.insert(c.row.conversation_id);
         }
     }
     let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
+    let mut touched: HashMap<Uuid, chrono::DateTime<chrono::Utc>> = HashMap::new();
     if !numbered.is_empty() {
         // Each conversation's last message number: read, not counted in the
         // conversation's row (an update of it would cost several times this
@@ -665,78 +609,126 @@ async fn write_statements(
         q.push_list(numbered.iter().copied());
         let lasts: Vec<(Uuid, chrono::DateTime<chrono::Utc>, i64)> =
             link.fetch_all(q, cache).await?;
-        // `updated_at` is in three indexes of conversations: it moves when a
-        // run's input arrives or the run stops, and only if older than
-        // ACTIVITY_PRECISION.
-        let mut stale = Vec::new();
         for (id, updated_at, last) in lasts {
             next_seq.insert(id, last + 1);
-            if active.contains(&id) && now - updated_at >= ACTIVITY_PRECISION {
-                stale.push(id);
-            }
-        }
-        if !stale.is_empty() {
-            let mut q = link.stmt("UPDATE conversations SET updated_at = ");
-            q.push_bind(now);
-            q.push(" WHERE id IN ");
-            q.push_list(stale);
-            tail.push(q);
+            touched.insert(id, updated_at);
         }
     }
-    let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
-    let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
-    let mut rows: Vec<MessageRow> = Vec::new();
-    let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
-    // Numbers `messages` of `run` in its conversation; the first one is the
-    // run's input when `sets_input`.
-    let mut append = |run: Uuid, conversation: Uuid, messages: &[NewMessage], sets_input: bool| {
-        let mut mine = Vec::with_capacity(messages.len());
-        for m in messages {
-            let Some(seq) = next_seq.get_mut(&conversation) else {
-                // The conversation is gone (its runs go with it).
-                continue;
-            };
-            let row = MessageRow {
-                id: m.id,
-                conversation_id: conversation,
-                seq: *seq,
-                role: m.role.to_owned(),
-                content: Json(m.content.clone()),
-                metadata: Json(m.metadata.clone()),
-                created_at: now,
-            };
-            *seq += 1;
-            rows.push(row.clone());
-            mine.push(row);
-        }
-        if sets_input {
-            if let Some(first) = mine.first() {
-                input_seqs.push((run, first.seq));
-            }
-        }
-        mine
-    };
     // Steps first: a run that starts in this batch may follow one that ends
     // in it, in the same conversation (its last answer comes before the new
     // run's input).
+    let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+    let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
     for (i, s) in &survivors {
-        let mine = append(
-            s.run.id,
-            s.run.conversation_id,
-            &s.messages,
-            s.update.sets_input,
-        );
+        let mine = number(&mut next_seq, s.run.conversation_id, &s.messages, now);
+        if s.update.sets_input {
+            if let Some(first) = mine.first() {
+                input_seqs.push((s.run.id, first.seq));
+            }
+        }
         appended.insert(*i, mine);
     }
+    // New runs that start at once: `running` and leased to this node unless
+    // their conversation has an unfinished run, with the number their input
+    // gets (the first one of each conversation starts, at most).
+    let mut started: HashSet<Uuid> = HashSet::new();
+    if !starting.is_empty() {
+        let mut q = link.stmt(
+            "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until, v_seq) AS (",
+        );
+        q.push_values(starting.iter(), |b, c| {
+            let r = &c.row;
+            let start = c.start.as_ref().expect("a starting run");
+            let input_seq = start
+                .message
+                .as_ref()
+                .and_then(|_| next_seq.get(&r.conversation_id).copied());
+            b.push_bind(r.id)
+                .push_bind(r.conversation_id)
+                .push_bind(r.user_id)
+                .push_bind(r.agent_id)
+                .push_bind(r.input.as_ref().map(|i| Json(&i.0)))
+                .push_bind(Json(&r.limits.0))
+                .push_bind(&r.provider)
+                .push_bind(&r.model)
+                .push_bind(r.created_at)
+                .push_bind(start.owner)
+                .push_bind(start.lease_until)
+                .push_bind(input_seq);
+        });
+        q.push(format!(
+            "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
+               AND o.status IN {UNFINISHED}) AS go FROM v) \
+             INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
+               created_at, updated_at, lease_owner, lease_until, attempts, started_at, input_seq) \
+             SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
+               v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
+               CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END, \
+               CASE WHEN go THEN v_seq END \
+             FROM w RETURNING id, status"
+        ));
+        let rows: Vec<(Uuid, String)> = link.fetch_all(q, cache).await?;
+        started.extend(
+            rows.into_iter()
+                .filter(|(_, st)| st == "running")
+                .map(|(id, _)| id),
+        );
+    }
+    // The runs that started: (run, conversation, how), and their input,
+    // numbered as stored with them.
+    let openings: Vec<(Uuid, Uuid, &DirectStart)> = starting
+        .iter()
+        .filter(|c| started.contains(&c.row.id))
+        .map(|c| {
+            (
+                c.row.id,
+                c.row.conversation_id,
+                c.start.as_ref().expect("a starting run"),
+            )
+        })
+        .collect();
+    let mut opened: HashMap<Uuid, Vec<MessageRow>> = HashMap::new();
     for (run, conversation, start) in &openings {
-        let mine = append(*run, *conversation, start.message.as_slice(), true);
+        let mine = number(&mut next_seq, *conversation, start.message.as_slice(), now);
         opened.insert(*run, mine);
     }
+    // `updated_at` is in three indexes of conversations: it moves when a
+    // run's input arrives or a run stops (its messages are then all there),
+    // and only if older than ACTIVITY_PRECISION.
+    let mut active: HashSet<Uuid> = HashSet::new();
+    for (_, s) in &survivors {
+        if !s.messages.is_empty()
+            && (s.update.sets_input || s.update.status.is_some_and(|st| st != RunStatus::Running))
+        {
+            active.insert(s.run.conversation_id);
+        }
+    }
+    for (_, conversation, start) in &openings {
+        if start.message.is_some() {
+            active.insert(*conversation);
+        }
+    }
+    let stale: Vec<Uuid> = active
+        .into_iter()
+        .filter(|id| {
+            touched
+                .get(id)
+                .is_some_and(|at| now - *at >= ACTIVITY_PRECISION)
+        })
+        .collect();
+    if !stale.is_empty() {
+        let mut q = link.stmt("UPDATE conversations SET updated_at = ");
+        q.push_bind(now);
+        q.push(" WHERE id IN ");
+        q.push_list(stale);
+        tail.push(q);
+    }
+    let rows: Vec<&MessageRow> = appended.values().chain(opened.values()).flatten().collect();
     if !rows.is_empty() {
         let mut q = link.stmt(
             "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
         );
-        q.push_values(rows.iter(), |b, r| {
+        q.push_values(rows, |b, r| {
             b.push_bind(r.id)
                 .push_bind(r.conversation_id)
                 .push_bind(r.seq)
@@ -876,6 +868,35 @@ async fn write_statements(
         started: opened,
         notify,
     })
+}
+
+/// Numbers `messages` in `conversation` from its next number on (none when
+/// the conversation is gone: its runs go with it).
+fn number(
+    next_seq: &mut HashMap<Uuid, i64>,
+    conversation: Uuid,
+    messages: &[NewMessage],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<MessageRow> {
+    let Some(seq) = next_seq.get_mut(&conversation) else {
+        return Vec::new();
+    };
+    messages
+        .iter()
+        .map(|m| {
+            let row = MessageRow {
+                id: m.id,
+                conversation_id: conversation,
+                seq: *seq,
+                role: m.role.to_owned(),
+                content: Json(m.content.clone()),
+                metadata: Json(m.metadata.clone()),
+                created_at: now,
+            };
+            *seq += 1;
+            row
+        })
+        .collect()
 }
 
 /// A queued run as it will be stored.
