@@ -130,6 +130,12 @@ async fn wait_status(app: &TestApp, token: &str, run: &str, want: &str) -> Value
     panic!("run {run} never reached {want}");
 }
 
+/// `POST /api/v1/runs/{run}/cancel`.
+async fn cancel(app: &TestApp, token: &str, run: &str) -> (StatusCode, Value) {
+    app.post(&format!("/api/v1/runs/{run}/cancel"), token, json!({}))
+        .await
+}
+
 /// Starts a run and returns its id.
 async fn run_id(app: &TestApp, session: &Session, conversation: &str, body: Value) -> String {
     run(app, session, conversation, body).await["id"]
@@ -262,13 +268,7 @@ dual_test!(
         // Wait until text is streaming, then cancel.
         let early = read_events(&app, &admin.token, &id, None, Some(4)).await;
         assert!(kinds(&early).contains(&"run.status"));
-        let (status, body) = app
-            .post(
-                &format!("/api/v1/runs/{id}/cancel"),
-                &admin.token,
-                json!({}),
-            )
-            .await;
+        let (status, body) = cancel(&app, &admin.token, &id).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let done = wait_status(&app, &admin.token, &id, "cancelled").await;
         assert!(done["finished_at"].is_string());
@@ -276,12 +276,7 @@ dual_test!(
         assert_eq!(events.last().unwrap().data["status"], "cancelled");
         // Cancelling again is a conflict; the conversation takes a new run.
         assert_error(
-            &app.post(
-                &format!("/api/v1/runs/{id}/cancel"),
-                &admin.token,
-                json!({}),
-            )
-            .await,
+            &cancel(&app, &admin.token, &id).await,
             StatusCode::CONFLICT,
             "conflict",
         );
@@ -788,13 +783,7 @@ async fn events_and_cancellation_cross_nodes_on_postgres() {
         .map(|e| e.data["worker"].clone())
         .expect("a running event");
     assert!(worker.is_string());
-    let (status, _) = api_only
-        .post(
-            &format!("/api/v1/runs/{id}/cancel"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = cancel(&api_only, &admin.token, &id).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let events = read_events(&api_only, &admin.token, &id, None, None).await;
     assert_eq!(
@@ -957,13 +946,7 @@ dual_test!(
             }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (status, _) = app
-            .post(
-                &format!("/api/v1/runs/{id}/cancel"),
-                &admin.token,
-                json!({}),
-            )
-            .await;
+        let (status, _) = cancel(&app, &admin.token, &id).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         let cancelled = tokio::time::timeout(Duration::from_secs(20), waiter)
             .await
