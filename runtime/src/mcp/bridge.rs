@@ -37,6 +37,8 @@ use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
 
 /// Lines of a server's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 20;
+/// How long a failure waits for a dying server's last stderr lines.
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
 /// Longest catalogue name a model vendor accepts.
 const MAX_TOOL_NAME: usize = 64;
 
@@ -172,6 +174,8 @@ struct State {
     generation: u64,
     stopped: bool,
     stderr: VecDeque<String>,
+    /// Turns true once the current process's stderr reached its end.
+    stderr_closed: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// One bridged server and its connection.
@@ -211,6 +215,7 @@ impl Server {
                 generation: 0,
                 stopped: false,
                 stderr: VecDeque::new(),
+                stderr_closed: None,
             }),
             tools: RwLock::new(Arc::new(Vec::new())),
         });
@@ -340,6 +345,7 @@ impl Server {
             let mut state = self.lock();
             state.state = ServerState::Starting;
             state.generation += 1;
+            state.stderr_closed = None;
             state.generation
         };
         let limit = Duration::from_secs(self.config.connect_timeout_secs);
@@ -418,12 +424,24 @@ impl Server {
                     .spawn()
                     .map_err(|e| format!("cannot start {command:?}: {e}"))?;
                 if let Some(stderr) = stderr {
-                    tokio::spawn(capture_stderr(Arc::downgrade(self), stderr, generation));
+                    let (closed, watch) = tokio::sync::watch::channel(false);
+                    self.lock().stderr_closed = Some(watch);
+                    tokio::spawn(capture_stderr(
+                        Arc::downgrade(self),
+                        stderr,
+                        generation,
+                        closed,
+                    ));
                 }
-                handler
-                    .serve(process)
-                    .await
-                    .map_err(|e| format!("initialize failed: {e}"))?
+                match handler.serve(process).await {
+                    Ok(running) => running,
+                    Err(e) => {
+                        // A process that exits at once explains itself on
+                        // stderr: read it to the end before reporting.
+                        self.stderr_drained().await;
+                        return Err(format!("initialize failed: {e}"));
+                    }
+                }
             }
             Transport::Http {
                 url,
@@ -515,6 +533,15 @@ impl Server {
             });
         }
         out
+    }
+
+    /// Waits, briefly, until the reader of the process's stderr has seen
+    /// its end, so the last lines of a dying server are in the tail.
+    async fn stderr_drained(&self) {
+        let watch = self.lock().stderr_closed.clone();
+        if let Some(mut watch) = watch {
+            let _ = tokio::time::timeout(STDERR_DRAIN, watch.wait_for(|closed| *closed)).await;
+        }
     }
 
     fn with_stderr(&self, error: String) -> String {
@@ -725,7 +752,7 @@ async fn supervise(
             .unwrap_or_else(|| format!("the connection ended ({reason:?})"))
     };
     // Let the stderr reader catch the last words of a dying process.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stderr_drained().await;
     let error = server.with_stderr(error);
     tracing::warn!(server = %server.def.name, %error, "MCP server down; restarting");
     server.fail(generation, error);
@@ -736,11 +763,12 @@ async fn capture_stderr(
     server: Weak<Server>,
     stderr: tokio::process::ChildStderr,
     generation: u64,
+    closed: tokio::sync::watch::Sender<bool>,
 ) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let Some(server) = server.upgrade() else {
-            return;
+            break;
         };
         tracing::info!(target: "orchestra::mcp::stderr", server = %server.def.name, "{line}");
         let mut state = server.lock();
@@ -751,6 +779,7 @@ async fn capture_stderr(
             state.stderr.push_back(line.chars().take(500).collect());
         }
     }
+    closed.send_replace(true);
 }
 
 /// The client side of a connection: follows tool-list changes.
