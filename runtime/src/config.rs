@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::egress::EgressConfig;
 use crate::runs::model::{ActivePolicy, RunLimits};
 use crate::sandbox::{CallLimits, EngineLimits};
 use crate::settings::RegistrationMode;
@@ -41,6 +42,9 @@ pub struct Config {
     pub runs: RunsConfig,
     /// MCP: bridged servers and the `/mcp` endpoint.
     pub mcp: McpConfig,
+    /// Where endpoints that users configure for themselves may connect
+    /// (`ORCHESTRA_EGRESS__ALLOW_PRIVATE_USER_ENDPOINTS`).
+    pub egress: EgressConfig,
     /// Providers registered from the conventional environment variables
     /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
     /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
@@ -321,6 +325,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             runs: RunsConfig::default(),
             mcp: McpConfig::default(),
+            egress: EgressConfig::default(),
             env_providers: Vec::new(),
         }
     }

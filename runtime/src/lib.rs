@@ -9,6 +9,7 @@ pub mod config;
 pub mod conversations;
 pub mod crypto;
 pub mod db;
+pub mod egress;
 pub mod error;
 pub mod http;
 pub mod keys;

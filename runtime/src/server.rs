@@ -100,6 +100,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         audit.clone(),
         &keys.encryption_key,
         config.env_providers.clone(),
+        config.egress,
     );
     let tools = ToolCatalogue::new(
         audit.clone(),
@@ -112,7 +113,12 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         audit.clone(),
         config.sandbox.clone(),
     );
-    let bridge = crate::mcp::Bridge::new(Some(db.clone()), config.mcp.clone(), secrets.clone());
+    let bridge = crate::mcp::Bridge::new(
+        Some(db.clone()),
+        config.mcp.clone(),
+        config.egress,
+        secrets.clone(),
+    );
     tools.set_bridge(bridge.clone());
     let mcp = McpService::new(
         db.clone(),

@@ -28,7 +28,7 @@ use tokio::io::AsyncBufReadExt;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::McpConfig;
+use crate::config::{EgressConfig, McpConfig};
 use crate::db::Db;
 use crate::on_db;
 use crate::sandbox::ToolError;
@@ -181,6 +181,8 @@ struct State {
 /// One bridged server and its connection.
 pub struct Server {
     def: ServerDef,
+    /// Connect to public addresses only (see [`crate::egress`]).
+    restricted: bool,
     db: Option<Db>,
     config: Arc<McpConfig>,
     secrets: SecretService,
@@ -192,6 +194,7 @@ pub struct Server {
 impl Server {
     fn new(
         def: ServerDef,
+        restricted: bool,
         db: Option<Db>,
         config: Arc<McpConfig>,
         secrets: SecretService,
@@ -199,6 +202,7 @@ impl Server {
     ) -> Arc<Server> {
         let server = Arc::new(Server {
             def,
+            restricted,
             db,
             config,
             secrets,
@@ -462,11 +466,23 @@ impl Server {
                 if let Some(token) = bearer_token {
                     config = config.auth_header(token.clone());
                 }
-                let transport = StreamableHttpClientTransport::from_config(config);
-                handler
-                    .serve(transport)
-                    .await
-                    .map_err(|e| format!("initialize failed: {e}"))?
+                let served = if self.restricted {
+                    // Checked when saved, and again here: the operator may
+                    // have disallowed private addresses since.
+                    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url: {e}"))?;
+                    crate::egress::check_user_url(&parsed)?;
+                    let client = crate::egress::restrict13(reqwest13::Client::builder())
+                        .build()
+                        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+                    handler
+                        .serve(StreamableHttpClientTransport::with_client(client, config))
+                        .await
+                } else {
+                    handler
+                        .serve(StreamableHttpClientTransport::from_config(config))
+                        .await
+                };
+                served.map_err(|e| format!("initialize failed: {e}"))?
             }
         };
         let tools = running
@@ -809,6 +825,7 @@ pub struct Bridge {
     servers: Arc<RwLock<BTreeMap<String, Arc<Server>>>>,
     db: Option<Db>,
     config: Arc<McpConfig>,
+    egress: EgressConfig,
     secrets: SecretService,
 }
 
@@ -820,21 +837,35 @@ impl std::fmt::Debug for Bridge {
 
 impl Bridge {
     /// An empty bridge; tool listings are kept in `db`.
-    pub fn new(db: Option<Db>, config: McpConfig, secrets: SecretService) -> Bridge {
+    pub fn new(
+        db: Option<Db>,
+        config: McpConfig,
+        egress: EgressConfig,
+        secrets: SecretService,
+    ) -> Bridge {
         Bridge {
             servers: Arc::new(RwLock::new(BTreeMap::new())),
             db,
             config: Arc::new(config),
+            egress,
             secrets,
         }
+    }
+
+    /// Whether a server of `owner` may reach public addresses only: a
+    /// user's own, unless the operator allows more (see [`crate::egress`]).
+    pub fn restricts(&self, owner: Option<Uuid>) -> bool {
+        owner.is_some() && !self.egress.allow_private_user_endpoints
     }
 
     /// Adds or replaces a server (a replaced one is stopped), with its last
     /// known tools. It connects on its first call, or when
     /// [`Bridge::start_boot_servers`] starts it.
     pub fn upsert(&self, def: ServerDef, cached: Vec<Tool>) {
+        let restricted = self.restricts(def.owner_id);
         let server = Server::new(
             def,
+            restricted,
             self.db.clone(),
             self.config.clone(),
             self.secrets.clone(),

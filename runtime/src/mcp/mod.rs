@@ -467,6 +467,7 @@ impl McpService {
             request.headers,
             request.bearer_token,
         )?;
+        checked.check_reach(self.bridge.restricts(owner))?;
         check_limits(request.timeout_secs, request.max_result_bytes)?;
         let id = Uuid::now_v7();
         let (nonce, ciphertext) = self.seal(id, &checked)?;
@@ -632,6 +633,7 @@ impl McpService {
             request.headers.unwrap_or(old.headers),
             request.bearer_token.unwrap_or(old.bearer_token),
         )?;
+        checked.check_reach(self.bridge.restricts(row.owner_id))?;
         let timeout = request.timeout_secs.or(row.timeout_secs.map(|t| t as u64));
         let cap = request
             .max_result_bytes
@@ -712,6 +714,17 @@ struct Checked {
 }
 
 impl Checked {
+    /// Refuses, when `restricted` (a user's own server), a URL that points
+    /// at a non-public address (see [`crate::egress`]).
+    fn check_reach(&self, restricted: bool) -> Result<()> {
+        let Some(url) = self.url.as_deref().filter(|_| restricted) else {
+            return Ok(());
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::invalid_field("url", format!("not a URL: {e}")))?;
+        crate::egress::check_user_url(&parsed).map_err(|e| Error::invalid_field("url", e))
+    }
+
     fn new(
         kind: TransportKind,
         command: Option<String>,

@@ -18,14 +18,16 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::AuditService;
+use crate::config::EgressConfig;
 use crate::config::EnvProvider;
 use crate::crypto::Sealer;
 use crate::db::{self, Db};
+use crate::egress;
 use crate::error::{Error, Result};
 use crate::on_db;
 use crate::providers::anthropic::{AnthropicProvider, API_VERSION};
 use crate::providers::openai::OpenAiProvider;
-use crate::providers::{http_client, ClientPolicy, Provider};
+use crate::providers::{http_client, http_client_builder, ClientPolicy, Provider};
 use crate::users::model::{Permission, Principal};
 
 /// The wire format a provider speaks.
@@ -183,6 +185,9 @@ pub struct ModelService {
     env: Arc<Vec<EnvProvider>>,
     policy: ClientPolicy,
     client: reqwest::Client,
+    /// For users' own providers: public addresses only.
+    public_client: reqwest::Client,
+    egress: EgressConfig,
     listed: Arc<Mutex<ModelCache>>,
     in_process: Arc<std::sync::RwLock<HashMap<String, Arc<dyn Provider>>>>,
 }
@@ -212,7 +217,9 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn check_base_url(url: &str) -> Result<String> {
+/// `restricted`: the URL is a user's own, which may reach public addresses
+/// only (see [`crate::egress`]).
+fn check_base_url(url: &str, restricted: bool) -> Result<String> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| Error::invalid_field("base_url", format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -220,6 +227,9 @@ fn check_base_url(url: &str) -> Result<String> {
             "base_url",
             "an http(s) URL with a host",
         ));
+    }
+    if restricted {
+        egress::check_user_url(&parsed).map_err(|e| Error::invalid_field("base_url", e))?;
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -251,7 +261,13 @@ fn check_key(key: &str) -> Result<()> {
 impl ModelService {
     /// A service over `db`, encrypting keys with `key`, plus the providers
     /// of the environment.
-    pub fn new(db: Db, audit: AuditService, key: &[u8; 32], env: Vec<EnvProvider>) -> Self {
+    pub fn new(
+        db: Db,
+        audit: AuditService,
+        key: &[u8; 32],
+        env: Vec<EnvProvider>,
+        egress: EgressConfig,
+    ) -> Self {
         let policy = ClientPolicy::default();
         ModelService {
             db,
@@ -259,6 +275,10 @@ impl ModelService {
             sealer: Sealer::new(key),
             env: Arc::new(env),
             client: http_client(&policy),
+            public_client: egress::restrict(http_client_builder(&policy))
+                .build()
+                .expect("an HTTP client with rustls"),
+            egress,
             policy,
             listed: Arc::new(Mutex::new(HashMap::new())),
             in_process: Arc::default(),
@@ -370,6 +390,7 @@ impl ModelService {
                 .base_url
                 .as_deref()
                 .unwrap_or(request.kind.default_base_url()),
+            self.restricted(owner),
         )?;
         check_models(&request.models)?;
         if let Some(key) = &request.api_key {
@@ -438,7 +459,7 @@ impl ModelService {
         let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
         Self::check_change(principal, &row)?;
         let base_url = match &request.base_url {
-            Some(url) => check_base_url(url)?,
+            Some(url) => check_base_url(url, self.restricted(row.9))?,
             None => row.3.clone(),
         };
         let models = request.models.clone().unwrap_or_else(|| row.6 .0.clone());
@@ -506,15 +527,41 @@ impl ModelService {
         Ok(())
     }
 
-    /// Kind, base URL and decrypted key of `name`.
+    /// Whether a provider of `owner` may reach public addresses only: a
+    /// user's own, unless the operator allows more.
+    fn restricted(&self, owner: Option<Uuid>) -> bool {
+        owner.is_some() && !self.egress.allow_private_user_endpoints
+    }
+
+    /// Checks a stored URL again before it is used: one saved while the
+    /// operator allowed private addresses may no longer be reachable.
+    /// (Names are checked as they resolve, by the client.)
+    fn check_reachable(&self, base_url: &str, owner: Option<Uuid>) -> Result<()> {
+        if !self.restricted(owner) {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(base_url).map_err(|e| anyhow::anyhow!("base URL: {e}"))?;
+        egress::check_user_url(&url).map_err(|e| anyhow::anyhow!(e).into())
+    }
+
+    /// The HTTP client for a provider of `owner`.
+    fn http_for(&self, owner: Option<Uuid>) -> reqwest::Client {
+        if self.restricted(owner) {
+            self.public_client.clone()
+        } else {
+            self.client.clone()
+        }
+    }
+
+    /// Kind, base URL, decrypted key and owner of `name`.
     async fn endpoint(
         &self,
         name: &str,
         user: Option<Uuid>,
-    ) -> Result<(ProviderKind, String, Option<String>)> {
+    ) -> Result<(ProviderKind, String, Option<String>, Option<Uuid>)> {
         if let Some(env) = self.env.iter().find(|e| e.name == name) {
             let kind = ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai);
-            return Ok((kind, env.base_url.clone(), Some(env.api_key.clone())));
+            return Ok((kind, env.base_url.clone(), Some(env.api_key.clone()), None));
         }
         let row = self
             .row(name)
@@ -530,7 +577,7 @@ impl ModelService {
             ),
             _ => None,
         };
-        Ok((kind, row.3, key))
+        Ok((kind, row.3, key, row.9))
     }
 
     /// Registers a provider implemented in this process under `name` (for
@@ -550,18 +597,17 @@ impl ModelService {
         if let Some(p) = self.in_process.read().expect("provider registry").get(name) {
             return Ok(p.clone());
         }
-        let (kind, base_url, key) = self.endpoint(name, Some(user)).await?;
+        let (kind, base_url, key, owner) = self.endpoint(name, Some(user)).await?;
+        self.check_reachable(&base_url, owner)?;
+        let http = self.http_for(owner);
         Ok(match kind {
-            ProviderKind::Openai => Arc::new(OpenAiProvider::new(
-                &base_url,
-                key,
-                self.client.clone(),
-                self.policy,
-            )),
+            ProviderKind::Openai => {
+                Arc::new(OpenAiProvider::new(&base_url, key, http, self.policy))
+            }
             ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(
                 &base_url,
                 key.unwrap_or_default(),
-                self.client.clone(),
+                http,
                 self.policy,
             )),
         })
@@ -578,17 +624,20 @@ impl ModelService {
                 return Ok(models.clone());
             }
         }
-        let (kind, base_url, key) = self.endpoint(name, user).await.map_err(|e| e.to_string())?;
+        let (kind, base_url, key, owner) =
+            self.endpoint(name, user).await.map_err(|e| e.to_string())?;
+        self.check_reachable(&base_url, owner)
+            .map_err(|e| e.to_string())?;
+        let http = self.http_for(owner);
         let request = match kind {
             ProviderKind::Openai => {
-                let r = self.client.get(format!("{base_url}/models"));
+                let r = http.get(format!("{base_url}/models"));
                 match &key {
                     Some(k) => r.bearer_auth(k),
                     None => r,
                 }
             }
-            ProviderKind::Anthropic => self
-                .client
+            ProviderKind::Anthropic => http
                 .get(format!("{base_url}/v1/models?limit=1000"))
                 .header("x-api-key", key.unwrap_or_default())
                 .header("anthropic-version", API_VERSION),

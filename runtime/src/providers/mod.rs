@@ -225,11 +225,16 @@ impl Default for ClientPolicy {
 
 /// Builds the HTTP client providers share.
 pub fn http_client(policy: &ClientPolicy) -> reqwest::Client {
+    http_client_builder(policy)
+        .build()
+        .expect("an HTTP client with rustls")
+}
+
+/// The settings of [`http_client`], to add to.
+pub fn http_client_builder(policy: &ClientPolicy) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(policy.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .expect("an HTTP client with rustls")
 }
 
 /// How long the vendor asked us to wait, from `retry-after-ms` or

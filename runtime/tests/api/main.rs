@@ -10,6 +10,7 @@ mod vendor;
 mod agents;
 mod auth;
 mod conversations;
+mod egress;
 mod errors;
 mod mcp;
 mod models;

@@ -388,9 +388,14 @@ async fn http_fixture(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_bridge_their_own_http_servers_with_timeouts_and_cancellation() {
     let Some(python) = python() else { return };
-    let app = spawn_app_with(Backend::Sqlite, with_vendor_only)
-        .await
-        .unwrap();
+    // The fixture listens on loopback, which users' endpoints may reach only
+    // where the operator allows it (tests/api/egress.rs checks the refusal).
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        with_vendor(config);
+        config.egress.allow_private_user_endpoints = true;
+    })
+    .await
+    .unwrap();
     let (admin, user) = app.admin_and_user().await;
     let other = app.add_user(&admin, "other@example.com", "user").await;
     let dir = tempfile::tempdir().unwrap();

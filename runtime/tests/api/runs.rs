@@ -33,6 +33,12 @@ fn configure(config: &mut Config) {
     with_vendor(config);
 }
 
+/// `configure`, and users' own endpoints may reach the vendor on loopback.
+fn configure_private(config: &mut Config) {
+    with_vendor(config);
+    config.egress.allow_private_user_endpoints = true;
+}
+
 /// One SSE event.
 #[derive(Debug, Clone)]
 pub struct Ev {
@@ -796,7 +802,7 @@ async fn events_and_cancellation_cross_nodes_on_postgres() {
 
 dual_test!(
     users_bring_their_own_provider_and_only_they_can_use_it,
-    configure,
+    configure_private,
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
         let base = app.config.env_providers[0].base_url.clone();
