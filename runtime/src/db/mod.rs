@@ -55,6 +55,27 @@ macro_rules! on_db {
     };
 }
 
+/// SQLite's process-wide settings, made once before its first use (SQLite
+/// accepts them only before it initialises): no memory statistics, which
+/// otherwise take a global mutex around every allocation and free.
+fn sqlite_process_settings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_config` is called before any connection of this
+        // process exists (it answers SQLITE_MISUSE, harmlessly, if SQLite
+        // was initialised already), with an integer as MEMSTATUS expects.
+        let code = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            )
+        };
+        if code != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(code, "SQLite was initialised before its settings");
+        }
+    });
+}
+
 impl Db {
     /// Opens a pool for `config`'s database, creating the SQLite file if needed.
     pub async fn connect(config: &Config) -> anyhow::Result<Db> {
@@ -69,6 +90,7 @@ impl Db {
                 .context("connecting to PostgreSQL (DATABASE_URL)")?;
             Ok(Db::Postgres(pool))
         } else {
+            sqlite_process_settings();
             let options = SqliteConnectOptions::from_str(&url)
                 .with_context(|| format!("parsing SQLite URL {url:?}"))?
                 .create_if_missing(true)

@@ -382,12 +382,16 @@ impl Conn {
     /// was idle would start every transaction cold), and it checkpoints the
     /// log only as a backstop (64 MiB of pages): a checkpoint syncs the
     /// database file, so the writer leaves that to the shared pool (see
-    /// [`checkpoint_loop`]).
+    /// [`checkpoint_loop`]). Statement journals stay in memory
+    /// (`temp_store`): a multi-row statement inside a transaction keeps the
+    /// pages it changes in one, and on disk it is a temporary file created,
+    /// written and deleted for every such statement.
     pub(crate) fn open(db: &Db) -> std::result::Result<Conn, sqlx::Error> {
         match db {
             Db::Sqlite(pool) => Ok(Conn::Sqlite(link::open_sqlite(
                 pool,
-                "PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 16384;",
+                "PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 16384; \
+                 PRAGMA temp_store = MEMORY;",
             )?)),
             Db::Postgres(pool) => Ok(Conn::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
