@@ -39,6 +39,8 @@ pub struct Stmt<'q> {
     sql: String,
     args: Args<'q>,
     count: usize,
+    /// Rows of the `VALUES` list so far, once it is started.
+    rows: Option<usize>,
     /// The first value that could not be encoded (reported when run).
     error: Option<BoxDynError>,
 }
@@ -54,6 +56,7 @@ impl<'q> Stmt<'q> {
                 Args::Postgres(PgArguments::default())
             },
             count: 0,
+            rows: None,
             error: None,
         }
     }
@@ -97,17 +100,24 @@ impl<'q> Stmt<'q> {
     }
 
     /// Appends `VALUES (...), (...)`, one row per item, its values bound by
-    /// `row`.
+    /// `row`; a second call adds rows to the same list.
     pub fn push_values<I, F>(&mut self, items: I, mut row: F) -> &mut Self
     where
         I: IntoIterator,
         F: FnMut(&mut Row<'_, 'q>, I::Item),
     {
-        self.sql.push_str("VALUES ");
-        for (i, item) in items.into_iter().enumerate() {
-            if i > 0 {
+        let mut rows = match self.rows {
+            Some(rows) => rows,
+            None => {
+                self.sql.push_str("VALUES ");
+                0
+            }
+        };
+        for item in items {
+            if rows > 0 {
                 self.sql.push_str(", ");
             }
+            rows += 1;
             self.sql.push('(');
             row(
                 &mut Row {
@@ -118,6 +128,7 @@ impl<'q> Stmt<'q> {
             );
             self.sql.push(')');
         }
+        self.rows = Some(rows);
         self
     }
 

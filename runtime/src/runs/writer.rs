@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -98,20 +99,75 @@ pub struct Created {
     pub appended: Vec<MessageRow>,
 }
 
+/// A step on its way to the writer, with its JSON values already encoded
+/// (on the caller's task: the writer's thread is the one serial part of
+/// the engine).
+pub(crate) struct PendingStep {
+    write: StepWrite,
+    /// Its events as one row's `events`, and their last number.
+    events: Option<(Box<RawValue>, i64)>,
+    /// Each message's `content` and `metadata`.
+    messages: Vec<(Box<RawValue>, Box<RawValue>)>,
+    /// Each new call's `arguments`.
+    arguments: Vec<Box<RawValue>>,
+    /// Each outcome's `result`.
+    results: Vec<Box<RawValue>>,
+}
+
+impl PendingStep {
+    fn new(write: StepWrite) -> std::result::Result<PendingStep, serde_json::Error> {
+        use serde_json::value::to_raw_value as raw;
+        let events = if write.events.is_empty() {
+            None
+        } else {
+            let (packed, last) = pack(&write.events);
+            Some((raw(&packed)?, last))
+        };
+        let messages = write
+            .messages
+            .iter()
+            .map(|m| Ok((raw(&m.content)?, raw(&m.metadata)?)))
+            .collect::<std::result::Result<_, serde_json::Error>>()?;
+        let arguments = write
+            .new_calls
+            .iter()
+            .map(|c| raw(&c.arguments))
+            .collect::<std::result::Result<_, _>>()?;
+        let results = write
+            .outcomes
+            .iter()
+            .map(|o| raw(&o.result))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(PendingStep {
+            write,
+            events,
+            messages,
+            arguments,
+            results,
+        })
+    }
+}
+
+/// What a committed step gets back: its messages' numbers (none when its
+/// conversation is gone) and the commit's time; `None` when its lease was
+/// lost.
+type StepReply = (
+    std::result::Result<(Vec<i64>, chrono::DateTime<chrono::Utc>), StepError>,
+    Box<PendingStep>,
+);
+
 enum Op {
-    Step(
-        Box<StepWrite>,
-        oneshot::Sender<std::result::Result<Vec<MessageRow>, StepError>>,
-    ),
+    Step(Box<PendingStep>, oneshot::Sender<StepReply>),
     Create(Box<CreateWrite>, oneshot::Sender<Result<Created>>),
 }
 
 impl Op {
     fn binds(&self) -> usize {
         match self {
-            Op::Step(s, _) => {
+            Op::Step(p, _) => {
+                let s = &p.write;
                 12 + 8 * s.messages.len()
-                    + 5 * s.events.len()
+                    + 5
                     + 11 * s.new_calls.len()
                     + 2 * s.started.len()
                     + 4 * s.outcomes.len()
@@ -178,15 +234,36 @@ impl Writer {
         Writer { tx }
     }
 
-    /// Persists one step; resolves when it is committed.
+    /// Persists one step; resolves when it is committed, with the messages
+    /// it appended. The step's JSON is encoded here, and its values are
+    /// dropped here, on the caller's task.
     pub async fn step(&self, write: StepWrite) -> std::result::Result<Vec<MessageRow>, StepError> {
+        let pending = PendingStep::new(write)
+            .map_err(|e| StepError::Db(anyhow::anyhow!("encoding a step: {e}").into()))?;
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Op::Step(Box::new(write), reply)).is_err() {
+        if self.tx.send(Op::Step(Box::new(pending), reply)).is_err() {
             return gone().map_err(StepError::Db);
         }
-        answer
-            .await
-            .unwrap_or_else(|_| gone().map_err(StepError::Db))
+        let Ok((result, pending)) = answer.await else {
+            return gone().map_err(StepError::Db);
+        };
+        let (seqs, at) = result?;
+        let conversation = pending.write.run.conversation_id;
+        Ok(pending
+            .write
+            .messages
+            .into_iter()
+            .zip(seqs)
+            .map(|(m, seq)| MessageRow {
+                id: m.id,
+                conversation_id: conversation,
+                seq,
+                role: m.role.to_owned(),
+                content: Json(m.content),
+                metadata: Json(m.metadata),
+                created_at: at,
+            })
+            .collect())
     }
 
     /// Stores a new run (with its `queued` event), started at once when
@@ -269,17 +346,19 @@ async fn run_batch(conn: &mut Conn, batch: Vec<Op>) {
     let mut creates = Vec::new();
     for op in batch {
         match op {
-            Op::Step(s, reply) => steps.push((*s, reply)),
+            Op::Step(s, reply) => steps.push((s, reply)),
             Op::Create(c, reply) => creates.push((*c, reply)),
         }
     }
-    let step_refs: Vec<&StepWrite> = steps.iter().map(|(s, _)| s).collect();
+    let step_refs: Vec<&PendingStep> = steps.iter().map(|(s, _)| &**s).collect();
     let create_refs: Vec<&CreateWrite> = creates.iter().map(|(c, _)| c).collect();
     match write_batch(conn, &step_refs, &create_refs).await {
         Ok(mut outcome) => {
             notify(conn, &outcome.notify).await;
-            for (i, (_, reply)) in steps.into_iter().enumerate() {
-                let _ = reply.send(outcome.appended.remove(&i).ok_or(StepError::LeaseLost));
+            let at = outcome.at;
+            for (i, (s, reply)) in steps.into_iter().enumerate() {
+                let numbers = outcome.appended.remove(&i).ok_or(StepError::LeaseLost);
+                let _ = reply.send((numbers.map(|n| (n, at)), s));
             }
             for (c, reply) in creates {
                 let _ = reply.send(Ok(outcome.created(c.row)));
@@ -293,11 +372,16 @@ async fn run_batch(conn: &mut Conn, batch: Vec<Op>) {
                 let result = match write_batch(conn, &[&s], &[]).await {
                     Ok(mut outcome) => {
                         notify(conn, &outcome.notify).await;
-                        outcome.appended.remove(&0).ok_or(StepError::LeaseLost)
+                        let at = outcome.at;
+                        outcome
+                            .appended
+                            .remove(&0)
+                            .ok_or(StepError::LeaseLost)
+                            .map(|n| (n, at))
                     }
                     Err(e) => Err(StepError::from(e)),
                 };
-                let _ = reply.send(result);
+                let _ = reply.send((result, s));
             }
             for (mut c, reply) in creates {
                 let mut result = write_batch(conn, &[], &[&c]).await;
@@ -342,8 +426,11 @@ async fn notify(conn: &Conn, payloads: &[String]) {
 }
 
 struct Outcome {
-    /// Per step index: the messages it appended (absent: lease lost).
-    appended: HashMap<usize, Vec<MessageRow>>,
+    /// The commit's time, as stored with its rows.
+    at: chrono::DateTime<chrono::Utc>,
+    /// Per step index: the numbers of the messages it appended (absent:
+    /// lease lost).
+    appended: HashMap<usize, Vec<i64>>,
     /// New runs that started at once, with the messages they appended.
     started: HashMap<Uuid, Vec<MessageRow>>,
     /// `NOTIFY` payloads (PostgreSQL).
@@ -413,7 +500,7 @@ impl Conn {
 
 async fn write_batch(
     conn: &mut Conn,
-    steps: &[&StepWrite],
+    steps: &[&PendingStep],
     creates: &[&CreateWrite],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     match conn {
@@ -428,7 +515,7 @@ async fn write_batch(
 /// One batch in one transaction on `link`; any error rolls it back.
 async fn write_in(
     link: &mut Link<'_>,
-    steps: &[&StepWrite],
+    steps: &[&PendingStep],
     creates: &[&CreateWrite],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     // On SQLite the write lock is taken at once: the message numbers read
@@ -454,10 +541,11 @@ async fn write_in(
 
 async fn write_statements(
     link: &mut Link<'_>,
-    steps: &[&StepWrite],
+    pending: &[&PendingStep],
     creates: &[&CreateWrite],
 ) -> std::result::Result<Outcome, sqlx::Error> {
     let now = db::now();
+    let steps: Vec<&StepWrite> = pending.iter().map(|p| &p.write).collect();
     let lite = link.sqlite();
     // New runs that may start at once: the first of each conversation in
     // the batch (a second one waits behind it in any case).
@@ -621,13 +709,13 @@ async fn write_statements(
     // Steps first: a run that starts in this batch may follow one that ends
     // in it, in the same conversation (its last answer comes before the new
     // run's input).
-    let mut appended: HashMap<usize, Vec<MessageRow>> = HashMap::new();
+    let mut appended: HashMap<usize, Vec<i64>> = HashMap::new();
     let mut input_seqs: Vec<(Uuid, i64)> = Vec::new();
     for (i, s) in &survivors {
-        let mine = number(&mut next_seq, s.run.conversation_id, &s.messages, now);
+        let mine = numbers(&mut next_seq, s.run.conversation_id, s.messages.len());
         if s.update.sets_input {
             if let Some(first) = mine.first() {
-                input_seqs.push((s.run.id, first.seq));
+                input_seqs.push((s.run.id, *first));
             }
         }
         appended.insert(*i, mine);
@@ -727,20 +815,40 @@ async fn write_statements(
         q.push_list(stale);
         tail.push(q);
     }
-    let rows: Vec<&MessageRow> = appended.values().chain(opened.values()).flatten().collect();
-    if !rows.is_empty() {
+    // (message, conversation, number, content, metadata)
+    type Appended<'a> = (&'a NewMessage, Uuid, i64, &'a RawValue, &'a RawValue);
+    let mut rows: Vec<Appended<'_>> = Vec::new();
+    for (i, s) in &survivors {
+        let encoded = &pending[*i].messages;
+        for ((m, seq), (content, metadata)) in s.messages.iter().zip(&appended[i]).zip(encoded) {
+            rows.push((m, s.run.conversation_id, *seq, content, metadata));
+        }
+    }
+    let opened_rows: Vec<&MessageRow> = opened.values().flatten().collect();
+    if !rows.is_empty() || !opened_rows.is_empty() {
         let mut q = link.stmt(
             "INSERT INTO messages (id, conversation_id, seq, role, content, metadata, created_at) ",
         );
-        q.push_values(rows, |b, r| {
-            b.push_bind(r.id)
-                .push_bind(r.conversation_id)
-                .push_bind(r.seq)
-                .push_bind(r.role.as_str())
-                .push_bind(Json(&r.content.0))
-                .push_bind(Json(&r.metadata.0))
-                .push_bind(r.created_at);
+        q.push_values(rows, |b, (m, conversation, seq, content, metadata)| {
+            b.push_bind(m.id)
+                .push_bind(conversation)
+                .push_bind(seq)
+                .push_bind(m.role)
+                .push_bind(Json(content))
+                .push_bind(Json(metadata))
+                .push_bind(now);
         });
+        if !opened_rows.is_empty() {
+            q.push_values(opened_rows, |b, r| {
+                b.push_bind(r.id)
+                    .push_bind(r.conversation_id)
+                    .push_bind(r.seq)
+                    .push_bind(r.role.as_str())
+                    .push_bind(Json(&r.content.0))
+                    .push_bind(Json(&r.metadata.0))
+                    .push_bind(r.created_at);
+            });
+        }
         tail.push(q);
     }
     if !input_seqs.is_empty() {
@@ -756,22 +864,27 @@ async fn write_statements(
         }
         tail.push(q);
     }
-    let calls: Vec<(&StepWrite, &NewCall)> = survivors
+    let calls: Vec<(&StepWrite, &NewCall, &RawValue)> = survivors
         .iter()
-        .flat_map(|(_, s)| s.new_calls.iter().map(move |c| (*s, c)))
+        .flat_map(|(i, s)| {
+            s.new_calls
+                .iter()
+                .zip(&pending[*i].arguments)
+                .map(move |(c, a)| (*s, c, &**a))
+        })
         .collect();
     if !calls.is_empty() {
         let mut q = link.stmt(
             "INSERT INTO run_tool_calls (run_id, call_id, step, position, name, arguments, arguments_error,
                  idempotent, status, approval_expires_ms, created_at) ",
         );
-        q.push_values(calls.iter(), |b, (s, c)| {
+        q.push_values(calls.iter(), |b, (s, c, arguments)| {
             b.push_bind(s.run.id)
                 .push_bind(c.call_id.as_str())
                 .push_bind(s.run.step_count + s.update.steps)
                 .push_bind(c.position)
                 .push_bind(c.name.as_str())
-                .push_bind(Json(&c.arguments))
+                .push_bind(Json(*arguments))
                 .push_bind(c.arguments_error.as_deref())
                 .push_bind(c.idempotent)
                 .push_bind(c.status)
@@ -795,16 +908,21 @@ async fn write_statements(
         }
         tail.push(q);
     }
-    let outcomes: Vec<(Uuid, &CallOutcome)> = survivors
+    let outcomes: Vec<(Uuid, &CallOutcome, &RawValue)> = survivors
         .iter()
-        .flat_map(|(_, s)| s.outcomes.iter().map(move |o| (s.run.id, o)))
+        .flat_map(|(i, s)| {
+            s.outcomes
+                .iter()
+                .zip(&pending[*i].results)
+                .map(move |(o, r)| (s.run.id, o, &**r))
+        })
         .collect();
     if !outcomes.is_empty() {
         let mut q = link.stmt("WITH v(v_run, v_call, v_result, v_error) AS (");
-        q.push_values(outcomes.iter(), |b, (run, o)| {
+        q.push_values(outcomes.iter(), |b, (run, o, result)| {
             b.push_bind(*run)
                 .push_bind(o.call_id.as_str())
-                .push_bind(Json(&o.result))
+                .push_bind(Json(*result))
                 .push_bind(o.is_error);
         });
         q.push(") UPDATE run_tool_calls SET status = 'completed', result = v_result, is_error = v_error, finished_at = ");
@@ -826,26 +944,39 @@ async fn write_statements(
         .iter()
         .map(|(run, _, start)| (*run, start.events.as_slice()))
         .collect();
-    let groups: Vec<(Uuid, Vec<&NewEvent>)> = survivors
+    let step_groups: Vec<(Uuid, &RawValue, i64)> = survivors
         .iter()
-        .filter(|(_, s)| !s.events.is_empty())
-        .map(|(_, s)| (s.run.id, s.events.iter().collect()))
-        .chain(creates.iter().map(|c| {
+        .filter_map(|(i, s)| {
+            let (events, last) = pending[*i].events.as_ref()?;
+            Some((s.run.id, &**events, *last))
+        })
+        .collect();
+    let create_groups: Vec<(Uuid, Vec<&NewEvent>)> = creates
+        .iter()
+        .map(|c| {
             let mut events = vec![&queued_event];
             events.extend(first_events.get(&c.row.id).copied().unwrap_or_default());
             (c.row.id, events)
-        }))
+        })
         .collect();
-    if !groups.is_empty() {
+    if !step_groups.is_empty() || !create_groups.is_empty() {
         let mut q =
             link.stmt("INSERT INTO run_event_groups (run_id, last_seq, events, created_at) ");
-        q.push_values(groups, |b, (run, events)| {
-            let (packed, last) = pack(events);
+        q.push_values(step_groups, |b, (run, events, last)| {
             b.push_bind(run)
                 .push_bind(last)
-                .push_bind(packed)
+                .push_bind(Json(events))
                 .push_bind(now);
         });
+        if !create_groups.is_empty() {
+            q.push_values(create_groups, |b, (run, events)| {
+                let (packed, last) = pack(events);
+                b.push_bind(run)
+                    .push_bind(last)
+                    .push_bind(packed)
+                    .push_bind(now);
+            });
+        }
         tail.push(q);
     }
     for q in tail {
@@ -868,10 +999,22 @@ async fn write_statements(
         notify.push("q".into());
     }
     Ok(Outcome {
+        at: now,
         appended,
         started: opened,
         notify,
     })
+}
+
+/// The numbers of `count` messages in `conversation`, from its next number
+/// on (none when the conversation is gone: its runs go with it).
+fn numbers(next_seq: &mut HashMap<Uuid, i64>, conversation: Uuid, count: usize) -> Vec<i64> {
+    let Some(seq) = next_seq.get_mut(&conversation) else {
+        return Vec::new();
+    };
+    let first = *seq;
+    *seq += count as i64;
+    (first..*seq).collect()
 }
 
 /// Numbers `messages` in `conversation` from its next number on (none when
@@ -1051,10 +1194,11 @@ mod tests {
             row,
         };
         let mut conn = Conn::open(&db).unwrap();
+        let last_step = PendingStep::new(last_step).unwrap();
         let mut outcome = write_batch(&mut conn, &[&last_step], &[&next])
             .await
             .unwrap();
-        assert_eq!(outcome.appended[&0][0].seq, 2, "the answer");
+        assert_eq!(outcome.appended[&0], [2], "the answer");
         let created = outcome.created(next.row);
         assert_eq!(created.row.status, "running");
         assert_eq!(created.row.input_seq, Some(3));
@@ -1108,6 +1252,7 @@ mod tests {
                 })
                 .collect(),
         };
+        let step = PendingStep::new(step).unwrap();
         let mut outcome = write_batch(&mut conn, &[&step], &[]).await.unwrap();
         assert!(
             outcome.appended.remove(&0).is_some(),
