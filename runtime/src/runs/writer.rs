@@ -115,7 +115,10 @@ pub(crate) struct PendingStep {
 }
 
 impl PendingStep {
-    fn new(write: StepWrite) -> std::result::Result<PendingStep, serde_json::Error> {
+    /// Encodes `write`'s JSON and lets go of the values only the writer
+    /// would have read (events, arguments, results), so that a queued step
+    /// holds one form of each; messages stay, for the caller's rows.
+    fn new(mut write: StepWrite) -> std::result::Result<PendingStep, serde_json::Error> {
         use serde_json::value::to_raw_value as raw;
         let events = if write.events.is_empty() {
             None
@@ -138,6 +141,13 @@ impl PendingStep {
             .iter()
             .map(|o| raw(&o.result))
             .collect::<std::result::Result<_, _>>()?;
+        write.events = Vec::new();
+        for call in &mut write.new_calls {
+            call.arguments = serde_json::Value::Null;
+        }
+        for outcome in &mut write.outcomes {
+            outcome.result = serde_json::Value::Null;
+        }
         Ok(PendingStep {
             write,
             events,
@@ -985,7 +995,7 @@ async fn write_statements(
 
     let mut notify: Vec<String> = survivors
         .iter()
-        .filter(|(_, s)| !s.events.is_empty())
+        .filter(|(i, _)| pending[*i].events.is_some())
         .map(|(_, s)| format!("e:{}", s.run.id))
         .chain(openings.iter().map(|(run, _, _)| format!("e:{run}")))
         .collect();
