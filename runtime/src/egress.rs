@@ -35,6 +35,15 @@ pub struct EgressConfig {
     pub allow_private_user_endpoints: bool,
 }
 
+impl EgressConfig {
+    /// Whether an endpoint of `owner` may reach public addresses only: a
+    /// user's own (server-wide endpoints have no owner), unless the
+    /// operator allows more.
+    pub fn restricts(&self, owner: Option<uuid::Uuid>) -> bool {
+        owner.is_some() && !self.allow_private_user_endpoints
+    }
+}
+
 /// Whether `ip` is an address on the public internet: not loopback,
 /// private, link-local, shared (CGNAT), unspecified, broadcast, multicast,
 /// documentation or otherwise reserved. IPv4 inside IPv6 (mapped,
@@ -111,6 +120,12 @@ pub fn check_user_url(url: &reqwest::Url) -> Result<(), String> {
     }
 }
 
+/// [`check_user_url`] of a URL as stored.
+pub fn check_user_url_str(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    check_user_url(&parsed)
+}
+
 fn private(ip: IpAddr) -> String {
     format!("{ip} is not a public address, which users' endpoints may not reach")
 }
@@ -159,20 +174,26 @@ impl reqwest13::dns::Resolve for PublicOnly {
 
 const MAX_REDIRECTS: usize = 10;
 
+/// Whether a restricted client follows a redirect to `url`, after
+/// `previous` of them.
+fn redirect_allowed(url: &reqwest::Url, previous: usize) -> Result<(), String> {
+    if previous >= MAX_REDIRECTS {
+        return Err("too many redirects".to_owned());
+    }
+    check_user_url(url)
+}
+
 /// Restricts `builder` (the providers' HTTP client) to public addresses.
 pub fn restrict(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     builder
         .dns_resolver(Arc::new(PublicOnly))
         .no_proxy()
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error("too many redirects");
-            }
-            match check_user_url(attempt.url()) {
+        .redirect(reqwest::redirect::Policy::custom(
+            |attempt| match redirect_allowed(attempt.url(), attempt.previous().len()) {
                 Ok(()) => attempt.follow(),
                 Err(e) => attempt.error(e),
-            }
-        }))
+            },
+        ))
 }
 
 /// Restricts `builder` (an MCP client's, for rmcp's HTTP transport) to
@@ -182,14 +203,9 @@ pub fn restrict13(builder: reqwest13::ClientBuilder) -> reqwest13::ClientBuilder
         .dns_resolver(PublicOnly)
         .no_proxy()
         .redirect(reqwest13::redirect::Policy::custom(|attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error("too many redirects");
-            }
-            match attempt.url().as_str().parse::<reqwest::Url>() {
-                Ok(url) => match check_user_url(&url) {
-                    Ok(()) => attempt.follow(),
-                    Err(e) => attempt.error(e),
-                },
+            // Both reqwest versions use the same `url::Url`.
+            match redirect_allowed(attempt.url(), attempt.previous().len()) {
+                Ok(()) => attempt.follow(),
                 Err(e) => attempt.error(e),
             }
         }))

@@ -469,8 +469,7 @@ impl Server {
                 let served = if self.restricted {
                     // Checked when saved, and again here: the operator may
                     // have disallowed private addresses since.
-                    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url: {e}"))?;
-                    crate::egress::check_user_url(&parsed)?;
+                    crate::egress::check_user_url_str(url)?;
                     let client = crate::egress::restrict13(reqwest13::Client::builder())
                         .build()
                         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
@@ -852,10 +851,10 @@ impl Bridge {
         }
     }
 
-    /// Whether a server of `owner` may reach public addresses only: a
-    /// user's own, unless the operator allows more (see [`crate::egress`]).
+    /// Whether a server of `owner` may reach public addresses only (see
+    /// [`crate::egress`]).
     pub fn restricts(&self, owner: Option<Uuid>) -> bool {
-        owner.is_some() && !self.egress.allow_private_user_endpoints
+        self.egress.restricts(owner)
     }
 
     /// Adds or replaces a server (a replaced one is stopped), with its last

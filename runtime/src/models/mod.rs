@@ -390,7 +390,7 @@ impl ModelService {
                 .base_url
                 .as_deref()
                 .unwrap_or(request.kind.default_base_url()),
-            self.restricted(owner),
+            self.egress.restricts(owner),
         )?;
         check_models(&request.models)?;
         if let Some(key) = &request.api_key {
@@ -459,7 +459,7 @@ impl ModelService {
         let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
         Self::check_change(principal, &row)?;
         let base_url = match &request.base_url {
-            Some(url) => check_base_url(url, self.restricted(row.9))?,
+            Some(url) => check_base_url(url, self.egress.restricts(row.9))?,
             None => row.3.clone(),
         };
         let models = request.models.clone().unwrap_or_else(|| row.6 .0.clone());
@@ -527,26 +527,19 @@ impl ModelService {
         Ok(())
     }
 
-    /// Whether a provider of `owner` may reach public addresses only: a
-    /// user's own, unless the operator allows more.
-    fn restricted(&self, owner: Option<Uuid>) -> bool {
-        owner.is_some() && !self.egress.allow_private_user_endpoints
-    }
-
     /// Checks a stored URL again before it is used: one saved while the
     /// operator allowed private addresses may no longer be reachable.
     /// (Names are checked as they resolve, by the client.)
     fn check_reachable(&self, base_url: &str, owner: Option<Uuid>) -> Result<()> {
-        if !self.restricted(owner) {
+        if !self.egress.restricts(owner) {
             return Ok(());
         }
-        let url = reqwest::Url::parse(base_url).map_err(|e| anyhow::anyhow!("base URL: {e}"))?;
-        egress::check_user_url(&url).map_err(|e| anyhow::anyhow!(e).into())
+        egress::check_user_url_str(base_url).map_err(|e| anyhow::anyhow!(e).into())
     }
 
     /// The HTTP client for a provider of `owner`.
     fn http_for(&self, owner: Option<Uuid>) -> reqwest::Client {
-        if self.restricted(owner) {
+        if self.egress.restricts(owner) {
             self.public_client.clone()
         } else {
             self.client.clone()

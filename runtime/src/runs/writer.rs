@@ -159,8 +159,9 @@ impl PendingStep {
 }
 
 /// What a committed step gets back: its messages' numbers (none when its
-/// conversation is gone) and the commit's time; `None` when its lease was
-/// lost.
+/// conversation is gone) and the commit's time, or why it was not written
+/// (`StepError::LeaseLost`, a database error); and the write itself, to be
+/// dropped on the caller's task.
 type StepReply = (
     std::result::Result<(Vec<i64>, chrono::DateTime<chrono::Utc>), StepError>,
     Box<PendingStep>,
