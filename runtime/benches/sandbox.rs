@@ -1,8 +1,14 @@
 //! Sandbox benchmark (run on demand: `cargo bench --bench sandbox`). Prints,
 //! for the bundled calculator plugin: compile time, cached load time, per-call
 //! latency with a fresh instance per call (argument validation included), calls
-//! per second on 1 and 2 threads, and the memory an instance starts with.
-//! These are figures to read, not assertions.
+//! per second on 1 and 2 threads, and the memory an instance starts with;
+//! and the latency of an HTTP endpoint served beside the sandbox, idle and
+//! while hostile guests spin on every core. These are figures to read, not
+//! assertions.
+
+#[path = "../tests/support/build.rs"]
+#[allow(dead_code)]
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -195,6 +201,87 @@ fn main() {
         "  process peak RSS             {:>10} KiB",
         status_kib("VmHWM")
     );
+    api_latency_beside_hostile_guests();
+}
+
+/// An HTTP endpoint served on a runtime like the server's (one worker per
+/// CPU) that also drives tool calls, as the server does; its latency from a
+/// client on another thread, idle and while calls of a busy-looping tool
+/// keep every core of the guests' threads busy.
+fn api_latency_beside_hostile_guests() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let api = runtime(cpus);
+    let sandbox = Arc::new(Sandbox::new(EngineLimits::default(), None).unwrap());
+    let limits = CallLimits {
+        timeout_ms: 60_000,
+        ..CallLimits::default()
+    };
+    let hostile = Arc::new(
+        api.block_on(sandbox.load(support::hostile_wasm(), limits))
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    api.spawn(async move {
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+    let measure = || {
+        let client = runtime(1);
+        client.block_on(async {
+            let http = reqwest::Client::new();
+            let url = format!("http://{addr}/healthz");
+            let mut samples = Vec::with_capacity(400);
+            for i in 0..450 {
+                let t = Instant::now();
+                http.get(&url).send().await.unwrap().text().await.unwrap();
+                if i >= 50 {
+                    samples.push(t.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            samples.sort();
+            samples
+        })
+    };
+    let idle = measure();
+    // Calls made for as many users as there are CPUs, two each: every
+    // guest thread spins.
+    let spinning: Vec<_> = (0..cpus * 2)
+        .map(|i| {
+            let hostile = hostile.clone();
+            api.spawn(async move {
+                let ctx = orchestra::sandbox::CallContext {
+                    user: Some(format!("user-{}", i / 2)),
+                    ..Default::default()
+                };
+                let _ = hostile.call_with("spin", &json!({}), &ctx).await;
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = measure();
+    for task in spinning {
+        task.abort();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("API latency beside the sandbox ({cpus} CPUs, GET /healthz over loopback):");
+    println!(
+        "  idle                         p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+        ms(percentile(&idle, 0.5)),
+        ms(percentile(&idle, 0.99)),
+        ms(*idle.last().unwrap())
+    );
+    println!(
+        "  {:>2} spinning guest calls      p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+        cpus * 2,
+        ms(percentile(&busy, 0.5)),
+        ms(percentile(&busy, 0.99)),
+        ms(*busy.last().unwrap())
+    );
+    api.shutdown_background();
 }
 
 /// A `/proc/self/status` field, in KiB.

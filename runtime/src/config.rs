@@ -124,6 +124,13 @@ pub struct SandboxConfig {
     /// Meter fuel in every call, so that a plugin's `limits.max_fuel` caps its
     /// computation deterministically. Off by default: it slows every call.
     pub fuel: bool,
+    /// Calls of one plugin at once, unless its own limits say otherwise.
+    pub max_calls_per_plugin: u32,
+    /// Tool calls made for one user at once, across plugins.
+    pub max_calls_per_user: u32,
+    /// Threads that run plugin code (0: one per CPU), at a lower priority
+    /// than the threads that serve requests.
+    pub guest_threads: usize,
 }
 
 impl Default for SandboxConfig {
@@ -136,6 +143,9 @@ impl Default for SandboxConfig {
             allow_http_plugin_urls: false,
             refresh_secs: 5,
             fuel: false,
+            max_calls_per_plugin: EngineLimits::default().max_calls_per_plugin,
+            max_calls_per_user: EngineLimits::default().max_calls_per_user,
+            guest_threads: 0,
         }
     }
 }
@@ -170,6 +180,13 @@ pub struct RunsConfig {
     /// Tokens a user may spend per day unless an admin sets a limit for them
     /// (absent: unlimited).
     pub default_daily_tokens: Option<i64>,
+    /// Tokens a run of a user with token limits reserves while it runs
+    /// (unless its `limits.max_tokens` says how many it may spend): parallel
+    /// runs cannot start past the limit on tokens not yet counted.
+    pub quota_reservation_tokens: i64,
+    /// Event streams (`GET /api/v1/runs/{id}/events`) one user may hold
+    /// open on one node; more are refused with 429.
+    pub max_streams_per_user: usize,
 }
 
 impl Default for RunsConfig {
@@ -190,6 +207,8 @@ impl Default for RunsConfig {
             approval_ttl_secs: 24 * 3600,
             delta_flush_ms: 50,
             default_daily_tokens: None,
+            max_streams_per_user: 32,
+            quota_reservation_tokens: 4096,
         }
     }
 }
@@ -298,6 +317,8 @@ pub struct AuthConfig {
     /// Base64 32-byte key that encrypts secrets at rest; shared by every node of
     /// a cluster. When unset, a key is generated once in `data_dir/keys`.
     pub encryption_key: Option<String>,
+    /// Delays after failed password logins, per account and per address.
+    pub login_throttle: crate::users::throttle::ThrottleConfig,
 }
 
 /// HTTP limits and CORS.
@@ -358,6 +379,7 @@ impl Default for AuthConfig {
             credential_cache_ms: 1000,
             jwt_secret: None,
             encryption_key: None,
+            login_throttle: Default::default(),
         }
     }
 }

@@ -44,10 +44,15 @@ impl EgressConfig {
     }
 }
 
-/// Whether `ip` is an address on the public internet: not loopback,
-/// private, link-local, shared (CGNAT), unspecified, broadcast, multicast,
-/// documentation or otherwise reserved. IPv4 inside IPv6 (mapped,
-/// compatible, NAT64, 6to4) is judged by its IPv4 address.
+mod special;
+
+/// Whether `ip` is an address on the public internet: in no block of the
+/// IANA special-purpose registries that is not globally reachable
+/// (loopback, private, link-local, shared, documentation, benchmarking,
+/// reserved, ...; see `egress/special.rs`), nor multicast or broadcast.
+/// IPv4 inside IPv6 (mapped, translated, compatible, NAT64, 6to4) is judged
+/// by its IPv4 address; any other IPv6 address must be global unicast
+/// (`2000::/3`).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -56,46 +61,24 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0 // "this network"
-        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || a >= 240) // reserved
+    let addr = u128::from(u32::from(ip));
+    !special::V4.iter().any(|(net, len, _, _)| {
+        special::within(addr, u128::from(u32::from_be_bytes(*net)), *len, 32)
+    })
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_v4(v4);
+    let addr = u128::from(ip);
+    let block = special::V6
+        .iter()
+        .find(|(net, len, ..)| special::within(addr, u128::from(Ipv6Addr::from(*net)), *len, 128));
+    match block.map(|b| b.4) {
+        Some(special::Kind::NotPublic) => false,
+        Some(special::Kind::EmbedsV4Low) => is_public_v4(Ipv4Addr::from(addr as u32)),
+        Some(special::Kind::EmbedsV4At16) => is_public_v4(Ipv4Addr::from((addr >> 80) as u32)),
+        // Global unicast is 2000::/3; the rest is unassigned or reserved.
+        None => (ip.segments()[0] & 0xe000) == 0x2000,
     }
-    let s = ip.segments();
-    // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4
-    // (2002::/16) carry an IPv4 address that decides.
-    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-    if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
-        return is_public_v4(embedded(s[6], s[7]));
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return is_public_v4(embedded(s[6], s[7]));
-    }
-    if s[0] == 0x2002 {
-        return is_public_v4(embedded(s[1], s[2]));
-    }
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || ip.is_unique_local()
-        || ip.is_unicast_link_local()
-        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x0100 && s[1..4] == [0; 3])) // discard-only
 }
 
 /// Checks a user's endpoint URL before it is saved: an `http(s)` URL whose
@@ -131,32 +114,50 @@ fn private(ip: IpAddr) -> String {
 }
 
 /// Resolves names with the system resolver and keeps public addresses
-/// only; a name with none fails to resolve.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PublicOnly;
+/// only, and those of the networks in `also` (which an admin granted); a
+/// name with none of those fails to resolve.
+#[derive(Debug, Clone, Default)]
+pub struct PublicOnly {
+    also: Arc<[ipnet::IpNet]>,
+}
 
 impl PublicOnly {
-    async fn resolve(host: String) -> Result<Vec<SocketAddr>, std::io::Error> {
+    /// Public addresses and those of `networks`.
+    pub fn and(networks: &[ipnet::IpNet]) -> PublicOnly {
+        PublicOnly {
+            also: networks.into(),
+        }
+    }
+
+    /// Whether a connection to `ip` is allowed.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.also.iter().any(|net| net.contains(&ip))
+    }
+
+    async fn resolve(&self, host: String) -> Result<Vec<SocketAddr>, std::io::Error> {
         let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-        let public: Vec<SocketAddr> = all.iter().copied().filter(|a| is_public(a.ip())).collect();
-        if public.is_empty() && !all.is_empty() {
+        let allowed: Vec<SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| self.allows(a.ip()))
+            .collect();
+        if allowed.is_empty() && !all.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "{host} resolves to {}, not a public address, which users' endpoints may not reach",
-                    all[0].ip()
-                ),
+                // Which address it was is the internal network's business.
+                format!("{host} is not a destination that users' endpoints may reach"),
             ));
         }
-        Ok(public)
+        Ok(allowed)
     }
 }
 
 impl reqwest::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
+        let this = self.clone();
         Box::pin(async move {
-            let addrs = PublicOnly::resolve(host).await?;
+            let addrs = this.resolve(host).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -165,10 +166,33 @@ impl reqwest::dns::Resolve for PublicOnly {
 impl reqwest13::dns::Resolve for PublicOnly {
     fn resolve(&self, name: reqwest13::dns::Name) -> reqwest13::dns::Resolving {
         let host = name.as_str().to_owned();
+        let this = self.clone();
         Box::pin(async move {
-            let addrs = PublicOnly::resolve(host).await?;
+            let addrs = this.resolve(host).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest13::dns::Addrs)
         })
+    }
+}
+
+/// The HTTP client of plugins' outbound requests: names resolved to public
+/// addresses (and to those of `private`, networks an admin granted the
+/// plugin), no redirects (the plugin sees them and its next request is
+/// checked again), no proxy, no default headers of its own. Clients without
+/// private networks are shared.
+pub fn plugin_client(private: &[ipnet::IpNet]) -> reqwest::Client {
+    static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let build = || {
+        reqwest::Client::builder()
+            .dns_resolver(Arc::new(PublicOnly::and(private)))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client without custom TLS builds")
+    };
+    if private.is_empty() {
+        SHARED.get_or_init(build).clone()
+    } else {
+        build()
     }
 }
 
@@ -186,7 +210,7 @@ fn redirect_allowed(url: &reqwest::Url, previous: usize) -> Result<(), String> {
 /// Restricts `builder` (the providers' HTTP client) to public addresses.
 pub fn restrict(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     builder
-        .dns_resolver(Arc::new(PublicOnly))
+        .dns_resolver(Arc::new(PublicOnly::default()))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::custom(
             |attempt| match redirect_allowed(attempt.url(), attempt.previous().len()) {
@@ -200,7 +224,7 @@ pub fn restrict(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
 /// public addresses.
 pub fn restrict13(builder: reqwest13::ClientBuilder) -> reqwest13::ClientBuilder {
     builder
-        .dns_resolver(PublicOnly)
+        .dns_resolver(PublicOnly::default())
         .no_proxy()
         .redirect(reqwest13::redirect::Policy::custom(|attempt| {
             // Both reqwest versions use the same `url::Url`.
@@ -250,6 +274,20 @@ mod tests {
             "::10.0.0.1",
             "64:ff9b::a00:1",
             "2002:c0a8:101::1",
+            // Local-use NAT64 (RFC 8215) and IPv4-translated (RFC 2765).
+            "64:ff9b:1::808:808",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "3fff::1",
+            "5f00::1",
+            "2001::1",
+            "2001:2::1",
+            "100::1",
+            "100:0:0:1::1",
+            "4000::1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "192.88.99.1",
         ] {
             assert!(!public(ip), "{ip} must not count as public");
         }
@@ -262,8 +300,42 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            "::ffff:0:808:808",
+            "2620:4f:8000::1",
         ] {
             assert!(public(ip), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn every_special_purpose_block_is_refused_at_both_ends() {
+        for (net, len, name, _) in special::V4 {
+            let first = u32::from_be_bytes(*net);
+            let last = first | (u32::MAX.checked_shr(u32::from(*len)).unwrap_or(0));
+            for addr in [first, last] {
+                let ip = Ipv4Addr::from(addr);
+                assert!(!is_public_v4(ip), "{ip} ({name})");
+                // ... and inside IPv6 in every form that carries it.
+                for v6 in [
+                    ip.to_ipv6_mapped(),
+                    Ipv6Addr::from(0xffff_0000_0000u128 | u128::from(addr)),
+                    Ipv6Addr::from((0x64_ff9bu128 << 96) | u128::from(addr)),
+                    Ipv6Addr::from((0x2002u128 << 112) | (u128::from(addr) << 80)),
+                ] {
+                    assert!(!is_public_v6(v6), "{v6} carries {ip} ({name})");
+                }
+            }
+        }
+        for (net, len, name, _, kind) in special::V6 {
+            if *kind != special::Kind::NotPublic {
+                continue;
+            }
+            let first = u128::from(Ipv6Addr::from(*net));
+            let last = first | u128::MAX.checked_shr(u32::from(*len)).unwrap_or(0);
+            for addr in [first, last] {
+                let ip = Ipv6Addr::from(addr);
+                assert!(!is_public_v6(ip), "{ip} ({name})");
+            }
         }
     }
 
@@ -290,14 +362,18 @@ mod tests {
 
     #[tokio::test]
     async fn names_resolve_to_public_addresses_only() {
-        let error = PublicOnly::resolve("localhost".to_owned())
+        let error = PublicOnly::default()
+            .resolve("localhost".to_owned())
             .await
             .expect_err("localhost is private");
         assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
-        assert!(
-            error.to_string().contains("not a public address"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("not a destination"), "{error}");
+        // Which address the name resolved to is not told.
+        assert!(!error.to_string().contains("127.0.0.1"), "{error}");
+        // A granted network lets it through.
+        let granted = PublicOnly::and(&["127.0.0.0/8".parse().unwrap()]);
+        let addrs = granted.resolve("localhost".to_owned()).await.unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
     }
 
     #[tokio::test]
@@ -323,14 +399,14 @@ mod tests {
         let restricted = restrict(reqwest::Client::builder()).build().unwrap();
         let error = restricted.get(&url).send().await.expect_err("refused");
         assert!(
-            format!("{error:?}").contains("not a public address"),
+            format!("{error:?}").contains("not a destination"),
             "{error:?}"
         );
         crate::mcp::install_crypto();
         let restricted = restrict13(reqwest13::Client::builder()).build().unwrap();
         let error = restricted.get(&url).send().await.expect_err("refused");
         assert!(
-            format!("{error:?}").contains("not a public address"),
+            format!("{error:?}").contains("not a destination"),
             "{error:?}"
         );
     }

@@ -180,6 +180,20 @@ impl IntoResponse for Error {
         if let Error::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
-        (self.status(), axum::Json(self.body())).into_response()
+        let body = self.body();
+        let mut response = (self.status(), axum::Json(&body)).into_response();
+        // A 429 that knows when to come back says so.
+        if let Some(secs) = body
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retry_after_secs"))
+            .and_then(serde_json::Value::as_u64)
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }

@@ -15,6 +15,40 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// The first character of `text` that changes how it reads without being
+/// seen: bidirectional overrides, embeddings and isolates (which can make
+/// `gpt-4 Helper` display as something else), and zero-width characters
+/// (which make two names look alike). Names that other people see must
+/// not contain them.
+pub fn hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|c| {
+        matches!(
+            *c,
+            '\u{061C}' // Arabic letter mark
+                | '\u{180E}' // Mongolian vowel separator
+                | '\u{200B}'..='\u{200F}' // zero-width space, (non-)joiner, LRM, RLM
+                | '\u{202A}'..='\u{202E}' // embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+                | '\u{2066}'..='\u{2069}' // isolates
+                | '\u{FEFF}' // zero-width no-break space
+        )
+    })
+}
+
+/// 400 naming `field` when `text` holds a [`hidden_char`].
+pub fn check_visible(field: &str, text: &str) -> Result<()> {
+    match hidden_char(text) {
+        Some(c) => Err(Error::invalid_field(
+            field,
+            format!(
+                "must not contain invisible or direction-changing characters (U+{:04X})",
+                c as u32
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Fails with 400 naming `field` when `object` serialises to more than `max` bytes.
 pub fn check_object_size(field: &str, object: &Map<String, Value>, max: usize) -> Result<()> {
     let size = serde_json::to_vec(object)

@@ -53,6 +53,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         EngineLimits {
             max_concurrent_instances: config.sandbox.max_concurrent_instances,
             fuel: config.sandbox.fuel,
+            max_calls_per_plugin: config.sandbox.max_calls_per_plugin.max(1),
+            max_calls_per_user: config.sandbox.max_calls_per_user.max(1),
+            guest_threads: config.sandbox.guest_threads,
             ..EngineLimits::default()
         },
         Some(
@@ -92,6 +95,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
             access_ttl_secs: config.auth.access_token_ttl_secs,
             refresh_ttl_secs: config.auth.refresh_token_ttl_secs,
             credential_cache_ms: config.auth.credential_cache_ms,
+            login_throttle: config.auth.login_throttle,
         },
     );
     let secrets = SecretService::new(db.clone(), audit.clone(), &keys.encryption_key);
@@ -189,7 +193,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = api();
     let http = &state.config.http;
-    let timeout = Duration::from_secs(http.request_timeout_secs);
+    let timeout = middleware::Timeouts {
+        request: Duration::from_secs(http.request_timeout_secs),
+        // The longest of a tool call's own deadlines (an agent's run, a
+        // bridged tool's default), and a margin to answer with its error.
+        mcp: Duration::from_secs(
+            state
+                .config
+                .mcp
+                .agent_timeout_secs
+                .max(state.config.mcp.call_timeout_secs)
+                + 30,
+        ),
+    };
     router
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
         .merge(crate::mcp::host::router(state.clone()))

@@ -447,6 +447,61 @@ async fn http_fetch_reaches_granted_hosts_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_grant_reaches_public_addresses_only() {
+    let sandbox = sandbox(None);
+    let fetch = load(&sandbox, bundled("http-fetch")).await;
+    let site = site(None).await;
+    let port = site.addr.rsplit_once(':').unwrap().1.to_owned();
+    let get = |url: String, ctx: CallContext| {
+        let fetch = fetch.clone();
+        async move { fetch.call_with("fetch", &json!({ "url": url }), &ctx).await }
+    };
+    // `*` (and `*.domain`) grants never reach loopback, however it is named.
+    let anywhere = granting(&["*"]);
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://127.1:{port}/"),
+    ] {
+        let result = get(url.clone(), anywhere.clone()).await;
+        assert!(result.is_err(), "{url}: {result:?}");
+    }
+    assert_eq!(
+        site.hits.load(Ordering::SeqCst),
+        0,
+        "the site saw no request"
+    );
+
+    // A host granted by its address was named by the admin: reachable.
+    let page = get(format!("http://{}/", site.addr), granting(&[&site.addr]))
+        .await
+        .unwrap();
+    assert_eq!(page["status"], 200);
+    // A name that resolves to a private address needs a private network.
+    let mut grants = Grants {
+        http_hosts: vec![format!("localhost:{port}")],
+        ..Grants::default()
+    };
+    let by_name = CallContext {
+        grants: Arc::new(grants.clone()),
+        ..CallContext::default()
+    };
+    assert!(get(format!("http://localhost:{port}/"), by_name)
+        .await
+        .is_err());
+    grants.private_networks = vec!["127.0.0.0/8".into(), "::1".into()];
+    let by_name = CallContext {
+        grants: Arc::new(grants),
+        ..CallContext::default()
+    };
+    let page = get(format!("http://localhost:{port}/"), by_name)
+        .await
+        .unwrap();
+    assert_eq!(page["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_host_header_reaches_nothing() {
     let sandbox = sandbox(None);
     let hostile = load(&sandbox, hostile_wasm()).await;

@@ -234,6 +234,7 @@ pub fn parse_name(raw: &str) -> Result<String> {
             "must not contain control characters",
         ));
     }
+    crate::schema::check_visible("name", name)?;
     Ok(name.to_owned())
 }
 

@@ -146,16 +146,33 @@ impl ConversationRepo {
             .await?))
     }
 
-    /// Deletes a conversation and its messages.
+    /// Deletes a conversation with its messages and runs. The usage of its
+    /// runs is settled in the usage ledger first, in the same transaction:
+    /// usage reports and quotas do not forget what was spent.
     pub async fn delete(&self, id: Uuid) -> Result<bool> {
-        Ok(
-            on_db!(&self.db, pool => sqlx::query("DELETE FROM conversations WHERE id = $1")
+        Ok(on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO usage_ledger (run_id, user_id, agent_id, provider, model, created_at,
+                                           reserved_tokens, input_tokens, output_tokens, settled)
+                 SELECT id, user_id, agent_id, provider, model, created_at, 0,
+                        input_tokens, output_tokens, TRUE
+                 FROM runs WHERE conversation_id = $1
+                 ON CONFLICT (run_id) DO UPDATE SET created_at = excluded.created_at,
+                     reserved_tokens = 0, input_tokens = excluded.input_tokens,
+                     output_tokens = excluded.output_tokens, settled = TRUE",
+            )
             .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            == 1),
-        )
+            .execute(&mut *tx)
+            .await?;
+            let deleted = sqlx::query("DELETE FROM conversations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            deleted == 1
+        }))
     }
 
     /// Appends a message at the next sequence number.

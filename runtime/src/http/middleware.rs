@@ -60,8 +60,46 @@ pub fn trace() -> TraceLayer<
         })
 }
 
-/// Abandons a request that runs longer than the configured timeout.
-pub async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// How long a request may take before it is abandoned.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Every request but those below (`http.request_timeout_secs`).
+    pub request: Duration,
+    /// `/mcp` requests, whose tool calls have deadlines of their own (an
+    /// agent's run: `mcp.agent_timeout_secs`): that deadline and a margin.
+    pub mcp: Duration,
+}
+
+/// The most a long poll waits (`GET /api/v1/runs/{id}?wait_secs=`).
+const MAX_WAIT_SECS: u64 = crate::runs::model::MAX_WAIT_SECS;
+
+impl Timeouts {
+    /// The limit of one request: a long poll gets its wait on top of the
+    /// request timeout; an event stream is not limited once its headers are
+    /// sent (this layer only waits for them).
+    fn of(&self, req: &Request) -> Duration {
+        let path = req.uri().path();
+        if path == "/mcp" || path.starts_with("/mcp/") {
+            return self.mcp.max(self.request);
+        }
+        if path.starts_with("/api/v1/runs/") {
+            let wait = req
+                .uri()
+                .query()
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|pair| pair.strip_prefix("wait_secs="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |w| w.min(MAX_WAIT_SECS));
+            return self.request + Duration::from_secs(wait);
+        }
+        self.request
+    }
+}
+
+/// Abandons a request that runs longer than its limit ([`Timeouts`]).
+pub async fn timeout(State(limits): State<Timeouts>, req: Request, next: Next) -> Response {
+    let limit = limits.of(&req);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
@@ -177,7 +215,10 @@ mod tests {
                 }),
             )
             .layer(axum::middleware::from_fn_with_state(
-                Duration::from_millis(50),
+                Timeouts {
+                    request: Duration::from_millis(50),
+                    mcp: Duration::from_millis(50),
+                },
                 timeout,
             ));
         let response = app
@@ -186,6 +227,24 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body_json(response).await["error"], "timeout");
+    }
+
+    #[test]
+    fn long_polls_and_mcp_calls_have_limits_of_their_own() {
+        let limits = Timeouts {
+            request: Duration::from_secs(30),
+            mcp: Duration::from_secs(630),
+        };
+        let of = |uri: &str| limits.of(&Request::builder().uri(uri).body(Body::empty()).unwrap());
+        assert_eq!(of("/api/v1/agents"), Duration::from_secs(30));
+        assert_eq!(of("/api/v1/runs/x?wait_secs=45"), Duration::from_secs(75));
+        assert_eq!(
+            of("/api/v1/runs/x?a=1&wait_secs=600"),
+            Duration::from_secs(90)
+        );
+        assert_eq!(of("/api/v1/runs/x?wait_secs=soon"), Duration::from_secs(30));
+        assert_eq!(of("/api/v1/agents?wait_secs=45"), Duration::from_secs(30));
+        assert_eq!(of("/mcp"), Duration::from_secs(630));
     }
 
     #[tokio::test]

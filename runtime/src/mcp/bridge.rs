@@ -408,11 +408,17 @@ impl Server {
                         cmd.env(key, value);
                     }
                 }
+                // Secret values given to the process, to be blotted out of
+                // what it writes on stderr (logged, and kept for last_error).
+                let mut revealed = Vec::new();
                 for (key, value) in env {
                     let value = match value {
                         EnvValue::Plain(v) => v.clone(),
                         EnvValue::Secret { secret } => match self.secrets.reveal(secret).await {
-                            Ok(Some(v)) => v,
+                            Ok(Some(v)) => {
+                                revealed.push(v.clone());
+                                v
+                            }
                             Ok(None) => return Err(format!("secret {secret:?} is not set")),
                             Err(e) => return Err(format!("secret {secret:?}: {e}")),
                         },
@@ -435,6 +441,7 @@ impl Server {
                         stderr,
                         generation,
                         closed,
+                        Redactor::new(revealed),
                     ));
                 }
                 match handler.serve(process).await {
@@ -773,18 +780,49 @@ async fn supervise(
     server.fail(generation, error);
 }
 
-/// Logs a stdio server's stderr and keeps its last lines.
+/// Blots the values of secrets out of text.
+#[derive(Debug, Default)]
+pub(crate) struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// Values shorter than 4 characters are left alone: blotting out every
+    /// `1` or `yes` would hide the text and protect nothing.
+    pub(crate) fn new(mut secrets: Vec<String>) -> Redactor {
+        secrets.retain(|s| s.chars().count() >= 4);
+        // Longest first, so that a secret containing another goes whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Redactor { secrets }
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// Logs a stdio server's stderr and keeps its last lines, with the values
+/// of the secrets given to it blotted out.
 async fn capture_stderr(
     server: Weak<Server>,
     stderr: tokio::process::ChildStderr,
     generation: u64,
     closed: tokio::sync::watch::Sender<bool>,
+    redactor: Redactor,
 ) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let Some(server) = server.upgrade() else {
             break;
         };
+        let line = redactor.redact(&line);
         tracing::info!(target: "orchestra::mcp::stderr", server = %server.def.name, "{line}");
         let mut state = server.lock();
         if state.generation == generation {

@@ -348,7 +348,31 @@ impl McpService {
             .unwrap_or(self.config.max_result_bytes as u64)
     }
 
-    fn response(&self, row: Row) -> McpServerResponse {
+    /// The server as `principal` may see it: its configuration (command,
+    /// arguments, environment, URL, header names) and the stderr tail of its
+    /// last error are for those who may change it; others (users and
+    /// viewers, for a server-wide server) see its name, tools and a coarse
+    /// state.
+    fn response(&self, principal: &Principal, row: Row) -> McpServerResponse {
+        let manages = Self::check_manage(principal, &row).is_ok();
+        let mut response = self.full_response(row);
+        if !manages {
+            response.command = None;
+            response.args = Vec::new();
+            response.env = BTreeMap::new();
+            response.url = None;
+            response.header_names = Vec::new();
+            response.has_bearer_token = false;
+            response.status.last_error = response
+                .status
+                .last_error
+                .as_ref()
+                .map(|_| "the server failed; an admin can see why".to_owned());
+        }
+        response
+    }
+
+    fn full_response(&self, row: Row) -> McpServerResponse {
         let server = self.bridge.server(&row.name);
         let status = server.as_ref().map(|s| s.status()).unwrap_or(ServerStatus {
             state: bridge::ServerState::Stopped,
@@ -523,7 +547,8 @@ impl McpService {
     async fn reactivate(&self, id: Uuid) -> Result<McpServerResponse> {
         let row = self.row(id).await?.ok_or(Error::NotFound("MCP server"))?;
         self.activate(&row).await?;
-        Ok(self.response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
+        // Only those who may change a server get here.
+        Ok(self.full_response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
     }
 
     /// Puts `row` into the bridge (or takes it out when disabled) and, when
@@ -590,13 +615,13 @@ impl McpService {
         Ok(rows
             .into_iter()
             .filter(|row| Self::visible(principal, row))
-            .map(|row| self.response(row))
+            .map(|row| self.response(principal, row))
             .collect())
     }
 
     /// One server, with its status.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<McpServerResponse> {
-        Ok(self.response(self.visible_row(principal, id).await?))
+        Ok(self.response(principal, self.visible_row(principal, id).await?))
     }
 
     /// Changes a server and restarts its connection.

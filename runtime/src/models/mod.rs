@@ -71,8 +71,10 @@ pub struct ProviderInfo {
     pub name: String,
     /// The wire format.
     pub kind: ProviderKind,
-    /// The API's base URL.
-    pub base_url: String,
+    /// The API's base URL; shown only to those who may change the provider
+    /// (admins, and a personal provider's owner): a server-wide endpoint is
+    /// the operator's network, and its URL may carry a key.
+    pub base_url: Option<String>,
     /// Whether an API key is set.
     pub has_api_key: bool,
     /// The models offered; empty means "ask the provider".
@@ -289,11 +291,14 @@ impl ModelService {
         format!("provider:{id}").into_bytes()
     }
 
-    fn env_info(env: &EnvProvider) -> ProviderInfo {
+    fn env_info(env: &EnvProvider, principal: &Principal) -> ProviderInfo {
         ProviderInfo {
             name: env.name.clone(),
             kind: ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai),
-            base_url: env.base_url.clone(),
+            base_url: principal
+                .owner_scope()
+                .is_none()
+                .then(|| env.base_url.clone()),
             has_api_key: true,
             models: Vec::new(),
             source: "environment".into(),
@@ -303,11 +308,15 @@ impl ModelService {
         }
     }
 
-    fn row_info(row: &Row) -> ProviderInfo {
+    fn row_info(row: &Row, principal: &Principal) -> ProviderInfo {
+        let shows = match principal.owner_scope() {
+            None => true,
+            Some(user) => row.9 == Some(user),
+        };
         ProviderInfo {
             name: row.1.clone(),
             kind: ProviderKind::parse(&row.2).unwrap_or(ProviderKind::Openai),
-            base_url: row.3.clone(),
+            base_url: shows.then(|| row.3.clone()),
             has_api_key: row.5.is_some(),
             models: row.6 .0.clone(),
             source: "database".into(),
@@ -332,13 +341,17 @@ impl ModelService {
     pub async fn list(&self, principal: &Principal) -> Result<Vec<ProviderInfo>> {
         principal.require(Permission::AgentRead)?;
         let scope = principal.owner_scope();
-        let mut out: Vec<ProviderInfo> = self.env.iter().map(Self::env_info).collect();
+        let mut out: Vec<ProviderInfo> = self
+            .env
+            .iter()
+            .map(|e| Self::env_info(e, principal))
+            .collect();
         out.extend(
             self.rows()
                 .await?
                 .iter()
                 .filter(|r| visible(r.9, scope))
-                .map(Self::row_info),
+                .map(|r| Self::row_info(r, principal)),
         );
         Ok(out)
     }
@@ -347,14 +360,14 @@ impl ModelService {
     pub async fn get(&self, principal: &Principal, name: &str) -> Result<ProviderInfo> {
         principal.require(Permission::AgentRead)?;
         if let Some(env) = self.env.iter().find(|e| e.name == name) {
-            return Ok(Self::env_info(env));
+            return Ok(Self::env_info(env, principal));
         }
         let row = self
             .row(name)
             .await?
             .filter(|r| visible(r.9, principal.owner_scope()))
             .ok_or(Error::NotFound("provider"))?;
-        Ok(Self::row_info(&row))
+        Ok(Self::row_info(&row, principal))
     }
 
     /// Fails unless the caller may change `row`: admins any, users their own.

@@ -102,8 +102,8 @@ pub struct UpdatePluginRequest {
 pub enum Source {
     /// Bytes sent in the request.
     Upload(Vec<u8>),
-    /// The JSON form.
-    Request(InstallRequest),
+    /// The JSON form (boxed: grants make it large).
+    Request(Box<InstallRequest>),
 }
 
 type Row = (

@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -13,7 +14,7 @@ use super::{InstallRequest, PluginInfo, Source, UpdatePluginRequest};
 use crate::error::{Error, ErrorResponse, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::AppState;
-use crate::users::model::Principal;
+use crate::users::model::{Permission, Principal};
 
 /// Routes of the plugins domain.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -25,6 +26,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// How much of an oversized upload is read (and dropped) before answering 413.
 const DRAIN_BYTES: usize = 64 << 20;
+
+/// How much of a refused upload (a caller who may not install plugins) is
+/// read and dropped, and for how long at most, before the 403, so that an
+/// ordinary client receives the answer; the rest is never read.
+const REFUSED_DRAIN_BYTES: usize = 1 << 20;
+const REFUSED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops at most `REFUSED_DRAIN_BYTES` of `body`, for at most
+/// `REFUSED_DRAIN_TIME`.
+async fn discard(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > REFUSED_DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
 
 /// Reads an install body: the raw component (`application/wasm` or
 /// `application/octet-stream`) or the JSON form, up to the plugin size limit.
@@ -59,7 +82,7 @@ async fn source(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Sou
     match content_type.as_str() {
         "application/wasm" | "application/octet-stream" => Ok(Source::Upload(bytes)),
         "application/json" => serde_json::from_slice::<InstallRequest>(&bytes)
-            .map(Source::Request)
+            .map(|r| Source::Request(Box::new(r)))
             .map_err(|e| Error::validation(format!("invalid JSON body: {e}"))),
         other => Err(Error::validation(format!(
             "Content-Type {other:?}: send application/json (path or url) or application/wasm (the component)"
@@ -91,12 +114,28 @@ async fn install_plugin(
     principal: Principal,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<PluginInfo>)> {
-    // The body is read before the permission check on purpose: answering
-    // while a client is still uploading breaks its connection instead of
-    // giving it the 403.
-    let source = source(&state, &headers, body).await?;
-    let info = state.plugins.install(&principal, source).await?;
+) -> Result<(StatusCode, Json<PluginInfo>), Response> {
+    // Permission first: a caller who may not install plugins gets its 403
+    // without the server keeping (or waiting for) its upload. A little of
+    // it is read and dropped so that an ordinary client sees the answer;
+    // the connection is then closed.
+    if let Err(refused) = principal.require(Permission::PluginManage) {
+        discard(body).await;
+        let mut response = refused.into_response();
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return Err(response);
+    }
+    let source = source(&state, &headers, body)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let info = state
+        .plugins
+        .install(&principal, source)
+        .await
+        .map_err(IntoResponse::into_response)?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

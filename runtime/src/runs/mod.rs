@@ -36,6 +36,63 @@ pub struct RunService {
     writer: writer::Writer,
     engine: engine::Engine,
     config: RunsConfig,
+    streams: StreamSlots,
+}
+
+/// Event streams open on this node, per user, bounded by
+/// `runs.max_streams_per_user`.
+#[derive(Clone, Debug, Default)]
+struct StreamSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, usize>>>);
+
+/// One open event stream; dropping it frees its slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: StreamSlots,
+    user: Uuid,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl StreamSlots {
+    fn take(&self, user: Uuid, max: usize) -> Result<StreamSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(user).or_default();
+        if *n >= max {
+            return Err(Error::TooManyRequests {
+                code: "too_many_streams",
+                message: format!(
+                    "at most {max} event streams may be open at once; close one first"
+                ),
+                details: Some(serde_json::json!({ "limit": max })),
+            });
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            user,
+        })
+    }
+}
+
+/// An event stream that may start: the run, and the caller's slot.
+#[derive(Debug)]
+pub struct OpenStream {
+    /// The run's id.
+    pub id: Uuid,
+    /// Whether the run has ended (its last event is `done`).
+    pub ended: bool,
+    /// The caller's slot, held while the stream is open.
+    pub slot: StreamSlot,
 }
 
 fn expires_at(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -109,6 +166,7 @@ impl RunService {
             models,
             bus,
             config,
+            streams: StreamSlots::default(),
         }
     }
 
@@ -191,15 +249,72 @@ impl RunService {
         if let Some(asked) = &input.limits {
             limits = limits.apply(asked, &self.config.max_limits, "limits")?;
         }
-        self.usage
-            .check_limits(owner, stored_limits, self.config.default_daily_tokens)
+        let run_id = Uuid::now_v7();
+        let recorded = self
+            .usage
+            .admit(usage::Admission {
+                run: run_id,
+                user: owner,
+                agent: agent.id,
+                provider: &model.provider,
+                model: &model.model,
+                reserve: limits
+                    .max_tokens
+                    .map_or(self.config.quota_reservation_tokens, |t| t as i64),
+                stored: stored_limits,
+                default_daily: self.config.default_daily_tokens,
+            })
             .await?;
-        let policy = input.on_active.unwrap_or(self.config.on_active);
-        let (row, interrupted) = if policy == ActivePolicy::Queue {
+        let created = self
+            .store_new(
+                run_id,
+                conversation,
+                owner,
+                agent,
+                provider,
+                parts,
+                limits,
+                &model,
+                input.on_active,
+            )
+            .await;
+        if created.is_err() && recorded {
+            if let Err(e) = self.usage.release(run_id).await {
+                tracing::warn!(run = %run_id, error = %e, "releasing a run's admission failed");
+            }
+        }
+        let (row, interrupted) = created?;
+        for other in interrupted {
+            self.bus.cancel(other);
+        }
+        if row.status == "queued" {
+            self.bus.queued();
+        }
+        self.respond(row).await
+    }
+
+    /// Stores a new run with id `id`: group-committed (and started at once
+    /// when it can) or, for other `on_active` policies, in a transaction
+    /// that deals with the conversation's unfinished runs (returned).
+    #[allow(clippy::too_many_arguments)]
+    async fn store_new(
+        &self,
+        id: Uuid,
+        conversation: Uuid,
+        owner: Uuid,
+        agent: crate::agents::repo::AgentRow,
+        provider: std::sync::Arc<dyn crate::providers::Provider>,
+        parts: Option<Vec<crate::conversations::model::ContentPart>>,
+        limits: RunLimits,
+        model: &crate::agents::model::ModelRef,
+        on_active: Option<ActivePolicy>,
+    ) -> Result<(RunRow, Vec<Uuid>)> {
+        let policy = on_active.unwrap_or(self.config.on_active);
+        if policy == ActivePolicy::Queue {
             // Nothing to check against other runs: group-committed, and
             // started at once when this node has a free slot and the
             // conversation no unfinished run.
-            let row = writer::queued_row(
+            let mut row = writer::queued_row(
                 conversation,
                 owner,
                 agent.id,
@@ -208,6 +323,7 @@ impl RunService {
                 &model.provider,
                 &model.model,
             );
+            row.id = id;
             let (start, ticket) = match self.engine.opening(&row) {
                 Some((start, ticket)) => (Some(start), Some(ticket)),
                 None => (None, None),
@@ -219,10 +335,11 @@ impl RunService {
             if let Some(ticket) = ticket {
                 self.engine.adopt(ticket, &created, agent, provider);
             }
-            (created.row, Vec::new())
+            Ok((created.row, Vec::new()))
         } else {
             self.repo
                 .create(
+                    id,
                     conversation,
                     owner,
                     agent.id,
@@ -232,15 +349,8 @@ impl RunService {
                     &model.model,
                     policy,
                 )
-                .await?
-        };
-        for other in interrupted {
-            self.bus.cancel(other);
+                .await
         }
-        if row.status == "queued" {
-            self.bus.queued();
-        }
-        self.respond(row).await
     }
 
     /// One run.
@@ -355,9 +465,17 @@ impl RunService {
     }
 
     /// Checks access to a run's events; returns the run's id.
-    pub async fn open_events(&self, principal: &Principal, id: Uuid) -> Result<Uuid> {
+    pub async fn open_events(&self, principal: &Principal, id: Uuid) -> Result<OpenStream> {
         principal.require(Permission::ConversationRead)?;
-        Ok(self.visible(principal, id).await?.id)
+        let row = self.visible(principal, id).await?;
+        let slot = self
+            .streams
+            .take(principal.user_id, self.config.max_streams_per_user)?;
+        Ok(OpenStream {
+            id: row.id,
+            ended: row.status().is_terminal(),
+            slot,
+        })
     }
 
     /// Stored events after `after`.

@@ -263,6 +263,7 @@ impl RunRepo {
     #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
+        id: Uuid,
         conversation: Uuid,
         user: Uuid,
         agent: Uuid,
@@ -273,7 +274,6 @@ impl RunRepo {
         policy: ActivePolicy,
     ) -> Result<(RunRow, Vec<Uuid>)> {
         let now = db::now();
-        let id = Uuid::now_v7();
         let postgres = self.postgres();
         on_db!(&self.db, pool, D => {
             let mut tx = pool.begin().await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -134,19 +134,24 @@ async fn approve_run(
 
 /// The run's story as Server-Sent Events (`id` = seq, `event` = type,
 /// `data` = JSON). Reconnect with `Last-Event-ID` (or `?after=`) to get
-/// every event after it; the stream ends after the `done` event.
+/// every event after it; the stream ends after the `done` event. A stream
+/// opened after the `done` event of an ended run answers 204, which tells
+/// an `EventSource` to stop reconnecting. A user holds at most
+/// `runs.max_streams_per_user` streams open at once (429 beyond).
 #[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Run id"), EventCursor,
            ("Last-Event-ID" = Option<i64>, Header, description = "The last event received")),
     responses((status = 200, description = "text/event-stream of RunEvent", body = RunEvent),
-              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+              (status = 204, description = "The run has ended and every event was received"),
+              (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 429, body = ErrorResponse)))]
 async fn run_events(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<Uuid>,
     Query(cursor): Query<EventCursor>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+) -> Result<Response> {
     let header = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -163,7 +168,12 @@ async fn run_events(
     if after < 0 {
         return Err(Error::invalid_field("after", "must not be negative"));
     }
-    let id = state.runs.open_events(&principal, id).await?;
+    let open = state.runs.open_events(&principal, id).await?;
+    let id = open.id;
+    if open.ended && state.runs.events(id, after, 1).await?.is_empty() {
+        // Nothing will ever follow: a reconnecting EventSource stops here.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     // Subscribe before the first read, so no wake-up is missed.
     let watch = state.runs.bus().watch(id);
     let stream = futures_util::stream::unfold(
@@ -174,10 +184,13 @@ async fn run_events(
             watch,
             buffer: VecDeque::new(),
             ended: false,
+            _slot: open.slot,
         },
-        |mut s| async move { s.next().await.map(|event| (Ok(event), s)) },
+        |mut s| async move { s.next().await.map(|event| (Ok::<_, Infallible>(event), s)) },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 struct Streamer {
@@ -187,6 +200,7 @@ struct Streamer {
     watch: RunWatch,
     buffer: VecDeque<RunEvent>,
     ended: bool,
+    _slot: crate::runs::StreamSlot,
 }
 
 impl Streamer {

@@ -86,6 +86,64 @@ pub struct UsageLimits {
     pub daily_runs: Option<i64>,
 }
 
+/// A run to admit against its user's limits ([`UsageService::admit`]).
+#[derive(Debug, Clone)]
+pub struct Admission<'a> {
+    /// The run's id (chosen before it is stored).
+    pub run: Uuid,
+    /// Whose run.
+    pub user: Uuid,
+    /// Its agent.
+    pub agent: Uuid,
+    /// Its provider.
+    pub provider: &'a str,
+    /// Its model.
+    pub model: &'a str,
+    /// Tokens it may spend, counted against token limits while it runs.
+    pub reserve: i64,
+    /// The user's limits, as stored.
+    pub stored: Option<UsageLimits>,
+    /// Daily tokens of users without stored limits.
+    pub default_daily: Option<i64>,
+}
+
+/// One row per run, live or deleted: every run (in flight ones with the
+/// tokens they reserved, while they run), and the ledger's rows of runs
+/// that are gone (their settled usage) or not stored yet (their
+/// reservation). `filter` is a condition on `{t}.user_id` and
+/// `{t}.created_at`, written once for both tables.
+fn usage_rows(filter: &str) -> String {
+    let runs = filter.replace("{t}", "r");
+    let ledger = filter.replace("{t}", "l");
+    format!(
+        "SELECT r.user_id, r.agent_id, r.provider, r.model, r.created_at,
+                r.input_tokens, r.output_tokens,
+                CASE WHEN r.status IN ('queued', 'running', 'requires_action')
+                     THEN COALESCE(l.reserved_tokens, 0) ELSE 0 END AS reserved
+         FROM runs r LEFT JOIN usage_ledger l ON l.run_id = r.id
+         WHERE {runs}
+         UNION ALL
+         SELECT l.user_id, l.agent_id, l.provider, l.model, l.created_at,
+                CASE WHEN l.settled THEN l.input_tokens ELSE 0 END,
+                CASE WHEN l.settled THEN l.output_tokens ELSE 0 END,
+                CASE WHEN l.settled THEN 0 ELSE l.reserved_tokens END
+         FROM usage_ledger l
+         WHERE {ledger} AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = l.run_id)"
+    )
+}
+
+/// What a row of [`usage_rows`] counts against token limits: its tokens,
+/// or what it reserved while that is more.
+const CHARGED: &str = "CASE WHEN reserved > input_tokens + output_tokens \
+     THEN reserved ELSE input_tokens + output_tokens END";
+
+/// The PostgreSQL advisory lock of `user`'s admissions.
+fn user_lock(user: Uuid) -> i64 {
+    let bytes = user.as_bytes();
+    i64::from_be_bytes(bytes[8..16].try_into().expect("16 bytes")) ^ 0x0075_7361_6765
+    // "usage"
+}
+
 /// Usage queries and limits.
 #[derive(Clone, Debug)]
 pub struct UsageService {
@@ -98,15 +156,18 @@ impl UsageService {
         UsageService { db }
     }
 
+    /// Runs started by `user` since `since`, and their tokens, counting a
+    /// run in flight as at least the tokens it reserved.
     async fn spent(&self, user: Uuid, since: DateTime<Utc>) -> Result<(i64, i64)> {
-        Ok(on_db!(&self.db, pool => sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(input_tokens + output_tokens), 0) AS BIGINT), COUNT(*)
-             FROM runs WHERE user_id = $1 AND created_at >= $2",
-        )
-        .bind(user)
-        .bind(since)
-        .fetch_one(pool)
-        .await?))
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM({CHARGED}), 0) AS BIGINT), COUNT(*) FROM ({}) u",
+            usage_rows("{t}.user_id = $1 AND {t}.created_at >= $2")
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(user)
+            .bind(since)
+            .fetch_one(pool)
+            .await?))
     }
 
     async fn stored_limits(&self, user: Uuid) -> Result<Option<UsageLimits>> {
@@ -123,50 +184,122 @@ impl UsageService {
         }))
     }
 
-    /// Refuses (429) a new run of `user` whose limits are spent.
-    pub async fn check_quota(&self, user: Uuid, default_daily: Option<i64>) -> Result<()> {
-        let stored = self.stored_limits(user).await?;
-        self.check_limits(user, stored, default_daily).await
-    }
-
-    /// Refuses (429) a new run of `user` whose limits (`stored`, as read
-    /// with the run's context, or the default) are spent.
-    pub async fn check_limits(
-        &self,
-        user: Uuid,
-        stored: Option<UsageLimits>,
-        default_daily: Option<i64>,
-    ) -> Result<()> {
-        let limits = stored.unwrap_or(UsageLimits {
-            daily_tokens: default_daily,
+    /// Admits run `run` of `user` against their limits (`stored`, as read
+    /// with the run's context, or the default): refuses with 429 when a
+    /// limit is spent, counting runs in flight as the tokens they reserve,
+    /// and otherwise records the run in the ledger with `reserve` tokens
+    /// (when the user has token limits). The check and the record are one
+    /// step (one statement on SQLite, under a per-user lock on
+    /// PostgreSQL), so concurrent requests cannot pass the same limit
+    /// twice. Users without limits are not recorded here: their runs are
+    /// their record. Returns whether a ledger row was written (to be
+    /// [`UsageService::release`]d if the run is not created after all).
+    pub async fn admit(&self, admission: Admission<'_>) -> Result<bool> {
+        let limits = admission.stored.clone().unwrap_or(UsageLimits {
+            daily_tokens: admission.default_daily,
             ..UsageLimits::default()
         });
         if limits == UsageLimits::default() {
-            return Ok(());
+            return Ok(false);
         }
+        let token_limits = limits.daily_tokens.is_some() || limits.monthly_tokens.is_some();
+        let reserve = if token_limits {
+            admission.reserve.max(0)
+        } else {
+            0
+        };
         let now = Utc::now();
-        let (day_tokens, day_runs) = self.spent(user, now - Duration::hours(24)).await?;
+        let day = now - Duration::hours(24);
+        let month = now - Duration::days(30);
+        let count = |since: &str| {
+            format!(
+                "(SELECT COUNT(*) FROM ({}) u)",
+                usage_rows(&format!(
+                    "{{t}}.user_id = $2 AND {{t}}.created_at >= {since}"
+                ))
+            )
+        };
+        let tokens = |since: &str| {
+            format!(
+                "(SELECT COALESCE(SUM({CHARGED}), 0) FROM ({}) u)",
+                usage_rows(&format!(
+                    "{{t}}.user_id = $2 AND {{t}}.created_at >= {since}"
+                ))
+            )
+        };
+        let sql = format!(
+            "INSERT INTO usage_ledger (run_id, user_id, agent_id, provider, model, created_at, reserved_tokens)
+             SELECT $1, $2, $3, $4, $5, $6, $7
+             WHERE {} < $10 AND {} < $11 AND {} < $12",
+            count("$8"),
+            tokens("$8"),
+            tokens("$9"),
+        );
+        let unlimited = i64::MAX;
+        macro_rules! insert {
+            ($executor:expr) => {
+                sqlx::query(&sql)
+                    .bind(admission.run)
+                    .bind(admission.user)
+                    .bind(admission.agent)
+                    .bind(admission.provider)
+                    .bind(admission.model)
+                    .bind(now)
+                    .bind(reserve)
+                    .bind(day)
+                    .bind(month)
+                    .bind(limits.daily_runs.unwrap_or(unlimited))
+                    .bind(limits.daily_tokens.unwrap_or(unlimited))
+                    .bind(limits.monthly_tokens.unwrap_or(unlimited))
+                    .execute($executor)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        let admitted = match &self.db {
+            Db::Sqlite(pool) => insert!(pool),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // One admission per user at a time, across nodes.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(user_lock(admission.user))
+                    .execute(&mut *tx)
+                    .await?;
+                let n = insert!(&mut *tx);
+                tx.commit().await?;
+                n
+            }
+        };
+        if admitted == 1 {
+            return Ok(true);
+        }
+        // Refused: say which limit, as things stand now.
         let refuse = |what: &str, used: i64, limit: i64| Error::TooManyRequests {
             code: "quota_exceeded",
             message: format!("usage limit reached: {used} of {limit} {what}"),
             details: Some(serde_json::json!({ "limit": what, "used": used, "allowed": limit })),
         };
-        if let Some(limit) = limits.daily_tokens {
-            if day_tokens >= limit {
-                return Err(refuse("tokens per 24 hours", day_tokens, limit));
-            }
+        let (day_tokens, day_runs) = self.spent(admission.user, day).await?;
+        if let Some(limit) = limits.daily_runs.filter(|l| day_runs >= *l) {
+            return Err(refuse("runs per 24 hours", day_runs, limit));
         }
-        if let Some(limit) = limits.daily_runs {
-            if day_runs >= limit {
-                return Err(refuse("runs per 24 hours", day_runs, limit));
-            }
+        if let Some(limit) = limits.daily_tokens.filter(|l| day_tokens >= *l) {
+            return Err(refuse("tokens per 24 hours", day_tokens, limit));
         }
-        if let Some(limit) = limits.monthly_tokens {
-            let (month_tokens, _) = self.spent(user, now - Duration::days(30)).await?;
-            if month_tokens >= limit {
-                return Err(refuse("tokens per 30 days", month_tokens, limit));
-            }
-        }
+        let (month_tokens, _) = self.spent(admission.user, month).await?;
+        let limit = limits.monthly_tokens.unwrap_or(0);
+        Err(refuse("tokens per 30 days", month_tokens.max(limit), limit))
+    }
+
+    /// Forgets the admission of a run that was not created after all.
+    pub async fn release(&self, run: Uuid) -> Result<()> {
+        on_db!(&self.db, pool => sqlx::query(
+            "DELETE FROM usage_ledger WHERE run_id = $1 AND settled = FALSE",
+        )
+        .bind(run)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
         Ok(())
     }
 
@@ -247,18 +380,24 @@ impl UsageService {
             (false, GroupBy::Agent) => "hex(agent_id)",
             _ => key,
         };
-        let lines: Vec<(String, i64, i64, i64)> = on_db!(&self.db, pool, D => {
-            let mut qb = sqlx::QueryBuilder::<D>::new(format!(
-                "SELECT {key} AS k, COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT),
-                        CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT)
-                 FROM runs WHERE created_at >= "
-            ));
-            qb.push_bind(from).push(" AND created_at < ").push_bind(to);
+        // Live runs and the settled usage of deleted ones alike.
+        let filter = if user.is_some() {
+            "{t}.created_at >= $1 AND {t}.created_at < $2 AND {t}.user_id = $3"
+        } else {
+            "{t}.created_at >= $1 AND {t}.created_at < $2"
+        };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*), CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT)
+             FROM ({}) u GROUP BY k",
+            usage_rows(filter)
+        );
+        let lines: Vec<(String, i64, i64, i64)> = on_db!(&self.db, pool => {
+            let mut query = sqlx::query_as(&sql).bind(from).bind(to);
             if let Some(user) = user {
-                qb.push(" AND user_id = ").push_bind(user);
+                query = query.bind(user);
             }
-            qb.push(" GROUP BY k");
-            qb.build_query_as().fetch_all(pool).await?
+            query.fetch_all(pool).await?
         });
         let mut items: Vec<UsageLine> = lines
             .into_iter()

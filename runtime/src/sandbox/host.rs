@@ -90,6 +90,13 @@ pub struct Grants {
     pub secrets: Vec<String>,
     /// Directories of the server it may see, each under the path it asked for.
     pub directories: Vec<DirectoryGrant>,
+    /// Non-public networks (`10.0.0.0/8`, `fd00::/8`, or one address) that
+    /// the granted hosts may resolve to. Without one, a request reaches
+    /// public addresses only, whatever host it names (`*` included), except
+    /// a host granted by its IP address (`10.1.2.3:8080`), which the admin
+    /// named.
+    #[schema(value_type = Vec<String>)]
+    pub private_networks: Vec<String>,
 }
 
 /// A directory of the server, shown to a plugin at `path`.
@@ -154,6 +161,11 @@ impl Grants {
         if self.directories.windows(2).any(|w| w[0].path == w[1].path) {
             return Err("a directory path is granted twice".to_owned());
         }
+        for net in &mut self.private_networks {
+            *net = parse_network(net)?.to_string();
+        }
+        self.private_networks.sort();
+        self.private_networks.dedup();
         Ok(self)
     }
 
@@ -184,8 +196,28 @@ impl Grants {
                 .filter(|d| requested.directories.contains(&d.path))
                 .cloned()
                 .collect(),
+            // Not a right of its own: where the granted hosts may resolve to.
+            private_networks: self.private_networks.clone(),
         }
     }
+
+    /// The private networks, parsed (entries that do not parse, which
+    /// `normalised` refuses, are left out).
+    fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.private_networks
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
+}
+
+/// `10.0.0.0/8`, `fd00::/8` or one address (`10.1.2.3`, `::1`).
+fn parse_network(net: &str) -> Result<ipnet::IpNet, String> {
+    let net = net.trim();
+    net.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{net:?} is not a network such as 10.0.0.0/8 or an IP address"))
 }
 
 /// `^[A-Za-z0-9_.-]{1,64}$`
@@ -307,14 +339,30 @@ impl std::fmt::Debug for CallContext {
 
 /// The outbound HTTP policy of one call: every request's real destination
 /// (the URI the connection is made to, never a header) must match a host
-/// the plugin both requested and was granted.
+/// the plugin both requested and was granted, and the address connected to
+/// must be public, in a private network granted to the plugin, or an IP
+/// address granted by name (`crate::egress`): a plugin granted `*` does not
+/// reach the server's own network. Names are resolved at every connection,
+/// so a name that later resolves elsewhere (DNS rebinding) reaches nothing.
 pub(super) struct HttpPolicy {
     plugin: Arc<str>,
     allowed: Vec<String>,
+    private: Vec<ipnet::IpNet>,
+    client: Option<reqwest::Client>,
     timeout: Duration,
 }
 
 impl HttpPolicy {
+    fn new(plugin: Arc<str>, effective: &Grants, timeout: Duration) -> HttpPolicy {
+        HttpPolicy {
+            plugin,
+            allowed: effective.http_hosts.clone(),
+            private: effective.networks(),
+            client: None,
+            timeout,
+        }
+    }
+
     fn allows(&self, uri: &http::Uri) -> Result<(), String> {
         let default_port = match uri.scheme_str() {
             Some("https") => 443,
@@ -326,15 +374,59 @@ impl HttpPolicy {
         };
         let host = authority.host().to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(default_port);
-        if self
+        let mut matching = self
             .allowed
             .iter()
-            .any(|p| pattern_allows(p, &host, port, default_port))
-        {
-            Ok(())
-        } else {
-            Err(format!("{host}:{port} is not among the hosts granted"))
+            .filter(|p| pattern_allows(p, &host, port, default_port));
+        let Some(_) = matching.clone().next() else {
+            return Err(format!("{host}:{port} is not among the hosts granted"));
+        };
+        // An address in the URI is not resolved: check it here, read as the
+        // HTTP client reads it (`127.1`, `0x7f.1` and `2130706433` are all
+        // 127.0.0.1). It may be private where the admin granted it by that
+        // address (no wildcard).
+        let address = match url::Host::parse(&host) {
+            Ok(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Ok(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            Ok(url::Host::Domain(_)) => None,
+            Err(_) => return Err(format!("{host} is not a valid host")),
+        };
+        if let Some(ip) = address {
+            let named = matching.any(|p| !split_port(p).0.contains('*') && p != "*");
+            if !named && !crate::egress::PublicOnly::and(&self.private).allows(ip) {
+                return Err(format!(
+                    "{host} is not a public address, and no private network granted holds it"
+                ));
+            }
         }
+        Ok(())
+    }
+
+    fn client(&mut self) -> reqwest::Client {
+        self.client
+            .get_or_insert_with(|| crate::egress::plugin_client(&self.private))
+            .clone()
+    }
+}
+
+/// A wasi-http error for a failed outbound request.
+fn send_error(error: &reqwest::Error) -> wasmtime_wasi_http::Error {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return wasmtime_wasi_http::Error::DestinationIpProhibited;
+            }
+        }
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        wasmtime_wasi_http::Error::ConnectionTimeout
+    } else if error.is_connect() {
+        wasmtime_wasi_http::Error::ConnectionRefused
+    } else {
+        wasmtime_wasi_http::Error::InternalError(Some(error.to_string()))
     }
 }
 
@@ -342,7 +434,7 @@ impl WasiHttpHooks for HttpPolicy {
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
@@ -361,21 +453,40 @@ impl WasiHttpHooks for HttpPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         tracing::debug!(plugin = %self.plugin, method = %request.method(), uri = %request.uri(), "plugin HTTP request");
-        // The call's deadline bounds everything; these keep a silent peer
+        let client = self.client();
+        // The call's deadline bounds everything; this keeps a silent peer
         // from holding a connection open until then.
-        let cap = |d: Option<Duration>| Some(d.unwrap_or(self.timeout).min(self.timeout));
-        let options = wasmtime_wasi_http::RequestOptions {
-            connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
-            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
-            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
-        };
+        let timeout = self.timeout;
+        let plugin = self.plugin.clone();
         Box::new(async move {
+            use futures_util::TryStreamExt;
             use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (parts, body) = request.into_parts();
+            // The body as a stream of its data frames (trailers are not sent).
+            let frames = http_body_util::BodyStream::new(body)
+                .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())));
+            let request = http::Request::from_parts(parts, reqwest::Body::wrap_stream(frames));
+            let mut request = reqwest::Request::try_from(request)
+                .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+            *request.timeout_mut() = Some(timeout);
+            let response = client.execute(request).await.map_err(|e| {
+                tracing::info!(plugin = %plugin, error = %e, "plugin HTTP request failed");
+                send_error(&e)
+            })?;
+            let response: http::Response<reqwest::Body> = response.into();
+            let response = response.map(|body| {
+                body.map_err(|e| {
+                    if e.is_timeout() {
+                        wasmtime_wasi_http::Error::ConnectionReadTimeout
+                    } else {
+                        wasmtime_wasi_http::Error::HttpResponseIncomplete
+                    }
+                })
+                .boxed_unsync()
+            });
             Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }
@@ -410,11 +521,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             http: WasiHttpCtx::new(),
-            hooks: HttpPolicy {
-                plugin: plugin.clone(),
-                allowed: effective.http_hosts.clone(),
-                timeout: call_limits.timeout(),
-            },
+            hooks: HttpPolicy::new(plugin.clone(), &effective, call_limits.timeout()),
             plugin,
             user: ctx.user.clone(),
             effective,
@@ -609,6 +716,7 @@ mod tests {
                     writable: false,
                 },
             ],
+            private_networks: vec![],
         };
         let e = grants.effective(&caps(&["api.example.com", "*.b.example.com"]));
         assert_eq!(e.http_hosts, vec!["api.example.com"]);
@@ -646,17 +754,44 @@ mod tests {
 
     #[test]
     fn the_policy_reads_the_uri_not_the_user_info() {
-        let policy = HttpPolicy {
-            plugin: Arc::from("p"),
-            allowed: vec!["good.test".into()],
-            timeout: Duration::from_secs(1),
+        let grants = Grants {
+            http_hosts: vec!["good.test".into(), "*".into(), "10.0.0.7:8080".into()],
+            private_networks: vec!["192.168.1.0/24".into()],
+            ..Grants::default()
         };
+        let only_good = Grants {
+            http_hosts: vec!["good.test".into()],
+            ..Grants::default()
+        };
+        let policy = HttpPolicy::new(Arc::from("p"), &only_good, Duration::from_secs(1));
         let ok: http::Uri = "https://good.test/x".parse().unwrap();
         assert!(policy.allows(&ok).is_ok());
         let trick: http::Uri = "https://good.test@evil.test/x".parse().unwrap();
         assert!(policy.allows(&trick).is_err());
         let port: http::Uri = "http://good.test:8080/".parse().unwrap();
         assert!(policy.allows(&port).is_err());
+
+        // `*` reaches public addresses, not private ones, unless granted
+        // by address or in a granted network.
+        let policy = HttpPolicy::new(Arc::from("p"), &grants, Duration::from_secs(1));
+        let allows = |uri: &str| policy.allows(&uri.parse().unwrap()).is_ok();
+        assert!(allows("http://93.184.215.14/"));
+        for private in [
+            "http://127.0.0.1/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.7/",
+            "http://[64:ff9b:1::a00:7]/",
+            "http://127.1/",
+            "http://0x7f.1/",
+            "http://2130706433/",
+        ] {
+            assert!(!allows(private), "{private}");
+        }
+        assert!(allows("http://10.0.0.7:8080/"), "granted by its address");
+        assert!(allows("http://192.168.1.20/"), "in a granted network");
+        assert!(!allows("http://192.168.2.20/"));
     }
 
     #[test]
@@ -666,9 +801,16 @@ mod tests {
             key_value: false,
             secrets: vec!["b".into(), "a".into(), "a".into()],
             directories: vec![],
+            private_networks: vec!["10.1.2.3/8".into(), "::1".into()],
         }
         .normalised()
         .unwrap();
+        assert_eq!(g.private_networks, vec!["10.0.0.0/8", "::1/128"]);
+        let bad = Grants {
+            private_networks: vec!["intranet".into()],
+            ..Grants::default()
+        };
+        assert!(bad.normalised().is_err());
         assert_eq!(g.http_hosts, vec!["api.example.com"]);
         assert_eq!(g.secrets, vec!["a", "b"]);
         for bad in ["", "a b", "http://x", "x:0", "x:99999", "*.", "a/b"] {

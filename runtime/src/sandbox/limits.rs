@@ -79,6 +79,15 @@ pub struct EngineLimits {
     /// Meter fuel, so that `CallLimits::max_fuel` applies. Costs some speed
     /// on every call of every plugin, so it is off unless asked for.
     pub fuel: bool,
+    /// Calls of one plugin at once unless its own
+    /// `CallLimits::max_concurrent_calls` says otherwise; more wait.
+    pub max_calls_per_plugin: u32,
+    /// Calls made for one user at once, across plugins; more wait.
+    pub max_calls_per_user: u32,
+    /// Threads that run guest code (0: one per CPU). They run at a lower
+    /// priority than the threads that serve requests, so busy plugins do not
+    /// slow the API.
+    pub guest_threads: usize,
 }
 
 impl Default for EngineLimits {
@@ -100,6 +109,9 @@ impl Default for EngineLimits {
             pagemap_scan: true,
             decommit_batch_size: 1,
             fuel: false,
+            max_calls_per_plugin: 16,
+            max_calls_per_user: 4,
+            guest_threads: 0,
         }
     }
 }

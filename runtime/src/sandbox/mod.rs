@@ -137,11 +137,52 @@ pub struct Sandbox {
     limits: EngineLimits,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+    /// Where guest code runs: threads of their own, at a lower priority
+    /// than the threads that serve requests, so that plugins spinning on
+    /// every core leave the API responsive.
+    guests: Option<tokio::runtime::Runtime>,
+    /// Calls in flight per user (`EngineLimits::max_calls_per_user`).
+    user_slots: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        // Dropping a runtime waits for its threads, which may not happen
+        // inside another runtime's task.
+        if let Some(guests) = self.guests.take() {
+            guests.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: per thread).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// A task on the guests' runtime, aborted when its caller stops waiting
+/// (a cancelled run, a dropped request).
+struct GuestTask<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for GuestTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for GuestTask<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -214,6 +255,17 @@ impl Sandbox {
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let threads = match limits.guest_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("orchestra-guest")
+            .on_thread_start(lower_thread_priority)
+            .enable_all()
+            .build()
+            .context("starting the plugins' threads")?;
         Ok(Sandbox {
             engine,
             linker,
@@ -221,12 +273,32 @@ impl Sandbox {
             limits,
             cache_dir,
             ticker_stop,
+            guests: Some(guests),
+            user_slots: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// The engine-wide limits.
     pub fn limits(&self) -> EngineLimits {
         self.limits
+    }
+
+    /// The semaphore bounding `user`'s calls in flight.
+    fn user_slots(&self, user: &str) -> Arc<Semaphore> {
+        let mut slots = self.user_slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget users with nothing in flight, so the map stays small.
+        if slots.len() > 1024 {
+            let full = self.limits.max_calls_per_user.max(1) as usize;
+            slots.retain(|_, s| s.available_permits() < full || Arc::strong_count(s) > 1);
+        }
+        slots
+            .entry(user.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.limits.max_calls_per_user.max(1) as usize
+                ))
+            })
+            .clone()
     }
 
     /// Compiles (or loads from the cache) and links a plugin, reads and
@@ -267,6 +339,7 @@ impl Sandbox {
             validators: HashMap::new(),
             own_slots: limits
                 .max_concurrent_calls
+                .or(Some(self.limits.max_calls_per_plugin))
                 .map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
         };
         let raw = plugin.read_manifest().await?;
@@ -667,8 +740,19 @@ impl LoadedPlugin {
             };
             return Err(ToolError::InvalidArguments(format!("{at}: {error}")));
         }
-        // The plugin's own cap first, so that a busy plugin waits on its own
-        // slots without holding any of the engine's.
+        let closed = || ToolError::Crashed("the sandbox is shutting down".to_owned());
+        // The user's cap, then the plugin's own, so that a busy user or
+        // plugin waits on its own slots without holding any of the engine's.
+        let _user = match &ctx.user {
+            Some(user) => Some(
+                self.sandbox
+                    .user_slots(user)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| closed())?,
+            ),
+            None => None,
+        };
         let _own = match &self.own_slots {
             Some(slots) => Some(
                 slots
@@ -685,12 +769,23 @@ impl LoadedPlugin {
             .await
             .map_err(|_| ToolError::Crashed("the sandbox is shutting down".to_owned()))?;
         let arguments = arguments.to_string();
-        let (mut store, stderr) = self.new_store(ctx)?;
-        let run = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_call(&mut store, tool, &arguments).await
-        };
-        let result = match tokio::time::timeout(self.limits.timeout(), run).await {
+        let (store, stderr) = self.new_store(ctx)?;
+        let this = self.clone();
+        let tool_name = tool.to_owned();
+        let guests = self.sandbox.guests.as_ref().ok_or_else(closed)?;
+        let task = GuestTask(guests.spawn(async move {
+            let mut store = store;
+            let run = async {
+                let instance = this.pre.instantiate_async(&mut store).await?;
+                instance.call_call(&mut store, &tool_name, &arguments).await
+            };
+            let result = tokio::time::timeout(this.limits.timeout(), run).await;
+            (result, store)
+        }));
+        let (result, store) = task
+            .await
+            .map_err(|e| ToolError::Crashed(format!("the call's task ended: {e}")))?;
+        let result = match result {
             Ok(result) => result,
             Err(_) => return Err(ToolError::Timeout(self.limits.timeout_ms)),
         };

@@ -25,8 +25,11 @@ const MAX_ENTRIES: usize = 10_000;
 #[derive(Default)]
 struct Entries {
     keys: HashMap<String, (Instant, ApiKeyHolder)>,
-    users: HashMap<Uuid, (Instant, (String, bool))>,
+    users: HashMap<Uuid, (Instant, CachedUser)>,
 }
+
+/// A user's role, whether the account is active, and its token generation.
+pub(crate) type CachedUser = (String, bool, i64);
 
 /// Credentials checked less than `ttl` ago.
 #[derive(Clone)]
@@ -103,20 +106,14 @@ impl AuthCache {
     }
 
     /// A user's role and status, if read recently.
-    pub fn user(&self, id: Uuid) -> Option<(String, bool)> {
+    pub fn user(&self, id: Uuid) -> Option<CachedUser> {
         fresh(&self.lock().users, &id, self.ttl)
     }
 
     /// Remembers a user's role and status, read at `read_at`.
-    pub fn put_user(&self, id: Uuid, role: String, is_active: bool, read_at: Instant) {
+    pub fn put_user(&self, id: Uuid, user: CachedUser, read_at: Instant) {
         if !self.ttl.is_zero() {
-            insert(
-                &mut self.lock().users,
-                id,
-                (role, is_active),
-                read_at,
-                self.ttl,
-            );
+            insert(&mut self.lock().users, id, user, read_at, self.ttl);
         }
     }
 
@@ -150,8 +147,8 @@ mod tests {
         assert!(cache.api_key("d2").is_none());
         cache.put_api_key("old", h.clone(), Instant::now() - Duration::from_millis(60));
         assert!(cache.api_key("old").is_none(), "read longer than ttl ago");
-        cache.put_user(h.user_id, "admin".to_owned(), false, Instant::now());
-        assert_eq!(cache.user(h.user_id), Some(("admin".to_owned(), false)));
+        cache.put_user(h.user_id, ("admin".to_owned(), false, 3), Instant::now());
+        assert_eq!(cache.user(h.user_id), Some(("admin".to_owned(), false, 3)));
         cache.clear();
         assert!(cache.api_key("d1").is_none());
         assert!(cache.user(h.user_id).is_none());

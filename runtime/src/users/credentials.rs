@@ -90,6 +90,10 @@ pub struct Claims {
     pub iss: String,
     /// Token type, always `access`.
     pub typ: String,
+    /// The user's token generation when it was issued; a password change
+    /// starts a new one.
+    #[serde(default)]
+    pub gen: i64,
 }
 
 /// Signs and checks access tokens.
@@ -114,8 +118,9 @@ impl JwtKeys {
         }
     }
 
-    /// Issues a token for `user_id` valid for `ttl_secs`.
-    pub fn issue(&self, user_id: Uuid, ttl_secs: u64) -> Result<String> {
+    /// Issues a token for `user_id` (of token generation `gen`) valid for
+    /// `ttl_secs`.
+    pub fn issue(&self, user_id: Uuid, gen: i64, ttl_secs: u64) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
@@ -123,6 +128,7 @@ impl JwtKeys {
             exp: now + ttl_secs as i64,
             iss: "orchestra".to_owned(),
             typ: "access".to_owned(),
+            gen,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(anyhow::anyhow!("signing an access token: {e}")))
@@ -154,7 +160,7 @@ mod tests {
     fn tampered_and_foreign_tokens_are_rejected() {
         let keys = JwtKeys::new(&[7u8; 64]);
         let user = Uuid::new_v4();
-        let token = keys.issue(user, 60).unwrap();
+        let token = keys.issue(user, 0, 60).unwrap();
         assert_eq!(keys.verify(&token).unwrap().sub, user);
 
         let other = JwtKeys::new(&[8u8; 64]);

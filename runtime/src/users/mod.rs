@@ -7,5 +7,6 @@ pub mod model;
 pub mod repo;
 pub mod routes;
 pub mod service;
+pub mod throttle;
 
 pub use service::{TokenPolicy, UserService};

@@ -239,7 +239,14 @@ pub fn parse_display_name(raw: Option<String>) -> Result<Option<String>> {
             "display_name",
             "must be at most 200 characters",
         )),
-        Some(s) => Ok(Some(s)),
+        Some(s) if s.chars().any(char::is_control) => Err(Error::invalid_field(
+            "display_name",
+            "must not contain control characters",
+        )),
+        Some(s) => {
+            crate::schema::check_visible("display_name", &s)?;
+            Ok(Some(s))
+        }
     }
 }
 

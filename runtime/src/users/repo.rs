@@ -21,6 +21,9 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// Bumped by every password change: access tokens of an older
+    /// generation are refused.
+    pub token_generation: i64,
 }
 
 /// A user about to be inserted.
@@ -78,10 +81,14 @@ pub struct ApiKeyHolder {
 }
 
 const USER_COLUMNS: &str =
-    "id, email, display_name, password_hash, role, is_active, created_at, updated_at, last_login_at";
+    "id, email, display_name, password_hash, role, is_active, created_at, updated_at, last_login_at, token_generation";
 const API_KEY_COLUMNS: &str = "id, user_id, name, prefix, created_at, expires_at, last_used_at";
 
 /// The settings key whose insertion marks that the first user exists.
+/// PostgreSQL advisory lock taken by every change that may take away an
+/// admin (`update` with `keep_an_admin`).
+const ADMIN_CHANGE_LOCK: i64 = 0x6f72_6368_6164_6d6e; // "orchadmn"
+
 const BOOTSTRAP_KEY: &str = "bootstrap.first_user";
 
 /// Queries over users and their credentials.
@@ -172,7 +179,13 @@ impl UserRepo {
         })
     }
 
-    /// Applies the given changes; returns the updated row.
+    /// Changes a user's role, status or name. With `keep_an_admin`, the
+    /// change happens only if another active admin remains, checked in the
+    /// same statement (SQLite takes its write lock before reading), under a
+    /// lock every such change takes on PostgreSQL, so two admins demoting
+    /// each other at once cannot both succeed. `None`: no such user, or the
+    /// change would leave no admin.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
         id: Uuid,
@@ -180,6 +193,7 @@ impl UserRepo {
         is_active: Option<bool>,
         display_name: Option<Option<&str>>,
         now: DateTime<Utc>,
+        keep_an_admin: bool,
     ) -> Result<Option<UserRow>> {
         let sql = format!(
             "UPDATE users SET
@@ -187,33 +201,57 @@ impl UserRepo {
                 is_active = COALESCE($3, is_active),
                 display_name = CASE WHEN $4 THEN $5 ELSE display_name END,
                 updated_at = $6
-             WHERE id = $1 RETURNING {USER_COLUMNS}"
+             WHERE id = $1
+               AND ($7 = FALSE OR EXISTS (SELECT 1 FROM users other
+                    WHERE other.role = 'admin' AND other.is_active = TRUE AND other.id <> $1))
+             RETURNING {USER_COLUMNS}"
         );
-        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
-            .bind(id)
-            .bind(role)
-            .bind(is_active)
-            .bind(display_name.is_some())
-            .bind(display_name.flatten())
-            .bind(now)
-            .fetch_optional(pool)
-            .await?))
+        macro_rules! update {
+            ($executor:expr) => {
+                sqlx::query_as(&sql)
+                    .bind(id)
+                    .bind(role)
+                    .bind(is_active)
+                    .bind(display_name.is_some())
+                    .bind(display_name.flatten())
+                    .bind(now)
+                    .bind(keep_an_admin)
+                    .fetch_optional($executor)
+                    .await?
+            };
+        }
+        Ok(match &self.db {
+            Db::Sqlite(pool) => update!(pool),
+            Db::Postgres(pool) if keep_an_admin => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(ADMIN_CHANGE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                let row = update!(&mut *tx);
+                tx.commit().await?;
+                row
+            }
+            Db::Postgres(pool) => update!(pool),
+        })
     }
 
-    /// Active admins other than `except`.
-    pub async fn count_other_active_admins(&self, except: Uuid) -> Result<i64> {
-        Ok(on_db!(&self.db, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND is_active = TRUE AND id <> $1",
+    /// Whether any account exists.
+    pub async fn any_user(&self) -> Result<bool> {
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM users)",
         )
-        .bind(except)
         .fetch_one(pool)
         .await?))
     }
 
     /// Replaces the password hash.
+    /// Replaces the password hash and ends the user's access tokens (a new
+    /// token generation).
     pub async fn set_password(&self, id: Uuid, hash: &str, now: DateTime<Utc>) -> Result<bool> {
         Ok(on_db!(&self.db, pool => sqlx::query(
-            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+            "UPDATE users SET password_hash = $2, updated_at = $3,
+                token_generation = token_generation + 1 WHERE id = $1",
         )
         .bind(id)
         .bind(hash)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::model::*;
 use crate::error::{ErrorResponse, Result};
-use crate::http::extract::{Json, Path, Query};
+use crate::http::extract::{Json, Path, PeerAddr, Query};
 use crate::http::AppState;
 use crate::pagination::{Page, PageParams};
 
@@ -42,15 +42,17 @@ async fn register(
     ))
 }
 
-/// Log in with email and password.
+/// Log in with email and password. Failed logins slow down further
+/// attempts on the account and from the address: 429 with `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = ErrorResponse),
-              (status = 403, body = ErrorResponse)))]
+              (status = 429, body = ErrorResponse)))]
 async fn login(
     State(state): State<AppState>,
+    PeerAddr(address): PeerAddr,
     Json(request): Json<LoginRequest>,
 ) -> Result<Json<TokenResponse>> {
-    Ok(Json(state.users.login(request).await?))
+    Ok(Json(state.users.login(request, address).await?))
 }
 
 /// Exchange a refresh token for a new pair. Each refresh token works once;

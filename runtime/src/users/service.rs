@@ -26,6 +26,8 @@ pub struct TokenPolicy {
     /// How long a checked API key or token holder is trusted without reading
     /// the database again, in milliseconds (0: never).
     pub credential_cache_ms: u64,
+    /// Delays after failed logins.
+    pub login_throttle: super::throttle::ThrottleConfig,
 }
 
 /// Accounts, sessions and API keys.
@@ -37,6 +39,7 @@ pub struct UserService {
     jwt: JwtKeys,
     policy: TokenPolicy,
     cache: AuthCache,
+    throttle: super::throttle::LoginThrottle,
 }
 
 impl UserRow {
@@ -76,6 +79,13 @@ fn invalid_refresh() -> Error {
     Error::Unauthorized("the refresh token is invalid or expired".to_owned())
 }
 
+fn registration_closed() -> Error {
+    Error::Forbidden {
+        code: "registration_closed",
+        message: "registration is closed; ask an admin to create your account".to_owned(),
+    }
+}
+
 impl UserService {
     /// A service over `db`.
     pub fn new(
@@ -91,6 +101,7 @@ impl UserService {
             settings,
             jwt,
             cache: AuthCache::new(std::time::Duration::from_millis(policy.credential_cache_ms)),
+            throttle: super::throttle::LoginThrottle::new(policy.login_throttle),
             policy,
         }
     }
@@ -102,6 +113,12 @@ impl UserService {
         let password = Password::parse(request.password, "password")?;
         let display_name = parse_display_name(request.display_name)?;
         let open = self.settings.registration().await? == RegistrationMode::Open;
+        // Refused before the (deliberately slow) hash: closed registration
+        // costs an anonymous caller's request nothing. The insert checks
+        // again, atomically, for the race with the first user.
+        if !open && self.repo.any_user().await? {
+            return Err(registration_closed());
+        }
         let hash = credentials::hash_password(password.expose().to_owned()).await?;
         let (row, first) = self
             .insert_user(
@@ -150,10 +167,7 @@ impl UserService {
                 Error::Conflict { .. } => Error::conflict("a user with this email already exists"),
                 other => other,
             })?
-            .ok_or_else(|| Error::Forbidden {
-                code: "registration_closed",
-                message: "registration is closed; ask an admin to create your account".to_owned(),
-            })
+            .ok_or_else(registration_closed)
     }
 
     /// Creates a user on an admin's behalf.
@@ -229,6 +243,7 @@ impl UserService {
         let now = db::now();
         self.repo.set_password(row.id, &hash, now).await?;
         self.repo.revoke_user_tokens(row.id, now).await?;
+        self.cache.clear();
         self.audit
             .record(
                 None,
@@ -240,9 +255,28 @@ impl UserService {
         Ok(())
     }
 
-    /// Password login.
-    pub async fn login(&self, request: LoginRequest) -> Result<TokenResponse> {
-        let failed = || Error::Unauthorized("invalid email or password".to_owned());
+    /// Password login from `address` (the client's, if known). Failures
+    /// slow down further attempts on the account and from the address
+    /// ([`super::throttle`]).
+    pub async fn login(
+        &self,
+        request: LoginRequest,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<TokenResponse> {
+        let now = std::time::Instant::now();
+        let account = request.email.trim().to_owned();
+        if let Some(wait) = self.throttle.wait(&account, address, now) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(Error::TooManyRequests {
+                code: "too_many_attempts",
+                message: format!("too many failed logins; try again in {secs} s"),
+                details: Some(json!({ "retry_after_secs": secs })),
+            });
+        }
+        let failed = || {
+            self.throttle.failed(&account, address, now);
+            Error::Unauthorized("invalid email or password".to_owned())
+        };
         let Ok(email) = Email::parse(&request.email) else {
             return Err(failed());
         };
@@ -252,26 +286,24 @@ impl UserService {
             request.password,
         )
         .await?;
+        // A disabled account answers as a wrong password does, so that the
+        // answer does not confirm the password.
         let row = match row {
-            Some(row) if ok => row,
+            Some(row) if ok && row.is_active => row,
             other => {
+                let disabled = ok && other.as_ref().is_some_and(|r| !r.is_active);
                 self.audit
                     .record(
                         other.map(|r| r.id),
                         "auth.login_failed",
                         None,
-                        json!({ "email": email.as_str() }),
+                        json!({ "email": email.as_str(), "account_disabled": disabled }),
                     )
                     .await;
                 return Err(failed());
             }
         };
-        if !row.is_active {
-            return Err(Error::Forbidden {
-                code: "account_disabled",
-                message: "this account has been disabled".to_owned(),
-            });
-        }
+        self.throttle.succeeded(&account);
         self.repo.touch_login(row.id, db::now()).await?;
         self.audit
             .record(
@@ -379,7 +411,9 @@ impl UserService {
     /// Signs an access token and, unless `refresh` is already stored, starts a
     /// new refresh-token family.
     async fn issue_tokens(&self, user: UserRow, refresh: Option<String>) -> Result<TokenResponse> {
-        let access_token = self.jwt.issue(user.id, self.policy.access_ttl_secs)?;
+        let access_token =
+            self.jwt
+                .issue(user.id, user.token_generation, self.policy.access_ttl_secs)?;
         let refresh_token = match refresh {
             Some(secret) => secret,
             None => {
@@ -402,19 +436,28 @@ impl UserService {
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
         let now = db::now();
         if !bearer.starts_with(API_KEY_PREFIX) {
-            let user_id = self.jwt.verify(bearer)?.sub;
-            let (role, is_active) = match self.cache.user(user_id) {
+            let claims = self.jwt.verify(bearer)?;
+            let user_id = claims.sub;
+            let (role, is_active, generation) = match self.cache.user(user_id) {
                 Some(cached) => cached,
                 None => {
                     let read_at = std::time::Instant::now();
                     let user = self.repo.get(user_id).await?.ok_or_else(|| {
                         Error::Unauthorized("the account no longer exists".to_owned())
                     })?;
-                    self.cache
-                        .put_user(user_id, user.role.clone(), user.is_active, read_at);
-                    (user.role, user.is_active)
+                    self.cache.put_user(
+                        user_id,
+                        (user.role.clone(), user.is_active, user.token_generation),
+                        read_at,
+                    );
+                    (user.role, user.is_active, user.token_generation)
                 }
             };
+            if claims.gen != generation {
+                return Err(Error::Unauthorized(
+                    "the session has ended (the password was changed); sign in again".to_owned(),
+                ));
+            }
             return Self::principal(user_id, &role, is_active, AuthMethod::AccessToken);
         }
         let digest = credentials::token_digest(bearer);
@@ -497,6 +540,7 @@ impl UserService {
         let now = db::now();
         self.repo.set_password(row.id, &hash, now).await?;
         self.repo.revoke_user_tokens(row.id, now).await?;
+        self.cache.clear();
         self.audit
             .record(
                 Some(row.id),
@@ -545,14 +589,8 @@ impl UserService {
         let loses_admin = current.role() == Role::Admin
             && current.is_active
             && (request.role.is_some_and(|r| r != Role::Admin) || request.is_active == Some(false));
-        if loses_admin && self.repo.count_other_active_admins(id).await? == 0 {
-            return Err(Error::unprocessable(
-                "last_admin",
-                "the last active admin cannot be demoted or disabled",
-            ));
-        }
         let now = db::now();
-        let row = self
+        let Some(row) = self
             .repo
             .update(
                 id,
@@ -560,9 +598,20 @@ impl UserService {
                 request.is_active,
                 display_name.as_ref().map(|n| n.as_deref()),
                 now,
+                loses_admin,
             )
             .await?
-            .ok_or(Error::NotFound("user"))?;
+        else {
+            // The check and the change are one step: refused, or gone.
+            return Err(if loses_admin && self.repo.get(id).await?.is_some() {
+                Error::unprocessable(
+                    "last_admin",
+                    "the last active admin cannot be demoted or disabled",
+                )
+            } else {
+                Error::NotFound("user")
+            });
+        };
         self.cache.clear();
         if let Some(role) = request.role.filter(|r| *r != current.role()) {
             self.audit

@@ -251,7 +251,17 @@ dual_test!(
                 Some(json!({ "email": "user@example.com", "password": "correct horse battery" })),
             )
             .await;
-        assert_error(&login, StatusCode::FORBIDDEN, "account_disabled");
+        // The same answer as a wrong password: it confirms nothing.
+        assert_error(&login, StatusCode::UNAUTHORIZED, "unauthorized");
+        let wrong = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({ "email": "user@example.com", "password": "not the password" })),
+            )
+            .await;
+        assert_eq!(wrong, login);
 
         // Re-enabled, the account works again (with a fresh login).
         app.patch(
@@ -560,6 +570,12 @@ dual_test!(
     changing_the_password_ends_other_sessions,
     |app: TestApp| async move {
         let admin = app.register("admin@example.com").await;
+        // A session elsewhere (a stolen token, say), in use right up to the change.
+        let elsewhere = app.login("admin@example.com").await;
+        assert_eq!(
+            app.get("/api/v1/users/me", &elsewhere.token).await.0,
+            StatusCode::OK
+        );
         let wrong = app
         .post(
             "/api/v1/users/me/password",
@@ -593,7 +609,20 @@ dual_test!(
             )
             .await;
         assert_error(&refreshed, StatusCode::UNAUTHORIZED, "unauthorized");
-        app.login_with("admin@example.com", "a brand new password")
+        // Access tokens issued before the change end with it, not 15 minutes later.
+        for old in [&admin.token, &elsewhere.token] {
+            assert_error(
+                &app.get("/api/v1/users/me", old).await,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+        let fresh = app
+            .login_with("admin@example.com", "a brand new password")
             .await;
+        assert_eq!(
+            app.get("/api/v1/users/me", &fresh.token).await.0,
+            StatusCode::OK
+        );
     }
 );

@@ -12,6 +12,7 @@ mod auth;
 mod conversations;
 mod egress;
 mod errors;
+mod hardening;
 mod mcp;
 mod models;
 mod plugins;

@@ -59,7 +59,7 @@ dual_test!(
         assert_eq!(installed["tools"][0]["name"], "word-stats__stats");
         assert_eq!(
             installed["granted"],
-            json!({ "http_hosts": [], "key_value": false, "secrets": [], "directories": [] })
+            json!({ "http_hosts": [], "key_value": false, "secrets": [], "directories": [], "private_networks": [] })
         );
         assert_eq!(installed["installed_by"], admin.user_id.as_str());
 
@@ -122,7 +122,7 @@ dual_test!(
         );
         assert_eq!(
             body["effective"],
-            json!({ "http_hosts": [], "key_value": true, "secrets": ["api_token"], "directories": [] })
+            json!({ "http_hosts": [], "key_value": true, "secrets": ["api_token"], "directories": [], "private_networks": [] })
         );
 
         // Everything that is not a plugin, or not a valid request, is refused clearly.

@@ -29,7 +29,7 @@ pub fn with_vendor(config: &mut Config) -> Vendor {
     vendor
 }
 
-fn configure(config: &mut Config) {
+pub fn configure(config: &mut Config) {
     with_vendor(config);
 }
 
@@ -94,7 +94,7 @@ pub async fn read_events(
     out
 }
 
-async fn start(app: &TestApp, session: &Session, tools: Value, config: Value) -> String {
+pub async fn start(app: &TestApp, session: &Session, tools: Value, config: Value) -> String {
     let (status, agent) = app
         .post(
             "/api/v1/agents",
@@ -113,7 +113,7 @@ async fn start(app: &TestApp, session: &Session, tools: Value, config: Value) ->
         .await
 }
 
-async fn run(app: &TestApp, session: &Session, conversation: &str, body: Value) -> Value {
+pub async fn run(app: &TestApp, session: &Session, conversation: &str, body: Value) -> Value {
     let (status, run) = app
         .post(
             &format!("/api/v1/conversations/{conversation}/runs"),
@@ -125,7 +125,7 @@ async fn run(app: &TestApp, session: &Session, conversation: &str, body: Value) 
     run
 }
 
-async fn wait_status(app: &TestApp, token: &str, run: &str, want: &str) -> Value {
+pub async fn wait_status(app: &TestApp, token: &str, run: &str, want: &str) -> Value {
     for _ in 0..600 {
         let (_, body) = app.get(&format!("/api/v1/runs/{run}"), token).await;
         if body["status"] == want {

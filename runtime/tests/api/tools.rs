@@ -119,7 +119,7 @@ dual_test!(
         assert_eq!(calc["requested"]["key_value"], false);
         assert_eq!(
             calc["effective"],
-            json!({ "http_hosts": [], "key_value": false, "secrets": [], "directories": [] })
+            json!({ "http_hosts": [], "key_value": false, "secrets": [], "directories": [], "private_networks": [] })
         );
     }
 );
