@@ -1,6 +1,9 @@
 //! Defects found by attacking a running server, each with the test that
 //! would catch its return: event streams that never close, races on the
-//! last admin, long calls cut by the request timeout.
+//! last admin and on quotas, usage forgotten with deleted conversations,
+//! long calls cut by the request timeout, server-wide configuration and
+//! secrets shown to users, unthrottled logins, refused uploads kept, names
+//! that read differently than they are, and PostgreSQL without TLS.
 
 use std::time::Duration;
 
@@ -511,3 +514,52 @@ dual_test!(
         assert_eq!(statuses, [StatusCode::ACCEPTED]);
     }
 );
+
+/// Whether the pool's connection is encrypted (`pg_stat_ssl`).
+async fn encrypted(db: &orchestra::db::Db) -> bool {
+    let orchestra::db::Db::Postgres(pool) = db else {
+        panic!("a PostgreSQL pool")
+    };
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_honour_sslmode() {
+    let Some(server) = crate::common::postgres_url() else {
+        return;
+    };
+    let ca = match std::env::var("ORCHESTRA_TEST_PG_CA") {
+        Ok(ca) if !ca.is_empty() => ca,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but ORCHESTRA_TEST_PG_CA is not set: scripts/test starts PostgreSQL with TLS")
+        }
+        _ => {
+            eprintln!("skipping the PostgreSQL TLS test: ORCHESTRA_TEST_PG_CA is not set (scripts/test sets it)");
+            return;
+        }
+    };
+    let url = crate::common::fresh_postgres_database(&server).await;
+    let with = |query: &str| {
+        let mut config = orchestra::config::Config::default();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        config.database_url = Some(format!("{url}{sep}{query}"));
+        config
+    };
+    // Verified against the CA: encrypted.
+    let db = orchestra::db::Db::connect(&with(&format!("sslmode=verify-full&sslrootcert={ca}")))
+        .await
+        .expect("TLS with a verified certificate");
+    assert!(encrypted(&db).await);
+    db.migrate().await.expect("migrations over TLS");
+    // Asked for plain: plain.
+    let db = orchestra::db::Db::connect(&with("sslmode=disable"))
+        .await
+        .unwrap();
+    assert!(!encrypted(&db).await);
+    // A certificate no trusted CA signed is refused when verification is asked.
+    let refused = orchestra::db::Db::connect(&with("sslmode=verify-full")).await;
+    assert!(refused.is_err(), "the test CA is not a public one");
+}
