@@ -11,6 +11,8 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod mcp;

@@ -154,15 +154,7 @@ async fn run_events(
 ) -> Result<Response> {
     let header = match headers.get("last-event-id") {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| {
-                    Error::invalid_field("Last-Event-ID", "must be an event id of this stream")
-                })?,
-        ),
+        Some(v) => Some(parse_last_event_id(v.as_bytes())?),
     };
     let after = header.or(cursor.after).unwrap_or(0);
     if after < 0 {
@@ -191,6 +183,16 @@ async fn run_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// A `Last-Event-ID` header: an event id of a run's stream (a sequence
+/// number, 0 or more), or a 400.
+pub fn parse_last_event_id(value: &[u8]) -> Result<i64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::invalid_field("Last-Event-ID", "must be an event id of this stream"))
 }
 
 struct Streamer {

@@ -492,6 +492,78 @@ fn check_manifest(raw: types::Manifest) -> anyhow::Result<(Manifest, HashMap<Str
     ))
 }
 
+/// Entry points of the fuzz targets (`fuzz/`) into the sandbox's parsers.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct RawTool {
+        name: String,
+        description: String,
+        input_schema: String,
+        output_schema: Option<String>,
+        #[serde(default)]
+        read_only: bool,
+        #[serde(default)]
+        destructive: bool,
+        #[serde(default)]
+        idempotent: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct RawManifest {
+        name: String,
+        version: String,
+        description: String,
+        tools: Vec<RawTool>,
+        http_hosts: Vec<String>,
+        key_value: bool,
+        secrets: Vec<String>,
+        directories: Vec<String>,
+        /// Validated against each tool's input schema, as a call's would be.
+        arguments: Value,
+    }
+
+    /// A manifest as a plugin declares it (its fields as JSON), checked as
+    /// at load; when it passes, `arguments` is validated against every
+    /// tool's input schema, as before a call.
+    pub fn manifest(data: &[u8]) {
+        let Ok(raw) = serde_json::from_slice::<RawManifest>(data) else {
+            return;
+        };
+        let manifest = types::Manifest {
+            name: raw.name,
+            version: raw.version,
+            description: raw.description,
+            tools: raw
+                .tools
+                .into_iter()
+                .map(|t| types::Tool {
+                    name: t.name,
+                    description: t.description,
+                    input_schema: t.input_schema,
+                    output_schema: t.output_schema,
+                    read_only: t.read_only,
+                    destructive: t.destructive,
+                    idempotent: t.idempotent,
+                })
+                .collect(),
+            capabilities: types::Capabilities {
+                http_hosts: raw.http_hosts,
+                key_value: raw.key_value,
+                secrets: raw.secrets,
+                directories: raw.directories,
+            },
+        };
+        if let Ok((_, validators)) = check_manifest(manifest) {
+            for v in validators.values() {
+                let _ = v.input.iter_errors(&raw.arguments).count();
+            }
+        }
+    }
+}
+
 /// `^[a-z][a-z0-9_-]{0,23}$` without `__` (the namespace separator).
 pub fn is_plugin_name(name: &str) -> bool {
     (1..=24).contains(&name.len())

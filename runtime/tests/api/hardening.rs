@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::common::{assert_error, TestApp};
 use crate::dual_test;
-use crate::runs::{configure, read_events, run, start, wait_status};
+use crate::runs::{configure, read_events, run, run_id, start, wait_status};
 
 dual_test!(
     a_finished_runs_stream_reopened_at_its_end_answers_204,
@@ -391,15 +391,8 @@ dual_test!(
         let (admin, user) = app.admin_and_user().await;
         let conv = start(&app, &user, json!([]), json!({})).await;
         for _ in 0..2 {
-            let created = run(&app, &user, &conv, json!({ "message": "hi" })).await;
-            read_events(
-                &app,
-                &user.token,
-                created["id"].as_str().unwrap(),
-                None,
-                None,
-            )
-            .await;
+            let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
+            read_events(&app, &user.token, &id, None, None).await;
         }
         let limits = format!("/api/v1/users/{}/usage-limits", user.user_id);
         let (status, _) = app

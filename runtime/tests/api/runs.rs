@@ -143,7 +143,7 @@ async fn cancel(app: &TestApp, token: &str, run: &str) -> (StatusCode, Value) {
 }
 
 /// Starts a run and returns its id.
-async fn run_id(app: &TestApp, session: &Session, conversation: &str, body: Value) -> String {
+pub async fn run_id(app: &TestApp, session: &Session, conversation: &str, body: Value) -> String {
     run(app, session, conversation, body).await["id"]
         .as_str()
         .unwrap()
