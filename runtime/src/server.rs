@@ -173,7 +173,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
 
 /// The router of every domain, with its OpenAPI document.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::http::openapi::router())
         .merge(crate::users::routes::router())
         .merge(crate::agents::routes::router())
@@ -186,7 +186,71 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::models::routes::router())
         .merge(crate::runs::routes::router())
         .merge(crate::mcp::routes::router())
-        .split_for_parts()
+        .split_for_parts();
+    (router, with_error_responses(openapi))
+}
+
+/// Documents, on every operation, the errors any request to it may get
+/// besides those its handler names: 400 (malformed input), 401 and 403
+/// (operations that need credentials), 404 (operations with a path
+/// parameter), 413 (operations with a body), 429 (quotas, throttles and
+/// stream limits, where they apply: every operation that needs credentials,
+/// and login), 500 (a bug; never with internals) and 503 (database
+/// unavailable, or the request took too long). Each with the
+/// `ErrorResponse` body.
+fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let has_path_params = path.contains('{');
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let mut add = |code: &str, description: &str| {
+                operation
+                    .responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description).into());
+            };
+            add("400", "Malformed or invalid input");
+            if secured {
+                add("401", "Missing, invalid or expired credentials");
+                add("403", "Not allowed for the caller's role");
+                add("429", "A quota, throttle or limit is spent");
+            }
+            if has_path_params {
+                add("404", "No such resource, or another user's");
+            }
+            if operation.request_body.is_some() {
+                add("413", "The body is larger than the limit");
+            }
+            if path == "/api/v1/auth/login" {
+                add("429", "Too many failed logins: wait `Retry-After` seconds");
+            }
+            add("500", "A bug; the body never carries internals");
+            add("503", "The database is unavailable, or the request took too long");
+        }
+    }
+    openapi
 }
 
 /// The complete application: routes, docs and middleware.

@@ -210,6 +210,7 @@ pub struct MessageCursor {
     /// The `next_cursor` of the previous page; omit for the first page.
     pub after: Option<String>,
     /// Messages per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 

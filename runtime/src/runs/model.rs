@@ -293,6 +293,7 @@ pub struct RunWait {
     /// completed, failed, cancelled, or waiting for approvals. The answer
     /// comes as soon as it stops, or with the run as it is when the time is
     /// up. Without it, the run as it is now.
+    #[param(minimum = 0, maximum = 60)]
     pub wait_secs: Option<u64>,
 }
 
@@ -321,6 +322,7 @@ pub struct RunEvent {
 #[into_params(parameter_in = Query)]
 pub struct EventCursor {
     /// Only events with a greater `seq` (like `Last-Event-ID`).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
 }
 

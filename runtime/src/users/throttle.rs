@@ -36,7 +36,7 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         ThrottleConfig {
             account_free_failures: 5,
-            address_free_failures: 20,
+            address_free_failures: 50,
             base_delay_secs: 1,
             max_delay_secs: 15 * 60,
             window_secs: 3600,
