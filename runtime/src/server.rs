@@ -247,7 +247,10 @@ fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openap
                 add("429", "Too many failed logins: wait `Retry-After` seconds");
             }
             add("500", "A bug; the body never carries internals");
-            add("503", "The database is unavailable, or the request took too long");
+            add(
+                "503",
+                "The database is unavailable, or the request took too long",
+            );
         }
     }
     openapi

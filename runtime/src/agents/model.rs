@@ -62,7 +62,13 @@ pub struct AgentSpec {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentInput {
-    /// 1 to 200 characters, unique among your agents.
+    /// 1 to 200 characters, unique among your agents; no control,
+    /// invisible or direction-changing characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*\S[^\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*$"
+    )]
     pub name: String,
     /// Up to 2000 characters.
     #[serde(default)]

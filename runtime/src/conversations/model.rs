@@ -26,8 +26,9 @@ pub const MAX_MESSAGE_LIMIT: u32 = 200;
 pub struct ConversationInput {
     /// The agent this conversation talks to (one of yours).
     pub agent_id: Uuid,
-    /// Optional title, up to 300 characters.
+    /// Optional title, up to 300 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 300, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub title: Option<String>,
     /// Free-form metadata object.
     #[serde(default)]
@@ -39,9 +40,10 @@ pub struct ConversationInput {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConversationPatch {
-    /// New title; `null` clears it.
+    /// New title (up to 300 characters, no control characters); `null`
+    /// clears it.
     #[serde(default, deserialize_with = "crate::schema::present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 300, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub title: Option<Option<String>>,
     /// New metadata (replaces the old one).
     #[serde(default)]

@@ -72,6 +72,7 @@ fn default_start() -> StartMode {
 pub struct CreateMcpServerRequest {
     /// 1 to 32 of `a-z 0-9 _ -` (no `__`), starting with a letter or digit:
     /// the namespace of its tools (`<name>__<tool>`).
+    #[schema(pattern = r"^(?!.*__)[a-z0-9][a-z0-9_-]{0,31}$")]
     pub name: String,
     /// `stdio` or `http`.
     pub transport: TransportKind,

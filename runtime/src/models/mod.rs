@@ -94,6 +94,7 @@ pub struct ProviderInfo {
 #[serde(deny_unknown_fields)]
 pub struct CreateProviderRequest {
     /// 1 to 64 of `a-z 0-9 _ -`, starting with a letter or digit.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: String,
     /// The wire format.
     pub kind: ProviderKind,

@@ -77,12 +77,15 @@ pub struct UsageReport {
 pub struct UsageLimits {
     /// Tokens per rolling 24 hours.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub daily_tokens: Option<i64>,
     /// Tokens per rolling 30 days.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub monthly_tokens: Option<i64>,
     /// Runs started per rolling 24 hours.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub daily_runs: Option<i64>,
 }
 

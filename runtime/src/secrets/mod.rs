@@ -20,8 +20,8 @@ use crate::on_db;
 use crate::sandbox::host::is_secret_name;
 use crate::users::model::{Permission, Principal};
 
-/// Longest secret value: 64 KiB (a private key in PEM fits).
-pub const MAX_SECRET_BYTES: usize = 64 << 10;
+/// Longest secret value, in characters (a private key in PEM fits).
+pub const MAX_SECRET_CHARS: usize = 64 << 10;
 
 /// A secret as the API lists it: never its value.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -40,7 +40,8 @@ pub struct SecretInfo {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetSecretRequest {
-    /// The value; stored encrypted, never shown again.
+    /// The value, 1 to 65536 characters; stored encrypted, never shown again.
+    #[schema(min_length = 1, max_length = 65536)]
     pub value: String,
 }
 
@@ -101,10 +102,10 @@ impl SecretService {
     ) -> Result<SecretInfo> {
         principal.require(Permission::SecretManage)?;
         Self::check_name(name)?;
-        if request.value.is_empty() || request.value.len() > MAX_SECRET_BYTES {
+        if request.value.is_empty() || request.value.chars().count() > MAX_SECRET_CHARS {
             return Err(Error::invalid_field(
                 "value",
-                format!("a secret value is 1 to {MAX_SECRET_BYTES} bytes"),
+                format!("a secret value is 1 to {MAX_SECRET_CHARS} characters"),
             ));
         }
         let (nonce, ciphertext) = self

@@ -276,8 +276,13 @@ pub struct UserResponse {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Login email.
+    #[schema(
+        max_length = 254,
+        pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$"
+    )]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
     /// Optional name shown in clients.
     #[serde(default)]
@@ -322,8 +327,13 @@ pub struct TokenResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// Login email.
+    #[schema(
+        max_length = 254,
+        pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$"
+    )]
     pub email: String,
-    /// At least 8 characters.
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
     /// Optional name shown in clients.
     #[serde(default)]
@@ -354,7 +364,8 @@ pub struct UpdateUserRequest {
 pub struct ChangePasswordRequest {
     /// The password in use.
     pub current_password: String,
-    /// The new password, at least 8 characters.
+    /// The new password, 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub new_password: String,
 }
 
@@ -362,7 +373,8 @@ pub struct ChangePasswordRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
-    /// A label to recognise the key by.
+    /// A label to recognise the key by (1 to 100 characters).
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// Optional expiry; must be in the future.
     #[serde(default)]
