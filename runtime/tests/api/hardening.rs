@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::common::{assert_error, TestApp};
 use crate::dual_test;
-use crate::runs::{configure, read_events, run, run_id, start, wait_status};
+use crate::runs::{configure, read_events, run, start, two_finished_runs, wait_status};
 
 dual_test!(
     a_finished_runs_stream_reopened_at_its_end_answers_204,
@@ -389,11 +389,7 @@ dual_test!(
     configure,
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
-        let conv = start(&app, &user, json!([]), json!({})).await;
-        for _ in 0..2 {
-            let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
-            read_events(&app, &user.token, &id, None, None).await;
-        }
+        let conv = two_finished_runs(&app, &user).await;
         let limits = format!("/api/v1/users/{}/usage-limits", user.user_id);
         let (status, _) = app
             .put(&limits, &admin.token, json!({ "daily_runs": 2 }))

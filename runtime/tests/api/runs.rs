@@ -150,6 +150,16 @@ pub async fn run_id(app: &TestApp, session: &Session, conversation: &str, body: 
         .to_owned()
 }
 
+/// A conversation of `user` with two finished runs of 15 tokens each.
+pub async fn two_finished_runs(app: &TestApp, user: &Session) -> String {
+    let conv = start(app, user, json!([]), json!({})).await;
+    for _ in 0..2 {
+        let id = run_id(app, user, &conv, json!({ "message": "hi" })).await;
+        read_events(app, &user.token, &id, None, None).await;
+    }
+    conv
+}
+
 fn kinds(events: &[Ev]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
@@ -563,11 +573,7 @@ dual_test!(
     configure,
     |app: TestApp| async move {
         let (admin, user) = app.admin_and_user().await;
-        let conv = start(&app, &user, json!([]), json!({})).await;
-        for _ in 0..2 {
-            let id = run_id(&app, &user, &conv, json!({ "message": "hi" })).await;
-            read_events(&app, &user.token, &id, None, None).await;
-        }
+        let conv = two_finished_runs(&app, &user).await;
         let (status, report) = app.get("/api/v1/usage?group_by=model", &user.token).await;
         assert_eq!(status, StatusCode::OK, "{report}");
         assert_eq!(report["items"][0]["key"], "openai/gpt-test");
