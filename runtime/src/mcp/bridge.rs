@@ -856,10 +856,16 @@ impl ClientHandler for Handler {
     }
 }
 
+/// A server's key in the bridge: its owner (none for a server-wide one) and
+/// its name. Names are unique per owner: two users may each have a server
+/// named `github`, and a user's own shadows a server-wide one of that name
+/// in their catalogue.
+type ServerKey = (Option<Uuid>, String);
+
 /// Every bridged server of this node.
 #[derive(Clone)]
 pub struct Bridge {
-    servers: Arc<RwLock<BTreeMap<String, Arc<Server>>>>,
+    servers: Arc<RwLock<BTreeMap<ServerKey, Arc<Server>>>>,
     db: Option<Db>,
     config: Arc<McpConfig>,
     egress: EgressConfig,
@@ -912,7 +918,10 @@ impl Bridge {
             .servers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(server.def.name.clone(), server.clone());
+            .insert(
+                (server.def.owner_id, server.def.name.clone()),
+                server.clone(),
+            );
         if let Some(old) = old {
             old.stop();
         }
@@ -934,12 +943,12 @@ impl Bridge {
     }
 
     /// Removes and stops a server.
-    pub fn remove(&self, name: &str) {
+    pub fn remove(&self, owner: Option<Uuid>, name: &str) {
         let old = self
             .servers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+            .remove(&(owner, name.to_owned()));
         if let Some(old) = old {
             old.stop();
         }
@@ -959,12 +968,21 @@ impl Bridge {
         }
     }
 
-    /// The server named `name`.
-    pub fn server(&self, name: &str) -> Option<Arc<Server>> {
+    /// The server of `owner` named `name`.
+    pub fn server(&self, owner: Option<Uuid>, name: &str) -> Option<Arc<Server>> {
         self.servers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&(owner, name.to_owned()))
+            .cloned()
+    }
+
+    /// The server named `name` that `user` reaches by that name: their own,
+    /// else the server-wide one.
+    pub fn visible(&self, name: &str, user: Option<Uuid>) -> Option<Arc<Server>> {
+        let servers = self.servers.read().unwrap_or_else(|e| e.into_inner());
+        user.and_then(|u| servers.get(&(Some(u), name.to_owned())))
+            .or_else(|| servers.get(&(None, name.to_owned())))
             .cloned()
     }
 
@@ -979,9 +997,9 @@ impl Bridge {
     }
 
     /// Starts (or restarts) a server now and waits for the outcome.
-    pub async fn start(&self, name: &str) -> Result<(), ToolError> {
+    pub async fn start(&self, owner: Option<Uuid>, name: &str) -> Result<(), ToolError> {
         let server = self
-            .server(name)
+            .server(owner, name)
             .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
         {
             let mut state = server.lock();

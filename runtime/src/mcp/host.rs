@@ -82,7 +82,7 @@ impl McpHost {
             .tools
             .list(principal)?
             .into_iter()
-            .filter(|t| self.exposed(t))
+            .filter(|t| self.exposed(t, principal))
             .map(mcp_tool)
             .collect();
         if self.state.config.mcp.expose_agents && principal.require(Permission::AgentRead).is_ok() {
@@ -93,14 +93,14 @@ impl McpHost {
         Ok(tools)
     }
 
-    fn exposed(&self, tool: &ToolInfo) -> bool {
+    fn exposed(&self, tool: &ToolInfo, principal: &Principal) -> bool {
         match &tool.source {
             ToolSource::Plugin { .. } => true,
             ToolSource::Mcp { server, .. } => self
                 .state
                 .mcp
                 .bridge()
-                .server(server)
+                .visible(server, Some(principal.user_id))
                 .is_some_and(|s| s.def().expose),
         }
     }
@@ -189,7 +189,7 @@ impl McpHost {
             .state
             .tools
             .info(name, Some(principal.user_id))
-            .filter(|t| self.exposed(t))
+            .filter(|t| self.exposed(t, &principal))
             .ok_or_else(|| unknown_tool(name))?;
         let outcome = self
             .state

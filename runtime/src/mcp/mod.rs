@@ -374,7 +374,7 @@ impl McpService {
     }
 
     fn full_response(&self, row: Row) -> McpServerResponse {
-        let server = self.bridge.server(&row.name);
+        let server = self.bridge.server(row.owner_id, &row.name);
         let status = server.as_ref().map(|s| s.status()).unwrap_or(ServerStatus {
             state: bridge::ServerState::Stopped,
             last_error: None,
@@ -483,6 +483,14 @@ impl McpService {
             None
         };
         self.check_name(&request.name)?;
+        // A user's server may not take the name of a server-wide one (which
+        // every user sees): its tools would hide the shared ones.
+        if owner.is_some() && self.shared_name_taken(&request.name).await? {
+            return Err(Error::conflict(format!(
+                "a server-wide MCP server named {:?} exists",
+                request.name
+            )));
+        }
         let checked = Checked::new(
             request.transport,
             request.command,
@@ -502,7 +510,7 @@ impl McpService {
                  secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, max_result_bytes,
                  tools, created_by, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)
-             ON CONFLICT (name) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(&request.name)
@@ -527,10 +535,11 @@ impl McpService {
         .await?
         .rows_affected());
         if inserted == 0 {
-            return Err(Error::conflict(format!(
-                "an MCP server named {:?} exists",
-                request.name
-            )));
+            // Names are unique per owner: this says nothing of other users'.
+            return Err(Error::conflict(match owner {
+                Some(_) => format!("you have an MCP server named {:?}", request.name),
+                None => format!("a server-wide MCP server named {:?} exists", request.name),
+            }));
         }
         self.audit
             .record(
@@ -556,15 +565,24 @@ impl McpService {
     /// enabled, connects once to learn its tools.
     async fn activate(&self, row: &Row) -> Result<()> {
         if !row.enabled {
-            self.bridge.remove(&row.name);
+            self.bridge.remove(row.owner_id, &row.name);
             return Ok(());
         }
         let def = self.def(row)?;
         self.bridge.upsert(def, row.tools.0.clone());
-        if let Err(e) = self.bridge.start(&row.name).await {
+        if let Err(e) = self.bridge.start(row.owner_id, &row.name).await {
             tracing::warn!(server = %row.name, error = %e, "MCP server did not start");
         }
         Ok(())
+    }
+
+    async fn shared_name_taken(&self, name: &str) -> Result<bool> {
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM mcp_servers WHERE name = $1 AND owner_id IS NULL)",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await?))
     }
 
     fn check_name(&self, name: &str) -> Result<()> {
@@ -716,7 +734,7 @@ impl McpService {
             .execute(pool)
             .await?
             .rows_affected());
-        self.bridge.remove(&row.name);
+        self.bridge.remove(row.owner_id, &row.name);
         self.audit
             .record(
                 Some(principal.user_id),

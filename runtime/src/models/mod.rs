@@ -195,8 +195,9 @@ pub struct ModelService {
     in_process: Arc<std::sync::RwLock<HashMap<String, Arc<dyn Provider>>>>,
 }
 
-/// Model lists read from providers, by provider, with when they were read.
-type ModelCache = HashMap<String, (Instant, Vec<String>)>;
+/// Model lists read from providers, by provider (owner and name), with when
+/// they were read.
+type ModelCache = HashMap<(Option<Uuid>, String), (Instant, Vec<String>)>;
 
 impl std::fmt::Debug for ModelService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -332,9 +333,27 @@ impl ModelService {
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).fetch_all(pool).await?))
     }
 
-    async fn row(&self, name: &str) -> Result<Option<Row>> {
-        let sql = format!("SELECT {COLUMNS} FROM providers WHERE name = $1");
-        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(name).fetch_optional(pool).await?))
+    /// The provider `user` reaches by `name`: their own, else the
+    /// server-wide one. Names are unique per owner, so another user's
+    /// provider of that name is neither found nor in the way.
+    async fn row(&self, name: &str, user: Uuid) -> Result<Option<Row>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM providers WHERE name = $1 AND (owner_id IS NULL OR owner_id = $2)
+             ORDER BY CASE WHEN owner_id IS NULL THEN 1 ELSE 0 END LIMIT 1"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(&sql).bind(name).bind(user).fetch_optional(pool).await?),
+        )
+    }
+
+    /// The provider of `owner` (`None`: server-wide) named `name`.
+    async fn row_of(&self, name: &str, owner: Option<Uuid>) -> Result<Option<Row>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM providers WHERE name = $1 AND owner_id IS NOT DISTINCT FROM $2"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(&sql).bind(name).bind(owner).fetch_optional(pool).await?),
+        )
     }
 
     /// The providers the caller may use: server-wide ones and their own
@@ -364,9 +383,8 @@ impl ModelService {
             return Ok(Self::env_info(env, principal));
         }
         let row = self
-            .row(name)
+            .row(name, principal.user_id)
             .await?
-            .filter(|r| visible(r.9, principal.owner_scope()))
             .ok_or(Error::NotFound("provider"))?;
         Ok(Self::row_info(&row, principal))
     }
@@ -416,6 +434,14 @@ impl ModelService {
                 request.name
             )));
         }
+        // A user's provider may not take the name of a server-wide one
+        // (which every user sees): agents naming it would change provider.
+        if owner.is_some() && self.row_of(&request.name, None).await?.is_some() {
+            return Err(Error::conflict(format!(
+                "a server-wide provider named {:?} exists",
+                request.name
+            )));
+        }
         let id = Uuid::now_v7();
         let sealed = match &request.api_key {
             Some(key) => Some(self.sealer.seal(&Self::aad(id), key.as_bytes())?),
@@ -425,7 +451,7 @@ impl ModelService {
         let now = db::now();
         let inserted = on_db!(&self.db, pool => sqlx::query(
             "INSERT INTO providers (id, name, kind, base_url, api_key_nonce, api_key_ciphertext, models, created_by, created_at, updated_at, owner_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(&request.name)
@@ -441,10 +467,11 @@ impl ModelService {
         .await?
         .rows_affected());
         if inserted == 0 {
-            return Err(Error::conflict(format!(
-                "a provider named {:?} exists",
-                request.name
-            )));
+            // Names are unique per owner: this says nothing of other users'.
+            return Err(Error::conflict(match owner {
+                Some(_) => format!("you have a provider named {:?}", request.name),
+                None => format!("a server-wide provider named {:?} exists", request.name),
+            }));
         }
         self.audit
             .record(
@@ -470,7 +497,10 @@ impl ModelService {
                 "a provider from the environment is changed in the environment",
             ));
         }
-        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let row = self
+            .row(name, principal.user_id)
+            .await?
+            .ok_or(Error::NotFound("provider"))?;
         Self::check_change(principal, &row)?;
         let base_url = match &request.base_url {
             Some(url) => check_base_url(url, self.egress.restricts(row.9))?,
@@ -488,9 +518,9 @@ impl ModelService {
             }
         };
         on_db!(&self.db, pool => sqlx::query(
-            "UPDATE providers SET base_url = $2, api_key_nonce = $3, api_key_ciphertext = $4, models = $5, updated_at = $6 WHERE name = $1",
+            "UPDATE providers SET base_url = $2, api_key_nonce = $3, api_key_ciphertext = $4, models = $5, updated_at = $6 WHERE id = $1",
         )
-        .bind(name)
+        .bind(row.0)
         .bind(&base_url)
         .bind(nonce)
         .bind(ciphertext)
@@ -499,7 +529,10 @@ impl ModelService {
         .execute(pool)
         .await
         .map(|_| ())?);
-        self.listed.lock().expect("model cache").remove(name);
+        self.listed
+            .lock()
+            .expect("model cache")
+            .remove(&(row.9, name.to_owned()));
         self.audit
             .record(
                 Some(principal.user_id),
@@ -519,17 +552,23 @@ impl ModelService {
                 "a provider from the environment is removed from the environment",
             ));
         }
-        let row = self.row(name).await?.ok_or(Error::NotFound("provider"))?;
+        let row = self
+            .row(name, principal.user_id)
+            .await?
+            .ok_or(Error::NotFound("provider"))?;
         Self::check_change(principal, &row)?;
-        let deleted = on_db!(&self.db, pool => sqlx::query("DELETE FROM providers WHERE name = $1")
-            .bind(name)
+        let deleted = on_db!(&self.db, pool => sqlx::query("DELETE FROM providers WHERE id = $1")
+            .bind(row.0)
             .execute(pool)
             .await?
             .rows_affected());
         if deleted == 0 {
             return Err(Error::NotFound("provider"));
         }
-        self.listed.lock().expect("model cache").remove(name);
+        self.listed
+            .lock()
+            .expect("model cache")
+            .remove(&(row.9, name.to_owned()));
         self.audit
             .record(
                 Some(principal.user_id),
@@ -560,21 +599,23 @@ impl ModelService {
         }
     }
 
-    /// Kind, base URL, decrypted key and owner of `name`.
+    /// Kind, base URL, decrypted key and owner of the provider `name`:
+    /// `Ok(user)`, the one that user reaches by that name (their own, else
+    /// the server-wide one); `Err(owner)`, exactly the one of `owner`.
     async fn endpoint(
         &self,
         name: &str,
-        user: Option<Uuid>,
+        whose: std::result::Result<Uuid, Option<Uuid>>,
     ) -> Result<(ProviderKind, String, Option<String>, Option<Uuid>)> {
         if let Some(env) = self.env.iter().find(|e| e.name == name) {
             let kind = ProviderKind::parse(&env.kind).unwrap_or(ProviderKind::Openai);
             return Ok((kind, env.base_url.clone(), Some(env.api_key.clone()), None));
         }
-        let row = self
-            .row(name)
-            .await?
-            .filter(|r| visible(r.9, user))
-            .ok_or(Error::NotFound("provider"))?;
+        let row = match whose {
+            Ok(user) => self.row(name, user).await?,
+            Err(owner) => self.row_of(name, owner).await?,
+        }
+        .ok_or(Error::NotFound("provider"))?;
         let kind = ProviderKind::parse(&row.2)
             .ok_or_else(|| anyhow::anyhow!("provider {name:?} has an unknown kind"))?;
         let key = match (&row.4, &row.5) {
@@ -604,7 +645,7 @@ impl ModelService {
         if let Some(p) = self.in_process.read().expect("provider registry").get(name) {
             return Ok(p.clone());
         }
-        let (kind, base_url, key, owner) = self.endpoint(name, Some(user)).await?;
+        let (kind, base_url, key, owner) = self.endpoint(name, Ok(user)).await?;
         self.check_reachable(&base_url, owner)?;
         let http = self.http_for(owner);
         Ok(match kind {
@@ -624,15 +665,18 @@ impl ModelService {
     async fn remote_models(
         &self,
         name: &str,
-        user: Option<Uuid>,
+        owner: Option<Uuid>,
     ) -> std::result::Result<Vec<String>, String> {
-        if let Some((at, models)) = self.listed.lock().expect("model cache").get(name) {
+        let cache_key = (owner, name.to_owned());
+        if let Some((at, models)) = self.listed.lock().expect("model cache").get(&cache_key) {
             if at.elapsed() < MODEL_LIST_TTL {
                 return Ok(models.clone());
             }
         }
-        let (kind, base_url, key, owner) =
-            self.endpoint(name, user).await.map_err(|e| e.to_string())?;
+        let (kind, base_url, key, owner) = self
+            .endpoint(name, Err(owner))
+            .await
+            .map_err(|e| e.to_string())?;
         self.check_reachable(&base_url, owner)
             .map_err(|e| e.to_string())?;
         let http = self.http_for(owner);
@@ -673,7 +717,7 @@ impl ModelService {
         self.listed
             .lock()
             .expect("model cache")
-            .insert(name.to_owned(), (Instant::now(), models.clone()));
+            .insert(cache_key, (Instant::now(), models.clone()));
         Ok(models)
     }
 
@@ -681,10 +725,10 @@ impl ModelService {
     /// of providers that configured none (asked live, kept 5 minutes).
     pub async fn models(&self, principal: &Principal) -> Result<ModelList> {
         principal.require(Permission::AgentRead)?;
-        let mut providers: Vec<(String, Vec<String>)> = self
+        let mut providers: Vec<(String, Option<Uuid>, Vec<String>)> = self
             .env
             .iter()
-            .map(|e| (e.name.clone(), Vec::new()))
+            .map(|e| (e.name.clone(), None, Vec::new()))
             .collect();
         let scope = principal.owner_scope();
         providers.extend(
@@ -692,15 +736,15 @@ impl ModelService {
                 .await?
                 .into_iter()
                 .filter(|r| visible(r.9, scope))
-                .map(|r| (r.1, r.6 .0)),
+                .map(|r| (r.1, r.9, r.6 .0)),
         );
         let mut list = ModelList {
             models: Vec::new(),
             unavailable: Vec::new(),
         };
-        for (provider, configured) in providers {
+        for (provider, owner, configured) in providers {
             let models = if configured.is_empty() {
-                match self.remote_models(&provider, scope).await {
+                match self.remote_models(&provider, owner).await {
                     Ok(m) => m,
                     Err(reason) => {
                         list.unavailable.push(Unavailable { provider, reason });

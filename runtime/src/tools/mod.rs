@@ -143,21 +143,28 @@ impl ToolCatalogue {
     /// The bridged MCP server that owns tool `name`, if `user` may use it.
     fn bridged(&self, name: &str, user: Option<uuid::Uuid>) -> Option<Arc<McpServer>> {
         let (server, tool) = name.split_once(SEPARATOR)?;
-        let server = self.bridge.get()?.server(server)?;
-        let owner = server.def().owner_id;
-        (owner.is_none() || owner == user)
-            .then_some(server)
+        self.bridge
+            .get()?
+            .visible(server, user)
             .filter(|s| s.tool(tool).is_some())
     }
 
-    /// The bridged servers `user` may use.
+    /// The bridged servers `user` may use: their own, and the server-wide
+    /// ones whose names they have not taken for their own.
     pub fn bridged_servers(&self, user: Option<uuid::Uuid>) -> Vec<Arc<McpServer>> {
-        self.bridge
-            .get()
-            .map(|b| b.servers())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.def().owner_id.is_none() || s.def().owner_id == user)
+        let servers = self.bridge.get().map(|b| b.servers()).unwrap_or_default();
+        let own: std::collections::HashSet<&str> = servers
+            .iter()
+            .filter(|s| s.def().owner_id.is_some() && s.def().owner_id == user)
+            .map(|s| s.def().name.as_str())
+            .collect();
+        servers
+            .iter()
+            .filter(|s| match s.def().owner_id {
+                None => !own.contains(s.def().name.as_str()),
+                owner => owner == user,
+            })
+            .cloned()
             .collect()
     }
 

@@ -552,3 +552,101 @@ async fn postgres_connections_honour_sslmode() {
     let refused = orchestra::db::Db::connect(&with("sslmode=verify-full")).await;
     assert!(refused.is_err(), "the test CA is not a public one");
 }
+
+dual_test!(
+    mcp_server_names_belong_to_their_owner,
+    |app: TestApp| async move {
+        let (admin, alice) = app.admin_and_user().await;
+        let bob = app.add_user(&admin, "bob@example.com", "user").await;
+        let carol = app.add_user(&admin, "carol@example.com", "user").await;
+        // `.invalid` never resolves: the registration stands, the server is down.
+        let remote =
+            json!({ "name": "remote", "transport": "http", "url": "https://mcp.invalid/mcp" });
+        let app = &app;
+        let create = |token: String, body: serde_json::Value| async move {
+            app.post("/api/v1/mcp-servers", &token, body).await
+        };
+        let (status, body) = create(alice.token.clone(), remote.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // Another user's name is not theirs to know about, nor to block.
+        let (status, body) = create(bob.token.clone(), remote.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let again = create(alice.token.clone(), remote.clone()).await;
+        assert_error(&again, StatusCode::CONFLICT, "conflict");
+        assert!(
+            again.1["message"].as_str().unwrap().contains("you have"),
+            "{again:?}"
+        );
+        // Users' names do not take a name from the server.
+        let (status, body) = create(admin.token.clone(), remote.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert!(body["owner_id"].is_null(), "{body}");
+        // A server-wide name, which everyone sees, is taken for everyone.
+        let taken = create(carol.token.clone(), remote.clone()).await;
+        assert_error(&taken, StatusCode::CONFLICT, "conflict");
+        // Each sees their own and the server-wide one, not the others'.
+        for who in [&alice, &bob] {
+            let (_, list) = app.get("/api/v1/mcp-servers", &who.token).await;
+            let owners: Vec<&serde_json::Value> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| &s["owner_id"])
+                .collect();
+            assert_eq!(owners.len(), 2, "{list}");
+            assert!(owners.contains(&&json!(who.user_id)), "{list}");
+        }
+    }
+);
+
+dual_test!(
+    provider_names_belong_to_their_owner,
+    |app: TestApp| async move {
+        let (admin, alice) = app.admin_and_user().await;
+        let bob = app.add_user(&admin, "bob@example.com", "user").await;
+        let app = &app;
+        let create = |token: String, base: &'static str| async move {
+            app.post(
+                "/api/v1/providers",
+                &token,
+                json!({ "name": "mine", "kind": "openai", "base_url": base, "models": ["m"] }),
+            )
+            .await
+        };
+        let (status, body) = create(alice.token.clone(), "https://alice.example/v1").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // Bob's name is his, whatever Alice has.
+        let (status, body) = create(bob.token.clone(), "https://bob.example/v1").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_error(
+            &create(alice.token.clone(), "https://again.example/v1").await,
+            StatusCode::CONFLICT,
+            "conflict",
+        );
+        // Each reaches their own by that name; changes touch only their own.
+        for (who, url) in [
+            (&alice, "https://alice.example/v1"),
+            (&bob, "https://bob.example/v1"),
+        ] {
+            let (status, one) = app.get("/api/v1/providers/mine", &who.token).await;
+            assert_eq!(status, StatusCode::OK, "{one}");
+            assert_eq!(one["base_url"], url, "{one}");
+        }
+        let (status, _) = app.delete("/api/v1/providers/mine", &bob.token).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, one) = app.get("/api/v1/providers/mine", &alice.token).await;
+        assert_eq!(status, StatusCode::OK, "Alice's is untouched: {one}");
+        // The admin may still take the name for the whole server; a
+        // server-wide name is then taken for every user.
+        let (status, body) = create(admin.token.clone(), "https://shared.example/v1").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_error(
+            &create(bob.token.clone(), "https://bob.example/v1").await,
+            StatusCode::CONFLICT,
+            "conflict",
+        );
+        // Alice's own still comes first for her.
+        let (_, one) = app.get("/api/v1/providers/mine", &alice.token).await;
+        assert_eq!(one["base_url"], "https://alice.example/v1", "{one}");
+    }
+);
