@@ -189,7 +189,7 @@ impl McpHost {
             .state
             .tools
             .info(name, Some(principal.user_id))
-            .filter(|t| self.exposed(t, &principal))
+            .filter(|t| self.exposed(t, principal))
             .ok_or_else(|| unknown_tool(name))?;
         let outcome = self
             .state
