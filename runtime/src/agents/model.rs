@@ -215,7 +215,7 @@ pub struct AgentFilter {
     /// Only agents of this owner (admins; others only ever see their own).
     pub owner_id: Option<Uuid>,
     /// `-created_at` (default), `created_at`, `-updated_at`, `updated_at`, `name`, `-name`.
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub sort: Option<AgentSort>,
 }
 

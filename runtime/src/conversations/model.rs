@@ -210,6 +210,7 @@ pub struct MessageResponse {
 #[into_params(parameter_in = Query)]
 pub struct MessageCursor {
     /// The `next_cursor` of the previous page; omit for the first page.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub after: Option<String>,
     /// Messages per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
@@ -245,13 +246,15 @@ impl MessageCursor {
                 format!("must be between 1 and {MAX_MESSAGE_LIMIT}"),
             ));
         }
-        let after_seq =
-            match &self.after {
-                None => 0,
-                Some(c) => c.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| {
-                    Error::invalid_field("after", "is not a cursor from this API")
-                })?,
-            };
+        let after_seq = match &self.after {
+            None => 0,
+            Some(c) => (1..=18)
+                .contains(&c.len())
+                .then_some(c)
+                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|c| c.parse::<i64>().ok())
+                .ok_or_else(|| Error::invalid_field("after", "is not a cursor from this API"))?,
+        };
         Ok(CursorRequest { after_seq, limit })
     }
 }

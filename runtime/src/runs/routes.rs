@@ -140,7 +140,7 @@ async fn approve_run(
 /// `runs.max_streams_per_user` streams open at once (429 beyond).
 #[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Run id"), EventCursor,
-           ("Last-Event-ID" = Option<i64>, Header, description = "The last event received")),
+           ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "The last event received")),
     responses((status = 200, description = "text/event-stream of RunEvent", body = RunEvent),
               (status = 204, description = "The run has ended and every event was received"),
               (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),

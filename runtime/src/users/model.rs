@@ -284,8 +284,13 @@ pub struct RegisterRequest {
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
     pub password: String,
-    /// Optional name shown in clients.
+    /// Optional name shown in clients: up to 200 characters, no control,
+    /// invisible or direction-changing characters.
     #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*$"
+    )]
     pub display_name: Option<String>,
 }
 
@@ -335,8 +340,13 @@ pub struct CreateUserRequest {
     /// 8 to 256 characters.
     #[schema(min_length = 8, max_length = 256)]
     pub password: String,
-    /// Optional name shown in clients.
+    /// Optional name shown in clients: up to 200 characters, no control,
+    /// invisible or direction-changing characters.
     #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*$"
+    )]
     pub display_name: Option<String>,
     /// Defaults to `user`.
     #[serde(default)]
@@ -353,8 +363,13 @@ pub struct UpdateUserRequest {
     /// False disables the account and revokes its tokens at once.
     #[serde(default)]
     pub is_active: Option<bool>,
-    /// New display name.
+    /// New display name: up to 200 characters, no control, invisible or
+    /// direction-changing characters.
     #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]*$"
+    )]
     pub display_name: Option<String>,
 }
 
