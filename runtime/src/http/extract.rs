@@ -13,11 +13,57 @@ use crate::http::AppState;
 use crate::users::model::Principal;
 
 /// A JSON body; malformed JSON, wrong types, a missing content type and an
-/// oversized body each get their own clear 4xx.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
+/// oversized body each get their own clear 4xx. Every request body of the
+/// API is an object: an array is refused (serde would otherwise read a
+/// struct of optional fields from `[]`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json);
+        if !json {
+            return Err(Error::validation(
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+                _ => Error::validation(format!("reading the body: {}", e.body_text())),
+            })?;
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(Error::validation("the body must be a JSON object"));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(value))
+    }
+}
+
+/// Whether a `Content-Type` is `application/json` or any `+json` type, as
+/// axum's `Json` accepts.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    match essence.split_once('/') {
+        Some((kind, sub)) => {
+            kind.eq_ignore_ascii_case("application")
+                && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
+        }
+        None => false,
+    }
+}
 /// A query string.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(Error))]

@@ -650,3 +650,31 @@ dual_test!(
         assert_eq!(one["base_url"], "https://alice.example/v1", "{one}");
     }
 );
+
+dual_test!(
+    bodies_that_are_not_objects_are_refused,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let limits = format!("/api/v1/users/{}/usage-limits", user.user_id);
+        app.put(&limits, &admin.token, json!({ "daily_runs": 3 }))
+            .await;
+        // serde reads a struct of optional fields from an array; the API does not.
+        for (method, path, body) in [
+            ("PUT", limits.clone(), json!([null, null])),
+            ("PATCH", "/api/v1/admin/settings".to_owned(), json!([])),
+            (
+                "PATCH",
+                format!("/api/v1/users/{}", user.user_id),
+                json!([null, null]),
+            ),
+        ] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let answer = app
+                .call(method, &path, Some(&admin.token), Some(body))
+                .await;
+            assert_error(&answer, StatusCode::BAD_REQUEST, "validation_error");
+        }
+        let (_, stored) = app.get(&limits, &admin.token).await;
+        assert_eq!(stored["daily_runs"], 3, "unchanged: {stored}");
+    }
+);
