@@ -28,6 +28,7 @@ pub const MAX_OBJECT_BYTES: usize = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
     /// The provider's name as configured on this server, e.g. `openai` or `anthropic`.
+    #[schema(pattern = r"^[a-z0-9_-]{1,64}$")]
     pub provider: String,
     /// The provider's model id, e.g. `gpt-4o-mini`.
     pub model: String,
