@@ -145,7 +145,7 @@ impl PublicOnly {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 // Which address it was is the internal network's business.
-                format!("{host} is not a destination that users' endpoints may reach"),
+                format!("{host} is not a destination this connection may reach"),
             ));
         }
         Ok(allowed)

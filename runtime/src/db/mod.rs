@@ -55,6 +55,37 @@ macro_rules! on_db {
     };
 }
 
+/// Runs one statement that checks and changes at once, so that concurrent
+/// callers cannot both pass the check: `$exec` is the executor `$body` uses.
+/// On SQLite a single writing statement holds the write lock from its
+/// start; on PostgreSQL it runs in a transaction holding the advisory lock
+/// `$lock` (an `i64`), which every caller of that kind takes, so each reads
+/// what the one before committed.
+#[macro_export]
+macro_rules! serialised {
+    ($db:expr, $lock:expr, $exec:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite(pool) => {
+                let $exec = pool;
+                $body
+            }
+            $crate::db::Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                ::sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind($lock)
+                    .execute(&mut *tx)
+                    .await?;
+                let out = {
+                    let $exec = &mut *tx;
+                    $body
+                };
+                tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
 /// SQLite's process-wide settings, made once before its first use (SQLite
 /// accepts them only before it initialises): no memory statistics, which
 /// otherwise take a global mutex around every allocation and free.

@@ -239,40 +239,23 @@ impl UsageService {
             tokens("$9"),
         );
         let unlimited = i64::MAX;
-        macro_rules! insert {
-            ($executor:expr) => {
-                sqlx::query(&sql)
-                    .bind(admission.run)
-                    .bind(admission.user)
-                    .bind(admission.agent)
-                    .bind(admission.provider)
-                    .bind(admission.model)
-                    .bind(now)
-                    .bind(reserve)
-                    .bind(day)
-                    .bind(month)
-                    .bind(limits.daily_runs.unwrap_or(unlimited))
-                    .bind(limits.daily_tokens.unwrap_or(unlimited))
-                    .bind(limits.monthly_tokens.unwrap_or(unlimited))
-                    .execute($executor)
-                    .await?
-                    .rows_affected()
-            };
-        }
-        let admitted = match &self.db {
-            Db::Sqlite(pool) => insert!(pool),
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                // One admission per user at a time, across nodes.
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(user_lock(admission.user))
-                    .execute(&mut *tx)
-                    .await?;
-                let n = insert!(&mut *tx);
-                tx.commit().await?;
-                n
-            }
-        };
+        // One admission per user at a time, across nodes.
+        let admitted = crate::serialised!(&self.db, user_lock(admission.user), exec => sqlx::query(&sql)
+            .bind(admission.run)
+            .bind(admission.user)
+            .bind(admission.agent)
+            .bind(admission.provider)
+            .bind(admission.model)
+            .bind(now)
+            .bind(reserve)
+            .bind(day)
+            .bind(month)
+            .bind(limits.daily_runs.unwrap_or(unlimited))
+            .bind(limits.daily_tokens.unwrap_or(unlimited))
+            .bind(limits.monthly_tokens.unwrap_or(unlimited))
+            .execute(exec)
+            .await?
+            .rows_affected());
         if admitted == 1 {
             return Ok(true);
         }

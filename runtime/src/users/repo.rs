@@ -181,8 +181,8 @@ impl UserRepo {
 
     /// Changes a user's role, status or name. With `keep_an_admin`, the
     /// change happens only if another active admin remains, checked in the
-    /// same statement (SQLite takes its write lock before reading), under a
-    /// lock every such change takes on PostgreSQL, so two admins demoting
+    /// same statement ([`crate::serialised`]: SQLite takes its write lock
+    /// before reading; PostgreSQL an advisory lock), so two admins demoting
     /// each other at once cannot both succeed. `None`: no such user, or the
     /// change would leave no admin.
     #[allow(clippy::too_many_arguments)]
@@ -206,34 +206,18 @@ impl UserRepo {
                     WHERE other.role = 'admin' AND other.is_active = TRUE AND other.id <> $1))
              RETURNING {USER_COLUMNS}"
         );
-        macro_rules! update {
-            ($executor:expr) => {
-                sqlx::query_as(&sql)
-                    .bind(id)
-                    .bind(role)
-                    .bind(is_active)
-                    .bind(display_name.is_some())
-                    .bind(display_name.flatten())
-                    .bind(now)
-                    .bind(keep_an_admin)
-                    .fetch_optional($executor)
-                    .await?
-            };
-        }
-        Ok(match &self.db {
-            Db::Sqlite(pool) => update!(pool),
-            Db::Postgres(pool) if keep_an_admin => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(ADMIN_CHANGE_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                let row = update!(&mut *tx);
-                tx.commit().await?;
-                row
-            }
-            Db::Postgres(pool) => update!(pool),
-        })
+        Ok(
+            crate::serialised!(&self.db, ADMIN_CHANGE_LOCK, exec => sqlx::query_as(&sql)
+            .bind(id)
+            .bind(role)
+            .bind(is_active)
+            .bind(display_name.is_some())
+            .bind(display_name.flatten())
+            .bind(now)
+            .bind(keep_an_admin)
+            .fetch_optional(exec)
+            .await?),
+        )
     }
 
     /// Whether any account exists.
