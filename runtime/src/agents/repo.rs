@@ -126,6 +126,30 @@ impl AgentRepo {
         })
     }
 
+    /// `owner`'s live agent called `name`.
+    pub async fn by_name(&self, owner: Uuid, name: &str) -> Result<Option<AgentRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM agents WHERE deleted_at IS NULL AND user_id = $1 AND name = $2"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// Up to `limit` live agents of `owner`, oldest first.
+    pub async fn of_owner(&self, owner: Uuid, limit: i64) -> Result<Vec<AgentRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM agents WHERE deleted_at IS NULL AND user_id = $1 ORDER BY created_at, id LIMIT $2"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
     /// One page of live agents of `owner` (all owners if `None`) matching
     /// `filter` (whose `owner_id` the caller has already folded into `owner`),
     /// and the total.

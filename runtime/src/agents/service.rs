@@ -95,6 +95,22 @@ impl AgentService {
             .ok_or(Error::NotFound("agent"))
     }
 
+    /// The caller's own live agent called `name`, or 404 (admins too
+    /// address their own agents by name).
+    pub async fn own_by_name(&self, principal: &Principal, name: &str) -> Result<AgentRow> {
+        principal.require(Permission::AgentRead)?;
+        self.repo
+            .by_name(principal.user_id, name)
+            .await?
+            .ok_or(Error::NotFound("agent"))
+    }
+
+    /// The caller's own live agents (at most `limit`), oldest first.
+    pub async fn own(&self, principal: &Principal, limit: i64) -> Result<Vec<AgentRow>> {
+        principal.require(Permission::AgentRead)?;
+        self.repo.of_owner(principal.user_id, limit).await
+    }
+
     /// Creates an agent owned by the caller.
     pub async fn create(&self, principal: &Principal, input: AgentInput) -> Result<AgentResponse> {
         principal.require(Permission::AgentCreate)?;

@@ -40,6 +40,14 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A message of a history imported with its conversation.
+#[derive(Debug, Clone)]
+pub struct NewHistoryMessage {
+    pub role: &'static str,
+    pub content: Vec<ContentPart>,
+    pub metadata: Map<String, Value>,
+}
+
 /// The columns of a [`ConversationRow`], its message count included.
 const COLUMNS: &str = "id, user_id, agent_id, title, metadata, \
      (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.conversation_id = conversations.id) AS message_count, \
@@ -79,6 +87,53 @@ impl ConversationRepo {
             .bind(db::now())
             .fetch_one(pool)
             .await?))
+    }
+
+    /// Inserts a conversation with its history (numbered from 1) in one
+    /// transaction: an imported history is all there, or not at all.
+    pub async fn insert_with_history(
+        &self,
+        owner: Uuid,
+        agent: Uuid,
+        title: Option<&str>,
+        metadata: &Map<String, Value>,
+        history: &[NewHistoryMessage],
+    ) -> Result<ConversationRow> {
+        let sql = format!(
+            "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"
+        );
+        let read = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");
+        let id = Uuid::now_v7();
+        let now = db::now();
+        on_db!(&self.db, pool, D => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(owner)
+                .bind(agent)
+                .bind(title)
+                .bind(Json(metadata))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            // Bounded by the body limit; a few hundred rows per statement.
+            for (chunk_no, chunk) in history.chunks(200).enumerate() {
+                let mut qb = sqlx::QueryBuilder::<D>::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+                qb.push_values(chunk.iter().enumerate(), |mut b, (i, m)| {
+                    b.push_bind(Uuid::now_v7())
+                        .push_bind(id)
+                        .push_bind((chunk_no * 200 + i + 1) as i64)
+                        .push_bind(m.role)
+                        .push_bind(Json(&m.content))
+                        .push_bind(Json(&m.metadata))
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            let row: ConversationRow = sqlx::query_as(&read).bind(id).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
     }
 
     /// A conversation, if `owner` (when given) owns it.

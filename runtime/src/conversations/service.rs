@@ -5,7 +5,8 @@
 use uuid::Uuid;
 
 use super::model::*;
-use super::repo::{ConversationRepo, ConversationRow, MessageRow};
+use super::repo::{ConversationRepo, ConversationRow, MessageRow, NewHistoryMessage};
+use serde_json::{Map, Value};
 use crate::agents::AgentService;
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -85,6 +86,41 @@ impl ConversationService {
             )
             .await?;
         Ok(row.into())
+    }
+
+    /// Starts a conversation with one of the caller's agents and an
+    /// imported history, in one transaction (the history was validated by
+    /// the caller: it may hold tool calls and results, which posts may not).
+    pub async fn import(
+        &self,
+        principal: &Principal,
+        agent: Uuid,
+        title: Option<String>,
+        metadata: Map<String, Value>,
+        history: &[NewHistoryMessage],
+    ) -> Result<ConversationResponse> {
+        principal.require(Permission::ConversationWrite)?;
+        let title = parse_title(title)?;
+        check_metadata(&metadata)?;
+        let agent = self.agents.visible(principal, agent).await?;
+        let row = self
+            .repo
+            .insert_with_history(
+                principal.user_id,
+                agent.id,
+                title.as_deref(),
+                &metadata,
+                history,
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Every message of a conversation the caller may read, oldest first.
+    pub async fn history(&self, principal: &Principal, id: Uuid) -> Result<Vec<MessageRow>> {
+        principal.require(Permission::ConversationRead)?;
+        self.visible(principal, id).await?;
+        self.repo.messages(id, 0, i64::MAX).await
     }
 
     /// One conversation.

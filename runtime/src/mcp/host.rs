@@ -270,6 +270,7 @@ impl McpHost {
                     message: Some(ContentInput::Text(message)),
                     limits: None,
                     on_active: None,
+                    options: None,
                 },
             )
             .await

@@ -696,10 +696,17 @@ impl Execution {
             .into_iter()
             .filter(|c| !answered.contains(&c.id.as_str()))
             .collect();
-        if pending.is_empty() {
-            Next::Model
+        // Calls of the client's own tools are the client's to answer, in a
+        // later run: once the agent's calls are answered, this run ends.
+        let (client, own): (Vec<ToolCall>, Vec<ToolCall>) = pending
+            .into_iter()
+            .partition(|c| self.run.is_client_tool(&c.name));
+        if !own.is_empty() {
+            Next::Tools(own)
+        } else if !client.is_empty() {
+            Next::Finished
         } else {
-            Next::Tools(pending)
+            Next::Model
         }
     }
 
@@ -744,12 +751,24 @@ impl Execution {
                 }
             }
         }
+        if let Some(extra) = self.options().and_then(|o| o.instructions.as_deref()) {
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str(extra);
+        }
         order_tool_results(&mut out);
         ((!system.is_empty()).then_some(system), out)
     }
 
+    /// What the run's API client asked beyond the agent's definition.
+    fn options(&self) -> Option<&RunOptions> {
+        self.run.options.as_ref().map(|o| &o.0)
+    }
+
+    /// The agent's tools, then the client's own.
     fn tool_definitions(&self, agent: &AgentRow) -> Vec<ToolDefinition> {
-        agent
+        let mut tools: Vec<ToolDefinition> = agent
             .tools
             .0
             .iter()
@@ -759,7 +778,11 @@ impl Execution {
                 description: t.description,
                 parameters: t.input_schema,
             })
-            .collect()
+            .collect();
+        if let Some(options) = self.options() {
+            tools.extend(options.client_tools.iter().cloned());
+        }
+        tools
     }
 
     /// Calls the model once and stores its answer.
@@ -789,19 +812,24 @@ impl Execution {
         }
         let (system, messages) = self.chat_history(agent);
         let params = &agent.model.0.parameters;
+        let options = self.options();
         let request = ChatRequest {
             model: self.run.model.clone(),
             system,
             messages,
             tools: self.tool_definitions(agent),
-            max_tokens: params
-                .get("max_tokens")
-                .and_then(Value::as_u64)
-                .map(|n| n.min(u32::MAX as u64) as u32),
-            temperature: params.get("temperature").and_then(Value::as_f64),
-            parallel_tool_calls: params
-                .get("parallel_tool_calls")
-                .and_then(Value::as_bool)
+            max_tokens: options.and_then(|o| o.max_output_tokens).or_else(|| {
+                params
+                    .get("max_tokens")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.min(u32::MAX as u64) as u32)
+            }),
+            temperature: options
+                .and_then(|o| o.temperature)
+                .or_else(|| params.get("temperature").and_then(Value::as_f64)),
+            parallel_tool_calls: options
+                .and_then(|o| o.parallel_tool_calls)
+                .or_else(|| params.get("parallel_tool_calls").and_then(Value::as_bool))
                 .unwrap_or(true),
         };
         let mut stream = provider.stream(request);
@@ -946,7 +974,12 @@ impl Execution {
             "usage",
             json!({ "step": usage, "run": total, "finish_reason": completion.finish }),
         ));
-        let final_answer = completion.tool_calls.is_empty();
+        // An answer whose calls are all the client's ends the run: the
+        // client runs them and continues in a later run.
+        let final_answer = completion
+            .tool_calls
+            .iter()
+            .all(|c| self.run.is_client_tool(&c.name));
         let park = !pending.is_empty();
         let step = self.run.step_count + 1;
         for c in &new_calls {

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod engine;
+pub mod follow;
 pub mod model;
 pub mod repo;
 pub mod routes;
@@ -276,6 +277,7 @@ impl RunService {
                 limits,
                 &model,
                 input.on_active,
+                input.options.take(),
             )
             .await;
         if created.is_err() && recorded {
@@ -308,6 +310,7 @@ impl RunService {
         limits: RunLimits,
         model: &crate::agents::model::ModelRef,
         on_active: Option<ActivePolicy>,
+        options: Option<RunOptions>,
     ) -> Result<(RunRow, Vec<Uuid>)> {
         let policy = on_active.unwrap_or(self.config.on_active);
         if policy == ActivePolicy::Queue {
@@ -324,6 +327,7 @@ impl RunService {
                 &model.model,
             );
             row.id = id;
+            row.options = options.map(sqlx::types::Json);
             let (start, ticket) = match self.engine.opening(&row) {
                 Some((start, ticket)) => (Some(start), Some(ticket)),
                 None => (None, None),
@@ -348,6 +352,7 @@ impl RunService {
                     &model.provider,
                     &model.model,
                     policy,
+                    options.as_ref(),
                 )
                 .await
         }

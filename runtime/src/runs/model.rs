@@ -164,6 +164,43 @@ pub struct RunInput {
     /// (default: the server's `runs.on_active`, `queue` unless configured).
     #[serde(default)]
     pub on_active: Option<ActivePolicy>,
+    /// Set by the OpenAI-compatible endpoints, never read from a request.
+    #[serde(skip)]
+    pub options: Option<RunOptions>,
+}
+
+/// What an API client asked of one run beyond its agent's definition (the
+/// OpenAI-compatible endpoints), stored with the run so that a resumed run
+/// asks the model the same.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Tools the client runs itself: offered to the model with the agent's
+    /// own, and when the model calls one, the run ends and the client gets
+    /// the call (OpenAI's `tool_calls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_tools: Vec<crate::providers::ToolDefinition>,
+    /// Instructions for this run only, after the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Sampling temperature in place of the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Most tokens per model answer in place of the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// Whether the model may ask for several tool calls at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// How the run is shown by the OpenAI-compatible endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Value>,
+}
+
+impl RunOptions {
+    /// Whether `name` is one of the client's tools.
+    pub fn is_client_tool(&self, name: &str) -> bool {
+        self.client_tools.iter().any(|t| t.name == name)
+    }
 }
 
 impl RunInput {

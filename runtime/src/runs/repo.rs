@@ -43,9 +43,18 @@ pub struct RunRow {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// What an API client asked of this run beyond its agent's definition.
+    pub options: Option<Json<RunOptions>>,
 }
 
 impl RunRow {
+    /// Whether `name` is a tool the run's client executes itself.
+    pub fn is_client_tool(&self, name: &str) -> bool {
+        self.options
+            .as_ref()
+            .is_some_and(|o| o.0.is_client_tool(name))
+    }
+
     /// The parsed status (the CHECK constraint guarantees one).
     pub fn status(&self) -> RunStatus {
         RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)
@@ -177,7 +186,7 @@ pub struct CallOutcome {
 }
 
 const COLUMNS: &str = "id, conversation_id, user_id, agent_id, status, input, input_seq, limits, provider, model, \
-     step_count, input_tokens, output_tokens, error, cancel_requested, attempts, created_at, started_at, finished_at, updated_at";
+     step_count, input_tokens, output_tokens, error, cancel_requested, attempts, created_at, started_at, finished_at, updated_at, options";
 const CALL_COLUMNS: &str = "run_id, call_id, step, position, name, arguments, arguments_error, idempotent, status, decision, approval_expires_ms";
 
 /// Statuses that hold or wait for the conversation.
@@ -272,6 +281,7 @@ impl RunRepo {
         provider: &str,
         model: &str,
         policy: ActivePolicy,
+        options: Option<&RunOptions>,
     ) -> Result<(RunRow, Vec<Uuid>)> {
         let now = db::now();
         let postgres = self.postgres();
@@ -337,8 +347,8 @@ impl RunRepo {
                 }
             }
             let row: RunRow = sqlx::query_as(&format!(
-                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9) RETURNING {COLUMNS}"
+                "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at, options)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10) RETURNING {COLUMNS}"
             ))
             .bind(id)
             .bind(conversation)
@@ -349,6 +359,7 @@ impl RunRepo {
             .bind(provider)
             .bind(model)
             .bind(now)
+            .bind(options.map(Json))
             .fetch_one(&mut *tx)
             .await?;
             let events = [NewEvent { seq: 1, kind: "run.status", data: serde_json::json!({ "status": "queued" }) }];

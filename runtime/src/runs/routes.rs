@@ -1,6 +1,5 @@
 //! HTTP handlers of runs, their event streams, approvals and usage.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,10 +11,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::bus::RunWatch;
+use super::follow::Follower;
 use super::model::*;
 use super::usage::{UsageLimits, UsageQuery, UsageReport};
-use super::RunService;
 use crate::error::{Error, ErrorResponse, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::AppState;
@@ -23,9 +21,7 @@ use crate::pagination::{Page, PageParams};
 use crate::users::model::Principal;
 
 /// Events read per query while streaming.
-const EVENT_BATCH: i64 = 500;
 /// How long a stream waits for a wake-up before it looks again anyway.
-const POLL: Duration = Duration::from_secs(2);
 
 /// Routes of the runs domain.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -166,16 +162,9 @@ async fn run_events(
         // Nothing will ever follow: a reconnecting EventSource stops here.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    // Subscribe before the first read, so no wake-up is missed.
-    let watch = state.runs.bus().watch(id);
     let stream = futures_util::stream::unfold(
         Streamer {
-            runs: state.runs.clone(),
-            id,
-            after,
-            watch,
-            buffer: VecDeque::new(),
-            ended: false,
+            follower: Follower::new(state.runs.clone(), id, after),
             _slot: open.slot,
         },
         |mut s| async move { s.next().await.map(|event| (Ok::<_, Infallible>(event), s)) },
@@ -196,55 +185,20 @@ pub fn parse_last_event_id(value: &[u8]) -> Result<i64> {
 }
 
 struct Streamer {
-    runs: RunService,
-    id: Uuid,
-    after: i64,
-    watch: RunWatch,
-    buffer: VecDeque<RunEvent>,
-    ended: bool,
+    follower: Follower,
     _slot: crate::runs::StreamSlot,
 }
 
 impl Streamer {
     async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                self.after = e.seq;
-                if e.kind == "done" {
-                    self.ended = true;
-                }
-                let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
-                return Some(
-                    Event::default()
-                        .id(e.seq.to_string())
-                        .event(e.kind)
-                        .data(data),
-                );
-            }
-            if self.ended {
-                return None;
-            }
-            // Mark what we have seen before reading, then read.
-            self.watch.events.borrow_and_update();
-            match self.runs.events(self.id, self.after, EVENT_BATCH).await {
-                Ok(events) if !events.is_empty() => {
-                    self.buffer.extend(events);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(run = %self.id, error = %e, "reading run events failed");
-                }
-            }
-            tokio::select! {
-                changed = self.watch.events.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep(POLL).await;
-                    }
-                }
-                _ = tokio::time::sleep(POLL) => {}
-            }
-        }
+        let e = self.follower.next().await?;
+        let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
+        Some(
+            Event::default()
+                .id(e.seq.to_string())
+                .event(e.kind)
+                .data(data),
+        )
     }
 }
 

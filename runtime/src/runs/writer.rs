@@ -575,7 +575,7 @@ async fn write_statements(
     // New queued runs (their first event comes with the others').
     if !queued.is_empty() {
         let mut q = link.stmt(
-            "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at) ",
+            "INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, created_at, updated_at, options) ",
         );
         q.push_values(queued.iter().map(|c| &c.row), |b, r| {
             b.push_bind(r.id)
@@ -588,7 +588,8 @@ async fn write_statements(
                 .push_bind(&r.provider)
                 .push_bind(&r.model)
                 .push_bind(r.created_at)
-                .push_bind(r.created_at);
+                .push_bind(r.created_at)
+                .push_bind(r.options.as_ref().map(|o| Json(&o.0)));
         });
         tail.push(q);
     }
@@ -737,7 +738,7 @@ async fn write_statements(
     let mut started: HashSet<Uuid> = HashSet::new();
     if !starting.is_empty() {
         let mut q = link.stmt(
-            "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until, v_seq) AS (",
+            "WITH v(v_id, v_conv, v_user, v_agent, v_input, v_limits, v_provider, v_model, v_at, v_owner, v_until, v_seq, v_options) AS (",
         );
         q.push_values(starting.iter(), |b, c| {
             let r = &c.row;
@@ -757,17 +758,18 @@ async fn write_statements(
                 .push_bind(r.created_at)
                 .push_bind(start.owner)
                 .push_bind(start.lease_until)
-                .push_bind(input_seq);
+                .push_bind(input_seq)
+                .push_bind(r.options.as_ref().map(|o| Json(&o.0)));
         });
         q.push(format!(
             "), w AS (SELECT v.*, NOT EXISTS (SELECT 1 FROM runs o WHERE o.conversation_id = v_conv \
                AND o.status IN {UNFINISHED}) AS go FROM v) \
              INSERT INTO runs (id, conversation_id, user_id, agent_id, status, input, limits, provider, model, \
-               created_at, updated_at, lease_owner, lease_until, attempts, started_at, input_seq) \
+               created_at, updated_at, lease_owner, lease_until, attempts, started_at, input_seq, options) \
              SELECT v_id, v_conv, v_user, v_agent, CASE WHEN go THEN 'running' ELSE 'queued' END, v_input, \
                v_limits, v_provider, v_model, v_at, v_at, CASE WHEN go THEN v_owner END, \
                CASE WHEN go THEN v_until END, CASE WHEN go THEN 1 ELSE 0 END, CASE WHEN go THEN v_at END, \
-               CASE WHEN go THEN v_seq END \
+               CASE WHEN go THEN v_seq END, v_options \
              FROM w RETURNING id, status"
         ));
         let rows: Vec<(Uuid, String)> = link.fetch_all(q, cache).await?;
@@ -1090,6 +1092,7 @@ pub fn queued_row(
         started_at: None,
         finished_at: None,
         updated_at: now,
+        options: None,
     }
 }
 
