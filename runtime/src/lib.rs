@@ -17,6 +17,7 @@ pub mod http;
 pub mod keys;
 pub mod mcp;
 pub mod models;
+pub mod openai;
 pub mod pagination;
 pub mod plugins;
 pub mod providers;

@@ -186,6 +186,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::models::routes::router())
         .merge(crate::runs::routes::router())
         .merge(crate::mcp::routes::router())
+        .merge(crate::openai::router())
         .split_for_parts();
     (router, with_error_responses(openapi))
 }
@@ -212,6 +213,10 @@ fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openap
             .build()
     };
     for (path, item) in openapi.paths.paths.iter_mut() {
+        if path.starts_with("/v1/") {
+            // The OpenAI-compatible API documents its own error shape.
+            continue;
+        }
         let has_path_params = path.contains('{');
         for operation in [
             &mut item.get,
@@ -272,10 +277,13 @@ pub fn app(state: AppState) -> Router {
                 .max(state.config.mcp.call_timeout_secs)
                 + 30,
         ),
+        // A completion that is not streamed waits for the agent's whole run.
+        agent: Duration::from_secs(state.config.runs.max_limits.timeout_secs + 30),
     };
     router
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
         .merge(crate::mcp::host::router(state.clone()))
+        .route("/v1/{*rest}", axum::routing::any(crate::openai::not_found))
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))

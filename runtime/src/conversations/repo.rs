@@ -284,6 +284,52 @@ impl ConversationRepo {
         }
     }
 
+    /// Appends messages at the next sequence numbers, in one transaction.
+    pub async fn append_many(&self, conversation: Uuid, history: &[NewHistoryMessage]) -> Result<bool> {
+        let now = db::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let stored: std::result::Result<bool, sqlx::Error> = on_db!(&self.db, pool, D => async {
+                let mut tx = pool.begin().await?;
+                let touched = sqlx::query("UPDATE conversations SET updated_at = $2 WHERE id = $1")
+                    .bind(conversation)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if touched == 0 {
+                    return Ok(false);
+                }
+                let last: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = $1",
+                )
+                .bind(conversation)
+                .fetch_one(&mut *tx)
+                .await?;
+                if !history.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<D>::new(format!("INSERT INTO messages ({MESSAGE_COLUMNS}) "));
+                    qb.push_values(history.iter().enumerate(), |mut b, (i, m)| {
+                        b.push_bind(Uuid::now_v7())
+                            .push_bind(conversation)
+                            .push_bind(last + i as i64 + 1)
+                            .push_bind(m.role)
+                            .push_bind(Json(&m.content))
+                            .push_bind(Json(&m.metadata))
+                            .push_bind(now);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }.await);
+            match stored {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 5 => continue,
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// Up to `limit` messages after `after_seq`, oldest first.
     pub async fn messages(
         &self,

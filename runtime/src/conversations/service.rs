@@ -116,6 +116,23 @@ impl ConversationService {
         Ok(row.into())
     }
 
+    /// Appends an already validated history to one of the caller's
+    /// conversations, in one transaction.
+    pub async fn append_history(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        history: &[NewHistoryMessage],
+    ) -> Result<()> {
+        principal.require(Permission::ConversationWrite)?;
+        self.visible(principal, id).await?;
+        if self.repo.append_many(id, history).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound("conversation"))
+        }
+    }
+
     /// Every message of a conversation the caller may read, oldest first.
     pub async fn history(&self, principal: &Principal, id: Uuid) -> Result<Vec<MessageRow>> {
         principal.require(Permission::ConversationRead)?;

@@ -68,6 +68,10 @@ pub struct Timeouts {
     /// `/mcp` requests, whose tool calls have deadlines of their own (an
     /// agent's run: `mcp.agent_timeout_secs`): that deadline and a margin.
     pub mcp: Duration,
+    /// The OpenAI-compatible API (`/v1/`): an answer that is not streamed
+    /// waits for the agent's run (`runs.max_limits.timeout_secs`), and a
+    /// margin.
+    pub agent: Duration,
 }
 
 /// The most a long poll waits (`GET /api/v1/runs/{id}?wait_secs=`).
@@ -81,6 +85,9 @@ impl Timeouts {
         let path = req.uri().path();
         if path == "/mcp" || path.starts_with("/mcp/") {
             return self.mcp.max(self.request);
+        }
+        if path.starts_with("/v1/") {
+            return self.agent.max(self.request);
         }
         if path.starts_with("/api/v1/runs/") {
             let wait = req
@@ -218,6 +225,7 @@ mod tests {
                 Timeouts {
                     request: Duration::from_millis(50),
                     mcp: Duration::from_millis(50),
+                    agent: Duration::from_millis(50),
                 },
                 timeout,
             ));
@@ -234,9 +242,11 @@ mod tests {
         let limits = Timeouts {
             request: Duration::from_secs(30),
             mcp: Duration::from_secs(630),
+            agent: Duration::from_secs(630),
         };
         let of = |uri: &str| limits.of(&Request::builder().uri(uri).body(Body::empty()).unwrap());
         assert_eq!(of("/api/v1/agents"), Duration::from_secs(30));
+        assert_eq!(of("/v1/chat/completions"), Duration::from_secs(630));
         assert_eq!(of("/api/v1/runs/x?wait_secs=45"), Duration::from_secs(75));
         assert_eq!(
             of("/api/v1/runs/x?a=1&wait_secs=600"),

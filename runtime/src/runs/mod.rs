@@ -365,6 +365,30 @@ impl RunService {
         self.respond(row).await
     }
 
+    /// One run, with what its API client asked of it.
+    pub async fn get_with_options(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<(RunResponse, Option<RunOptions>)> {
+        principal.require(Permission::ConversationRead)?;
+        let mut row = self.visible(principal, id).await?;
+        let options = row.options.take().map(|o| o.0);
+        Ok((self.respond(row).await?, options))
+    }
+
+    /// Replaces what a run's API client asked of it (how it is shown).
+    pub async fn set_options(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        options: &RunOptions,
+    ) -> Result<()> {
+        principal.require(Permission::ConversationWrite)?;
+        self.visible(principal, id).await?;
+        self.repo.set_options(id, options).await
+    }
+
     /// The runs of a conversation, newest first.
     pub async fn list(
         &self,

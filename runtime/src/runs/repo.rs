@@ -266,6 +266,18 @@ impl RunRepo {
         matches!(self.db, Db::Postgres(_))
     }
 
+    /// Replaces a run's options.
+    pub async fn set_options(&self, id: Uuid, options: &RunOptions) -> Result<()> {
+        on_db!(&self.db, pool => {
+            sqlx::query("UPDATE runs SET options = $2 WHERE id = $1")
+                .bind(id)
+                .bind(Json(options))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Creates a queued run, applying `policy` to the conversation's
     /// unfinished runs. Returns the run and the ids of running runs that
     /// must be told to stop.
