@@ -285,7 +285,11 @@ impl ConversationRepo {
     }
 
     /// Appends messages at the next sequence numbers, in one transaction.
-    pub async fn append_many(&self, conversation: Uuid, history: &[NewHistoryMessage]) -> Result<bool> {
+    pub async fn append_many(
+        &self,
+        conversation: Uuid,
+        history: &[NewHistoryMessage],
+    ) -> Result<bool> {
         let now = db::now();
         let mut attempt = 0;
         loop {

@@ -6,12 +6,12 @@ use uuid::Uuid;
 
 use super::model::*;
 use super::repo::{ConversationRepo, ConversationRow, MessageRow, NewHistoryMessage};
-use serde_json::{Map, Value};
 use crate::agents::AgentService;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::pagination::{Page, PageParams};
 use crate::users::model::{Permission, Principal};
+use serde_json::{Map, Value};
 
 /// Conversations and messages.
 #[derive(Clone, Debug)]

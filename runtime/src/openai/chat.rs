@@ -145,7 +145,10 @@ fn text_content(content: &Value, param: &str) -> ApiResult<String> {
         Value::Array(parts) => {
             let mut out = String::new();
             for (i, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text" | "input_text" | "output_text"), Some(t)) => out.push_str(t),
                     _ => {
                         return Err(ApiError::invalid(
@@ -166,47 +169,48 @@ fn text_content(content: &Value, param: &str) -> ApiResult<String> {
 
 /// A user message's parts: text and images.
 pub fn user_parts(content: &Value, param: &str) -> ApiResult<Vec<ContentPart>> {
-    let parts = match content {
-        Value::String(s) => vec![ContentPart::Text { text: s.clone() }],
-        Value::Array(items) => {
-            let mut parts = Vec::with_capacity(items.len());
-            for (i, p) in items.iter().enumerate() {
-                let kind = p.get("type").and_then(Value::as_str);
-                let part = match kind {
-                    Some("text" | "input_text") => p
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .map(|t| ContentPart::Text { text: t.to_owned() }),
-                    Some("image_url") => p
-                        .pointer("/image_url/url")
-                        .or_else(|| p.get("image_url"))
-                        .and_then(Value::as_str)
-                        .map(|u| ContentPart::Image { url: u.to_owned() }),
-                    Some("input_image") => p
-                        .get("image_url")
-                        .and_then(Value::as_str)
-                        .map(|u| ContentPart::Image { url: u.to_owned() }),
-                    _ => None,
-                };
-                match part {
-                    Some(part) => parts.push(part),
-                    None => {
-                        return Err(ApiError::invalid(
+    let parts =
+        match content {
+            Value::String(s) => vec![ContentPart::Text { text: s.clone() }],
+            Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for (i, p) in items.iter().enumerate() {
+                    let kind = p.get("type").and_then(Value::as_str);
+                    let part = match kind {
+                        Some("text" | "input_text") => p
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .map(|t| ContentPart::Text { text: t.to_owned() }),
+                        Some("image_url") => p
+                            .pointer("/image_url/url")
+                            .or_else(|| p.get("image_url"))
+                            .and_then(Value::as_str)
+                            .map(|u| ContentPart::Image { url: u.to_owned() }),
+                        Some("input_image") => p
+                            .get("image_url")
+                            .and_then(Value::as_str)
+                            .map(|u| ContentPart::Image { url: u.to_owned() }),
+                        _ => None,
+                    };
+                    match part {
+                        Some(part) => parts.push(part),
+                        None => return Err(ApiError::invalid(
                             &format!("{param}[{i}]"),
-                            format!("Invalid '{param}[{i}]': expected a text or image content part."),
-                        ))
+                            format!(
+                                "Invalid '{param}[{i}]': expected a text or image content part."
+                            ),
+                        )),
                     }
                 }
+                parts
             }
-            parts
-        }
-        _ => {
-            return Err(ApiError::invalid(
-                param,
-                format!("Invalid '{param}': expected a string or an array of content parts."),
-            ))
-        }
-    };
+            _ => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("Invalid '{param}': expected a string or an array of content parts."),
+                ))
+            }
+        };
     // The same rules as a message posted to a conversation.
     crate::conversations::model::MessageInput {
         role: MessageRole::User,
@@ -283,15 +287,14 @@ impl HistoryBuilder {
             parts.push(ContentPart::Text { text });
         }
         for (i, (id, name, arguments)) in calls.into_iter().enumerate() {
-            let args: Value = match serde_json::from_str(&arguments) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => {
-                    return Err(ApiError::invalid(
+            let args: Value =
+                match serde_json::from_str(&arguments) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => return Err(ApiError::invalid(
                         &format!("{param}[{i}].function.arguments"),
                         "Invalid tool call arguments: expected a JSON object encoded as a string.",
-                    ))
-                }
-            };
+                    )),
+                };
             if id.is_empty() || self.open_calls.iter().any(|(o, _)| *o == id) {
                 return Err(ApiError::invalid(
                     &format!("{param}[{i}].id"),
@@ -312,14 +315,27 @@ impl HistoryBuilder {
 
     /// One more tool call of the assistant (a Responses `function_call`
     /// item): added to the assistant message just before it, if any.
-    pub fn add_call(&mut self, id: &str, name: &str, arguments: &str, param: &str) -> ApiResult<()> {
+    pub fn add_call(
+        &mut self,
+        id: &str,
+        name: &str,
+        arguments: &str,
+        param: &str,
+    ) -> ApiResult<()> {
         let joins = self.messages.last().is_some_and(|m| {
             m.role == MessageRole::Assistant.as_str()
                 && self.open_calls.len()
-                    == m.content.iter().filter(|p| matches!(p, ContentPart::ToolCall { .. })).count()
+                    == m.content
+                        .iter()
+                        .filter(|p| matches!(p, ContentPart::ToolCall { .. }))
+                        .count()
         });
         if !joins {
-            return self.assistant(String::new(), vec![(id.to_owned(), name.to_owned(), arguments.to_owned())], param);
+            return self.assistant(
+                String::new(),
+                vec![(id.to_owned(), name.to_owned(), arguments.to_owned())],
+                param,
+            );
         }
         let args: Value = match serde_json::from_str(arguments) {
             Ok(v @ Value::Object(_)) => v,
@@ -331,13 +347,21 @@ impl HistoryBuilder {
             }
         };
         if id.is_empty() || self.open_calls.iter().any(|(o, _)| o == id) {
-            return Err(ApiError::invalid(&format!("{param}.call_id"), "Each tool call needs an id of its own."));
+            return Err(ApiError::invalid(
+                &format!("{param}.call_id"),
+                "Each tool call needs an id of its own.",
+            ));
         }
         self.open_calls.push((id.to_owned(), name.to_owned()));
         let last = self.messages.last_mut().expect("checked above");
         // A text-only placeholder goes once the message has calls.
-        last.content.retain(|p| !matches!(p, ContentPart::Text { text } if text.is_empty()));
-        last.content.push(ContentPart::ToolCall { id: id.to_owned(), name: name.to_owned(), arguments: args });
+        last.content
+            .retain(|p| !matches!(p, ContentPart::Text { text } if text.is_empty()));
+        last.content.push(ContentPart::ToolCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments: args,
+        });
         Ok(())
     }
 
@@ -373,7 +397,9 @@ impl HistoryBuilder {
     pub fn finish(mut self) -> ApiResult<(Vec<NewHistoryMessage>, Option<Vec<ContentPart>>)> {
         self.require_answered()?;
         let input = match self.messages.last() {
-            Some(m) if m.role == MessageRole::User.as_str() => self.messages.pop().map(|m| m.content),
+            Some(m) if m.role == MessageRole::User.as_str() => {
+                self.messages.pop().map(|m| m.content)
+            }
             _ => None,
         };
         Ok((self.messages, input))
@@ -398,7 +424,10 @@ fn history(messages: &[Value]) -> ApiResult<HistoryBuilder> {
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::invalid(&format!("{param}.role"), format!("Missing required parameter: '{param}.role'."))
+            ApiError::invalid(
+                &format!("{param}.role"),
+                format!("Missing required parameter: '{param}.role'."),
+            )
         })?;
         let content = m.get("content").unwrap_or(&Value::Null);
         match role {
@@ -461,7 +490,11 @@ fn history(messages: &[Value]) -> ApiResult<HistoryBuilder> {
 }
 
 /// The client's tools in Chat Completions form.
-fn tools(agent: &AgentRow, raw: Option<&[Value]>, choice: Option<&Value>) -> ApiResult<Vec<ToolDefinition>> {
+fn tools(
+    agent: &AgentRow,
+    raw: Option<&[Value]>,
+    choice: Option<&Value>,
+) -> ApiResult<Vec<ToolDefinition>> {
     match choice {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == "auto" => {}
@@ -551,7 +584,8 @@ pub fn run_headers(run: &RunResponse) -> [(&'static str, HeaderValue); 2] {
     [
         (
             "x-orchestra-conversation-id",
-            HeaderValue::from_str(&run.conversation_id.to_string()).expect("a uuid is a header value"),
+            HeaderValue::from_str(&run.conversation_id.to_string())
+                .expect("a uuid is a header value"),
         ),
         (
             "x-orchestra-run-id",
@@ -608,7 +642,11 @@ impl Folded {
     fn text_delta(&mut self, step: usize, text: &str) -> String {
         let sep = matches!(self.last_text_step, Some(s) if s != step);
         self.last_text_step = Some(step);
-        let delta = if sep { format!("\n\n{text}") } else { text.to_owned() };
+        let delta = if sep {
+            format!("\n\n{text}")
+        } else {
+            text.to_owned()
+        };
         self.text.push_str(&delta);
         delta
     }
@@ -659,29 +697,46 @@ pub async fn create(
     let principal = caller(principal)?;
     let request: ChatCompletionRequest = body(raw)?;
     if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::unsupported("n", "Unsupported value: 'n' must be 1 for agents."));
+        return Err(ApiError::unsupported(
+            "n",
+            "Unsupported value: 'n' must be 1 for agents.",
+        ));
     }
-    match request.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) {
+    match request
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
         None | Some("text") => {}
-        Some(other) => {
-            return Err(ApiError::unsupported(
-                "response_format",
-                format!("Unsupported value: response_format of type '{other}' is not supported for agents."),
-            ))
-        }
+        Some(other) => return Err(ApiError::unsupported(
+            "response_format",
+            format!(
+                "Unsupported value: response_format of type '{other}' is not supported for agents."
+            ),
+        )),
     }
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     check_sampling(request.temperature, max_tokens, "max_completion_tokens")?;
     let metadata = request.metadata.clone().unwrap_or_default();
     check_metadata(&metadata)?;
     let agent = agent_of(&state, &principal, &request.model).await?;
-    let client_tools = tools(&agent, request.tools.as_deref(), request.tool_choice.as_ref())?;
+    let client_tools = tools(
+        &agent,
+        request.tools.as_deref(),
+        request.tool_choice.as_ref(),
+    )?;
     let (history, input) = history(&request.messages)?.finish()?;
     let title = headers
         .get("x-orchestra-conversation")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| metadata.get("conversation").and_then(Value::as_str).map(str::to_owned));
+        .or_else(|| {
+            metadata
+                .get("conversation")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
     let mut stored = metadata.clone();
     stored.insert("source".into(), json!("chat.completions"));
     let include_usage = request
@@ -698,7 +753,10 @@ pub async fn create(
         ..RunOptions::default()
     };
     let translator = Translator::new(Some(&options));
-    let run = start(&state, &principal, &agent, title, stored, history, input, options).await?;
+    let run = start(
+        &state, &principal, &agent, title, stored, history, input, options,
+    )
+    .await?;
     let guard = CancelOnDrop::new(state.runs.clone(), principal.clone(), run.id);
     let answer = Answer {
         follower: Follower::new(state.runs.clone(), run.id, 0),
@@ -850,7 +908,10 @@ impl ChatStream {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
-            out.push(self.answer.chunk(json!({ "role": "assistant", "content": "", "refusal": null }), None));
+            out.push(self.answer.chunk(
+                json!({ "role": "assistant", "content": "", "refusal": null }),
+                None,
+            ));
             return (out, true);
         }
         let Some(event) = self.answer.follower.next().await else {

@@ -139,18 +139,30 @@ impl From<Error> for ApiError {
                 "authentication_error",
                 Some("invalid_api_key"),
             ),
-            Error::Forbidden { code, .. } => (StatusCode::FORBIDDEN, "permission_error", Some(*code)),
+            Error::Forbidden { code, .. } => {
+                (StatusCode::FORBIDDEN, "permission_error", Some(*code))
+            }
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", Some("not_found")),
-            Error::Conflict { .. } => (StatusCode::CONFLICT, "invalid_request_error", Some("conflict")),
+            Error::Conflict { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("conflict"),
+            ),
             Error::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 Some("request_too_large"),
             ),
-            Error::Unprocessable { code, .. } => {
-                (StatusCode::BAD_REQUEST, "invalid_request_error", Some(*code))
-            }
-            Error::ToolFailed(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", Some("tool_failed")),
+            Error::Unprocessable { code, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(*code),
+            ),
+            Error::ToolFailed(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("tool_failed"),
+            ),
             Error::TooManyRequests { code, .. } if *code == "quota_exceeded" => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "insufficient_quota",
@@ -170,7 +182,8 @@ impl From<Error> for ApiError {
             _ => body.message,
         };
         // A spent quota comes back tomorrow; the SDKs should not retry it.
-        let final_answer = matches!(&e, Error::TooManyRequests { code, .. } if *code == "quota_exceeded");
+        let final_answer =
+            matches!(&e, Error::TooManyRequests { code, .. } if *code == "quota_exceeded");
         ApiError {
             status,
             error: OpenAiError {

@@ -66,9 +66,7 @@ pub fn caller(principal: Result<Principal, Error>) -> ApiResult<Principal> {
 }
 
 /// A JSON object body, parsed into `T`; OpenAI-shaped 400 and 413.
-pub fn body<T: serde::de::DeserializeOwned>(
-    raw: Result<Bytes, BytesRejection>,
-) -> ApiResult<T> {
+pub fn body<T: serde::de::DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> ApiResult<T> {
     let bytes = raw.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(Error::PayloadTooLarge),
         _ => ApiError::invalid("body", format!("reading the body: {}", e.body_text())),
@@ -104,7 +102,10 @@ pub async fn agent_of(state: &AppState, principal: &Principal, model: &str) -> A
         .map_err(ApiError::from)?;
     let name = model.strip_prefix(AGENT_PREFIX).unwrap_or(model);
     if name.is_empty() {
-        return Err(ApiError::invalid("model", "model must name one of your agents"));
+        return Err(ApiError::invalid(
+            "model",
+            "model must name one of your agents",
+        ));
     }
     match state.agents.own_by_name(principal, name).await {
         Ok(agent) => Ok(agent),
@@ -128,7 +129,10 @@ pub fn client_tool(
     parameters: Option<&Value>,
 ) -> ApiResult<ToolDefinition> {
     let name = name.ok_or_else(|| {
-        ApiError::invalid(&format!("{param}.name"), format!("Missing required parameter: '{param}.name'."))
+        ApiError::invalid(
+            &format!("{param}.name"),
+            format!("Missing required parameter: '{param}.name'."),
+        )
     })?;
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -168,13 +172,13 @@ pub fn client_tool(
             }
             schema.clone()
         }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                &format!("{param}.parameters"),
-                format!("Invalid schema for function '{name}': parameters must be a JSON Schema object."),
-            )
-            .code("invalid_function_parameters"))
-        }
+        Some(_) => return Err(ApiError::invalid(
+            &format!("{param}.parameters"),
+            format!(
+                "Invalid schema for function '{name}': parameters must be a JSON Schema object."
+            ),
+        )
+        .code("invalid_function_parameters")),
     };
     Ok(ToolDefinition {
         name: name.to_owned(),
@@ -240,7 +244,9 @@ impl Drop for CancelOnDrop {
                     Ok(_) | Err(Error::Conflict { .. }) => {
                         tracing::info!(run = %run, "the client went away; run cancelled")
                     }
-                    Err(e) => tracing::warn!(run = %run, error = %e, "cancelling an abandoned run failed"),
+                    Err(e) => {
+                        tracing::warn!(run = %run, error = %e, "cancelling an abandoned run failed")
+                    }
                 }
             });
         }

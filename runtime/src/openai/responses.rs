@@ -26,7 +26,9 @@ use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::chat::{check_metadata, check_sampling, run_failure, run_headers, start, user_parts, HistoryBuilder};
+use super::chat::{
+    check_metadata, check_sampling, run_failure, run_headers, start, user_parts, HistoryBuilder,
+};
 use super::error::{ApiError, ApiResult, OpenAiErrorResponse};
 use super::translate::{Piece, Translator};
 use super::{agent_of, body, caller, client_tool, distinct_tools, model_id, CancelOnDrop};
@@ -144,7 +146,11 @@ fn api(options: &Option<RunOptions>) -> Option<&Value> {
 }
 
 /// A stored, not deleted response of the caller.
-async fn visible(state: &AppState, principal: &Principal, id: &str) -> ApiResult<(RunResponse, RunOptions)> {
+async fn visible(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<(RunResponse, RunOptions)> {
     let run = run_of(id)?;
     let (response, options) = match state.runs.get_with_options(principal, run).await {
         Ok(found) => found,
@@ -154,7 +160,9 @@ async fn visible(state: &AppState, principal: &Principal, id: &str) -> ApiResult
     let Some(a) = api(&options) else {
         return Err(not_found(id));
     };
-    if a.get("deleted").and_then(Value::as_bool) == Some(true) || a.get("store").and_then(Value::as_bool) == Some(false) {
+    if a.get("deleted").and_then(Value::as_bool) == Some(true)
+        || a.get("store").and_then(Value::as_bool) == Some(false)
+    {
         return Err(not_found(id));
     }
     Ok((response, options.unwrap_or_default()))
@@ -200,14 +208,22 @@ fn output(run: Uuid, options: &RunOptions, messages: &[MessageRow]) -> Vec<Value
         for part in &m.content.0 {
             match part {
                 ContentPart::Text { text: t } => text.push_str(t),
-                ContentPart::ToolCall { id, name, arguments } if options.is_client_tool(name) => {
+                ContentPart::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } if options.is_client_tool(name) => {
                     calls.push(call_item(id, name, &arguments.to_string(), "completed"))
                 }
                 _ => {}
             }
         }
         if !text.is_empty() {
-            items.push(message_item(&message_item_id(run, step), &text, "completed"));
+            items.push(message_item(
+                &message_item_id(run, step),
+                &text,
+                "completed",
+            ));
         }
         items.extend(calls);
         step += 1;
@@ -231,7 +247,9 @@ fn object(run: &RunResponse, options: &RunOptions, output: Vec<Value>) -> Value 
         RunStatus::Cancelled => "cancelled",
     };
     let error = match (&run.error, status) {
-        (Some(e), "failed") => json!({ "code": "server_error", "message": format!("{}: {}", e.code, e.message) }),
+        (Some(e), "failed") => {
+            json!({ "code": "server_error", "message": format!("{}: {}", e.code, e.message) })
+        }
         _ => Value::Null,
     };
     let incomplete = if status == "incomplete" {
@@ -279,12 +297,23 @@ fn object(run: &RunResponse, options: &RunOptions, output: Vec<Value>) -> Value 
 async fn load(state: &AppState, principal: &Principal, run: Uuid) -> ApiResult<Value> {
     let (response, options) = state.runs.get_with_options(principal, run).await?;
     let options = options.unwrap_or_default();
-    let messages = state.conversations.history(principal, response.conversation_id).await?;
-    Ok(object(&response, &options, output(run, &options, &messages)))
+    let messages = state
+        .conversations
+        .history(principal, response.conversation_id)
+        .await?;
+    Ok(object(
+        &response,
+        &options,
+        output(run, &options, &messages),
+    ))
 }
 
 /// The client's function tools in Responses form.
-fn tools(agent: &AgentRow, raw: Option<&[Value]>, choice: Option<&Value>) -> ApiResult<Vec<ToolDefinition>> {
+fn tools(
+    agent: &AgentRow,
+    raw: Option<&[Value]>,
+    choice: Option<&Value>,
+) -> ApiResult<Vec<ToolDefinition>> {
     match choice {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == "auto" => {}
@@ -392,7 +421,10 @@ fn text_of(content: &Value, param: &str) -> ApiResult<String> {
         Value::Array(parts) => {
             let mut out = String::new();
             for (i, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("input_text" | "output_text" | "text"), Some(t)) => out.push_str(t),
                     _ => {
                         return Err(ApiError::invalid(
@@ -404,7 +436,10 @@ fn text_of(content: &Value, param: &str) -> ApiResult<String> {
             }
             Ok(out)
         }
-        _ => Err(ApiError::invalid(param, format!("Invalid '{param}': expected a string or an array of content parts."))),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("Invalid '{param}': expected a string or an array of content parts."),
+        )),
     }
 }
 
@@ -468,51 +503,87 @@ pub async fn create(
             "Unsupported parameter: 'conversation'; continue with 'previous_response_id'.",
         ));
     }
-    match request.text.as_ref().and_then(|t| t.pointer("/format/type")).and_then(Value::as_str) {
+    match request
+        .text
+        .as_ref()
+        .and_then(|t| t.pointer("/format/type"))
+        .and_then(Value::as_str)
+    {
         None | Some("text") => {}
         Some(other) => {
             return Err(ApiError::unsupported(
                 "text.format",
-                format!("Unsupported value: text.format of type '{other}' is not supported for agents."),
+                format!(
+                    "Unsupported value: text.format of type '{other}' is not supported for agents."
+                ),
             ))
         }
     }
-    check_sampling(request.temperature, request.max_output_tokens, "max_output_tokens")?;
+    check_sampling(
+        request.temperature,
+        request.max_output_tokens,
+        "max_output_tokens",
+    )?;
     let metadata = request.metadata.clone().unwrap_or_default();
     check_metadata(&metadata)?;
     let store = request.store.unwrap_or(true);
     let background = request.background.unwrap_or(false);
     if background && !store {
-        return Err(ApiError::invalid("background", "Background responses must be stored: 'store' must be true."));
+        return Err(ApiError::invalid(
+            "background",
+            "Background responses must be stored: 'store' must be true.",
+        ));
     }
     let Some(input) = request.input.as_ref() else {
-        return Err(ApiError::invalid("input", "Missing required parameter: 'input'."));
+        return Err(ApiError::invalid(
+            "input",
+            "Missing required parameter: 'input'.",
+        ));
     };
     // The previous response, its conversation and the calls it left open.
     let previous = match &request.previous_response_id {
         None => None,
         Some(id) => {
-            let (run, options) = visible(&state, &principal, id)
-                .await
-                .map_err(|e| if e.status() == StatusCode::NOT_FOUND { not_found(id).param("previous_response_id") } else { e })?;
+            let (run, options) = visible(&state, &principal, id).await.map_err(|e| {
+                if e.status() == StatusCode::NOT_FOUND {
+                    not_found(id).param("previous_response_id")
+                } else {
+                    e
+                }
+            })?;
             if !run.status.is_terminal() {
                 return Err(ApiError::invalid(
                     "previous_response_id",
                     format!("Previous response with id '{id}' is still in progress."),
                 ));
             }
-            let messages = state.conversations.history(&principal, run.conversation_id).await?;
+            let messages = state
+                .conversations
+                .history(&principal, run.conversation_id)
+                .await?;
             Some((id.clone(), run, options, messages))
         }
     };
     let agent = match (&request.model, &previous) {
         (Some(model), _) => agent_of(&state, &principal, model).await?,
-        (None, Some((_, run, _, _))) => match state.agents.visible(&principal, run.agent_id).await {
-            Ok(agent) => agent,
-            Err(Error::NotFound(_)) => return Err(ApiError::invalid("model", "The previous response's agent was deleted.")),
-            Err(e) => return Err(e.into()),
-        },
-        (None, None) => return Err(ApiError::invalid("model", "Missing required parameter: 'model'.")),
+        (None, Some((_, run, _, _))) => {
+            match state.agents.visible(&principal, run.agent_id).await {
+                Ok(agent) => agent,
+                Err(Error::NotFound(_)) => {
+                    return Err(ApiError::invalid(
+                        "model",
+                        "The previous response's agent was deleted.",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "model",
+                "Missing required parameter: 'model'.",
+            ))
+        }
     };
     if let Some((_, run, _, _)) = &previous {
         if run.agent_id != agent.id {
@@ -522,14 +593,29 @@ pub async fn create(
             ));
         }
     }
-    let client_tools = tools(&agent, request.tools.as_deref(), request.tool_choice.as_ref())?;
+    let client_tools = tools(
+        &agent,
+        request.tools.as_deref(),
+        request.tool_choice.as_ref(),
+    )?;
     let mut h = HistoryBuilder::default();
     let mut continue_in = None;
     if let Some((id, run, options, messages)) = &previous {
-        let last_seq = run_messages(run.id, messages).map(|m| m.seq).max().unwrap_or(0);
+        let last_seq = run_messages(run.id, messages)
+            .map(|m| m.seq)
+            .max()
+            .unwrap_or(0);
         let latest = state
             .runs
-            .list(&principal, run.conversation_id, RunFilter::default(), PageParams { page: Some(1), page_size: Some(1) })
+            .list(
+                &principal,
+                run.conversation_id,
+                RunFilter::default(),
+                PageParams {
+                    page: Some(1),
+                    page_size: Some(1),
+                },
+            )
             .await?;
         let in_place = store
             && latest.items.first().is_some_and(|r| r.id == run.id)
@@ -539,18 +625,26 @@ pub async fn create(
         } else {
             for m in messages.iter().filter(|m| m.seq <= last_seq) {
                 h.messages.push(NewHistoryMessage {
-                    role: MessageRole::parse(&m.role).unwrap_or(MessageRole::User).as_str(),
+                    role: MessageRole::parse(&m.role)
+                        .unwrap_or(MessageRole::User)
+                        .as_str(),
                     content: m.content.0.clone(),
                     metadata: Map::new(),
                 });
             }
         }
-        h.expect_results(open_calls(run.id, options, messages), &format!("previous_response_id ({id})"));
+        h.expect_results(
+            open_calls(run.id, options, messages),
+            &format!("previous_response_id ({id})"),
+        );
     }
     let before = h.messages.len();
     input_items(&mut h, input)?;
     if h.messages.len() == before {
-        return Err(ApiError::invalid("input", "Invalid 'input': expected at least one item."));
+        return Err(ApiError::invalid(
+            "input",
+            "Invalid 'input': expected at least one item.",
+        ));
     }
     let (history, input) = h.finish()?;
     let place = match continue_in {
@@ -559,7 +653,10 @@ pub async fn create(
     };
     let options = RunOptions {
         client_tools,
-        instructions: request.instructions.clone().filter(|i| !i.trim().is_empty()),
+        instructions: request
+            .instructions
+            .clone()
+            .filter(|i| !i.trim().is_empty()),
         temperature: request.temperature,
         max_output_tokens: request.max_output_tokens,
         parallel_tool_calls: request.parallel_tool_calls,
@@ -579,10 +676,16 @@ pub async fn create(
         Place::New(history) => {
             let mut stored = metadata.clone();
             stored.insert("source".into(), json!("responses"));
-            start(&state, &principal, &agent, None, stored, history, input, options).await?
+            start(
+                &state, &principal, &agent, None, stored, history, input, options,
+            )
+            .await?
         }
         Place::Continue(conversation, history) => {
-            state.conversations.append_history(&principal, conversation, &history).await?;
+            state
+                .conversations
+                .append_history(&principal, conversation, &history)
+                .await?;
             state
                 .runs
                 .create(
@@ -598,11 +701,15 @@ pub async fn create(
                 .await?
         }
     };
+    // An unstored response's conversation goes once the run ended and its
+    // answer was given (the reader holds `answered` until then).
+    let (answered, given) = tokio::sync::oneshot::channel::<()>();
     if !store {
-        forget_when_done(state.clone(), principal.clone(), run.clone());
+        forget_when_done(state.clone(), principal.clone(), run.clone(), given);
     }
     let headers = run_headers(&run);
-    let guard = (!background).then(|| CancelOnDrop::new(state.runs.clone(), principal.clone(), run.id));
+    let guard =
+        (!background).then(|| CancelOnDrop::new(state.runs.clone(), principal.clone(), run.id));
     let reader = Reader {
         state: state.clone(),
         principal: principal.clone(),
@@ -617,6 +724,7 @@ pub async fn create(
         message: None,
         calls: Vec::new(),
         started: false,
+        _answered: Some(answered),
     };
     if request.stream.unwrap_or(false) {
         return Ok((headers, sse(reader)).into_response());
@@ -630,14 +738,23 @@ pub async fn create(
 
 /// Deletes the conversation of a `store: false` response once its run ends
 /// (the usage stays counted).
-fn forget_when_done(state: AppState, principal: Principal, run: RunResponse) {
+fn forget_when_done(
+    state: AppState,
+    principal: Principal,
+    run: RunResponse,
+    given: tokio::sync::oneshot::Receiver<()>,
+) {
     let limit = Duration::from_secs(
         state.config.runs.max_limits.timeout_secs + state.config.runs.approval_ttl_secs + 120,
     );
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match state.runs.wait(&principal, run.id, Duration::from_secs(60)).await {
+            match state
+                .runs
+                .wait(&principal, run.id, Duration::from_secs(60))
+                .await
+            {
                 Ok(r) if r.status.is_terminal() => break,
                 Ok(_) if tokio::time::Instant::now() < deadline => continue,
                 Ok(_) => break,
@@ -651,7 +768,13 @@ fn forget_when_done(state: AppState, principal: Principal, run: RunResponse) {
                 }
             }
         }
-        if let Err(e) = state.conversations.delete(&principal, run.conversation_id).await {
+        // The answer is being read from the conversation: wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(60), given).await;
+        if let Err(e) = state
+            .conversations
+            .delete(&principal, run.conversation_id)
+            .await
+        {
             tracing::warn!(run = %run.id, error = %e, "deleting an unstored response failed");
         }
     });
@@ -676,6 +799,8 @@ struct Reader {
     /// Open client calls: (index in the answer, output index, call id, name, arguments so far).
     calls: Vec<(usize, usize, String, String, String)>,
     started: bool,
+    /// Dropped once the answer was given (see `forget_when_done`).
+    _answered: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Reader {
@@ -717,15 +842,22 @@ impl Reader {
     }
 
     fn close_message(&mut self, out: &mut Vec<Event>) {
-        let Some((step, index, text)) = self.message.take() else { return };
+        let Some((step, index, text)) = self.message.take() else {
+            return;
+        };
         let id = message_item_id(self.run, step);
-        let part = json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
+        let part =
+            json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
         out.extend(self.event("response.output_text.done",
             json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": [] })));
-        out.extend(self.event("response.content_part.done",
-            json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part })));
-        out.extend(self.event("response.output_item.done",
-            json!({ "output_index": index, "item": message_item(&id, &text, "completed") })));
+        out.extend(self.event(
+            "response.content_part.done",
+            json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part }),
+        ));
+        out.extend(self.event(
+            "response.output_item.done",
+            json!({ "output_index": index, "item": message_item(&id, &text, "completed") }),
+        ));
     }
 
     /// The next events, and whether more may follow.
@@ -740,7 +872,9 @@ impl Reader {
                         response["status"] = json!("in_progress");
                     }
                     response["output"] = json!([]);
-                    out.extend(self.event("response.created", json!({ "response": response.clone() })));
+                    out.extend(
+                        self.event("response.created", json!({ "response": response.clone() })),
+                    );
                     out.extend(self.event("response.in_progress", json!({ "response": response })));
                 }
                 Err(e) => {
@@ -777,17 +911,23 @@ impl Reader {
                     out.extend(self.event("response.output_text.delta",
                         json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": [] })));
                 }
-                Piece::CallStart { index, id, name, .. } => {
+                Piece::CallStart {
+                    index, id, name, ..
+                } => {
                     let output_index = self.output_index;
                     self.output_index += 1;
                     out.extend(self.event("response.output_item.added",
                         json!({ "output_index": output_index, "item": call_item(&id, &name, "", "in_progress") })));
-                    self.calls.push((index, output_index, id, name, String::new()));
+                    self.calls
+                        .push((index, output_index, id, name, String::new()));
                 }
-                Piece::CallArgs { index, fragment, .. } => {
+                Piece::CallArgs {
+                    index, fragment, ..
+                } => {
                     if let Some(pos) = self.calls.iter().position(|c| c.0 == index) {
                         self.calls[pos].4.push_str(&fragment);
-                        let (output_index, id) = (self.calls[pos].1, format!("fc_{}", self.calls[pos].2));
+                        let (output_index, id) =
+                            (self.calls[pos].1, format!("fc_{}", self.calls[pos].2));
                         out.extend(self.event("response.function_call_arguments.delta",
                             json!({ "item_id": id, "output_index": output_index, "delta": fragment })));
                     }
@@ -885,6 +1025,7 @@ pub async fn get(
             message: None,
             calls: Vec::new(),
             started: false,
+            _answered: None,
         };
         return Ok(sse(reader));
     }
@@ -904,11 +1045,18 @@ pub async fn cancel(
     let principal = caller(principal)?;
     let (run, _) = visible(&state, &principal, &id).await?;
     if run.status.is_terminal() {
-        return Err(ApiError::invalid("response_id", format!("Cannot cancel a response that is {}.", run.status.as_str())).no_retry());
+        return Err(ApiError::invalid(
+            "response_id",
+            format!("Cannot cancel a response that is {}.", run.status.as_str()),
+        )
+        .no_retry());
     }
     state.runs.cancel(&principal, run.id).await?;
     // A running run stops at its worker's next step: wait for it briefly.
-    state.runs.wait(&principal, run.id, Duration::from_secs(10)).await?;
+    state
+        .runs
+        .wait(&principal, run.id, Duration::from_secs(10))
+        .await?;
     Ok(axum::Json(load(&state, &principal, run.id).await?).into_response())
 }
 
@@ -931,14 +1079,28 @@ pub async fn delete(
             Ok(_) | Err(Error::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        state.runs.wait(&principal, run.id, Duration::from_secs(10)).await?;
+        state
+            .runs
+            .wait(&principal, run.id, Duration::from_secs(10))
+            .await?;
     }
     let runs = state
         .runs
-        .list(&principal, run.conversation_id, RunFilter::default(), PageParams { page: Some(1), page_size: Some(2) })
+        .list(
+            &principal,
+            run.conversation_id,
+            RunFilter::default(),
+            PageParams {
+                page: Some(1),
+                page_size: Some(2),
+            },
+        )
         .await?;
     if runs.total <= 1 {
-        state.conversations.delete(&principal, run.conversation_id).await?;
+        state
+            .conversations
+            .delete(&principal, run.conversation_id)
+            .await?;
     } else {
         if let Some(a) = options.api.as_mut() {
             a["deleted"] = json!(true);

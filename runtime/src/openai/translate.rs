@@ -230,13 +230,29 @@ mod tests {
         let mut pieces = Vec::new();
         for e in [
             event(1, "message.delta", json!({"text": "Hi"})),
-            event(2, "tool_call.delta", json!({"index": 0, "id": "c0", "name": "time__now", "arguments": "{}"})),
-            event(3, "tool_call.delta", json!({"index": 1, "id": "c1", "name": "get_weather", "arguments": "{\"ci"})),
-            event(4, "tool_call.delta", json!({"index": 1, "arguments": "ty\":\"Paris\"}"})),
-            event(5, "message.completed", json!({"message": {"role": "assistant", "content": [
+            event(
+                2,
+                "tool_call.delta",
+                json!({"index": 0, "id": "c0", "name": "time__now", "arguments": "{}"}),
+            ),
+            event(
+                3,
+                "tool_call.delta",
+                json!({"index": 1, "id": "c1", "name": "get_weather", "arguments": "{\"ci"}),
+            ),
+            event(
+                4,
+                "tool_call.delta",
+                json!({"index": 1, "arguments": "ty\":\"Paris\"}"}),
+            ),
+            event(
+                5,
+                "message.completed",
+                json!({"message": {"role": "assistant", "content": [
                 {"type": "text", "text": "Hi"},
                 {"type": "tool_call", "id": "c0", "name": "time__now", "arguments": {}},
-                {"type": "tool_call", "id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}]}})),
+                {"type": "tool_call", "id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}]}}),
+            ),
             event(6, "done", json!({"status": "completed"})),
         ] {
             pieces.extend(t.push(&e));
@@ -244,10 +260,26 @@ mod tests {
         assert_eq!(
             pieces,
             vec![
-                Piece::Text { step: 0, text: "Hi".into() },
-                Piece::CallStart { step: 0, index: 0, id: "c1".into(), name: "get_weather".into() },
-                Piece::CallArgs { step: 0, index: 0, fragment: "{\"ci".into() },
-                Piece::CallArgs { step: 0, index: 0, fragment: "ty\":\"Paris\"}".into() },
+                Piece::Text {
+                    step: 0,
+                    text: "Hi".into()
+                },
+                Piece::CallStart {
+                    step: 0,
+                    index: 0,
+                    id: "c1".into(),
+                    name: "get_weather".into()
+                },
+                Piece::CallArgs {
+                    step: 0,
+                    index: 0,
+                    fragment: "{\"ci".into()
+                },
+                Piece::CallArgs {
+                    step: 0,
+                    index: 0,
+                    fragment: "ty\":\"Paris\"}".into()
+                },
                 Piece::StepEnd {
                     step: 0,
                     text: "Hi".into(),
@@ -257,7 +289,10 @@ mod tests {
                         arguments: "{\"city\":\"Paris\"}".into()
                     }]
                 },
-                Piece::Done { status: RunStatus::Completed, error: None },
+                Piece::Done {
+                    status: RunStatus::Completed,
+                    error: None
+                },
             ]
         );
     }

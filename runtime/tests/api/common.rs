@@ -180,6 +180,14 @@ async fn serve(config: Config, dir: tempfile::TempDir) -> TestApp {
 }
 
 impl TestApp {
+    /// Stops serving (a graceful shutdown: running runs are handed back to
+    /// the queue); the data stays for another node.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Another node on the same database and keys, after `configure`.
     pub async fn second_node(&self, configure: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();

@@ -15,6 +15,7 @@ mod errors;
 mod hardening;
 mod mcp;
 mod models;
+mod openai;
 mod plugins;
 mod runs;
 mod tenancy;

@@ -19,7 +19,7 @@ use crate::dual_test;
 use crate::runs::{read_events, with_vendor};
 
 /// The Python with the MCP SDK, or `None` (skip) outside CI.
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("ORCHESTRA_TEST_MCP_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -208,6 +208,20 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
             text_answer(&format!("tool said: {}", results.join(" | "))),
             Duration::ZERO,
         ),
+        // `turns`: how many user messages the conversation has, and the
+        // last one (a conversation that continues sends them all).
+        "turns" => {
+            let users: Vec<&str> = messages
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .filter_map(|m| m["content"].as_str())
+                .collect();
+            let last = users.last().copied().unwrap_or("");
+            sse(
+                text_answer(&format!("turn {}: {last}", users.len())),
+                Duration::ZERO,
+            )
+        }
         "fail" => error(400, "invalid_request_error", "This model does not exist"),
         "flaky" => {
             if vendor.flaky.fetch_add(1, Ordering::SeqCst) % 2 == 0 {

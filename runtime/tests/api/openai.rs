@@ -1,0 +1,274 @@
+//! The OpenAI-compatible API driven by the official `openai` Python SDK
+//! (from PyPI, pinned in `scripts/test`) against the real server, with the
+//! local server that speaks OpenAI's Chat Completions wire format behind
+//! the agents: chat completions streamed and not, with a server-side tool
+//! (a real plugin) and a client-side tool round trip; responses across
+//! three turns with `previous_response_id`; a background response that
+//! survives a restart; cancel; errors parsed into the SDK's own exception
+//! types; bad input that stores nothing.
+
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{Session, TestApp};
+use crate::dual_test;
+use crate::mcp::python;
+use crate::runs::configure;
+
+fn script() -> String {
+    format!(
+        "{}/tests/fixtures/openai/sdk_checks.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Runs one scenario of the SDK script; returns its JSON result.
+async fn sdk(app: &TestApp, scenario: &str, env: &[(&str, &str)]) -> Option<Value> {
+    let python = python()?;
+    let mut cmd = Command::new(python);
+    cmd.arg(script())
+        .arg(scenario)
+        .env("ORCHESTRA_BASE", format!("{}/v1", app.base));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run python"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed:\n{stdout}\n{stderr}"
+    );
+    Some(serde_json::from_str(stdout.lines().last().unwrap_or("null")).expect("JSON result"))
+}
+
+/// `name`'s agent with `tools`.
+async fn agent(app: &TestApp, session: &Session, name: &str, tools: Value) {
+    let (status, body) = app
+        .post(
+            "/api/v1/agents",
+            &session.token,
+            json!({ "name": name, "instructions": "You are a test agent.",
+                    "model": { "provider": "openai", "model": "gpt-test" }, "tools": tools }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// The caller's conversations.
+async fn conversations(app: &TestApp, session: &Session) -> Vec<Value> {
+    let (status, body) = app
+        .get("/api/v1/conversations?page_size=100", &session.token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"].as_array().unwrap().clone()
+}
+
+/// A user with the `helper` and `calc` agents, and their API key.
+async fn setup(app: &TestApp) -> (Session, Session, String) {
+    let (admin, user) = app.admin_and_user().await;
+    agent(app, &user, "helper", json!([])).await;
+    agent(app, &user, "calc", json!(["calculator__evaluate"])).await;
+    let (_, key) = app.api_key(&user, "sdk").await;
+    (admin, user, key)
+}
+
+dual_test!(
+    openai_sdk_chat_completions_against_openai_wire_server,
+    configure,
+    |app: TestApp| async move {
+        let (_, user, key) = setup(&app).await;
+        let env = [("ORCHESTRA_KEY", key.as_str())];
+        let Some(models) = sdk(&app, "models", &env).await else {
+            return;
+        };
+        assert_eq!(models["models"], json!(["agent:helper", "agent:calc"]));
+        sdk(&app, "chat", &env).await;
+        sdk(&app, "client_tool", &env).await;
+        // Every completion is a run in a conversation of its own, with its
+        // usage counted.
+        let convs = conversations(&app, &user).await;
+        assert_eq!(convs.len(), 5, "{convs:?}");
+        assert!(convs
+            .iter()
+            .all(|c| c["metadata"]["source"] == "chat.completions"));
+        let (_, usage) = app.get("/api/v1/usage?group_by=agent", &user.token).await;
+        assert_eq!(usage["total"]["runs"], 5, "{usage}");
+        assert!(usage["total"]["total_tokens"].as_i64() > Some(0), "{usage}");
+        // The round trip's second call saw the tool result the client sent.
+        let (_, first) = app
+            .get(
+                &format!(
+                    "/api/v1/conversations/{}/messages",
+                    convs[1]["id"].as_str().unwrap()
+                ),
+                &user.token,
+            )
+            .await;
+        let roles: Vec<&str> = first["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "assistant"], "{first}");
+    }
+);
+
+dual_test!(
+    openai_sdk_responses_across_turns_against_openai_wire_server,
+    configure,
+    |app: TestApp| async move {
+        let (_, user, key) = setup(&app).await;
+        let env = [("ORCHESTRA_KEY", key.as_str())];
+        let Some(result) = sdk(&app, "responses", &env).await else {
+            return;
+        };
+        // The three turns share one conversation; the branch and the
+        // function-tool exchange have their own, and the unstored one is
+        // gone once it ended.
+        let quiet = result["quiet"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("resp_");
+        let quiet = uuid::Uuid::parse_str(quiet).unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            let (status, _) = app.get(&format!("/api/v1/runs/{quiet}"), &user.token).await;
+            if status == StatusCode::NOT_FOUND {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "an unstored response's run is deleted once it ended");
+        let r1 = result["r1"].as_str().unwrap().trim_start_matches("resp_");
+        let (_, run) = app
+            .get(
+                &format!("/api/v1/runs/{}", uuid::Uuid::parse_str(r1).unwrap()),
+                &user.token,
+            )
+            .await;
+        let (_, runs) = app
+            .get(
+                &format!(
+                    "/api/v1/conversations/{}/runs",
+                    run["conversation_id"].as_str().unwrap()
+                ),
+                &user.token,
+            )
+            .await;
+        assert_eq!(runs["total"], 3, "{runs}");
+    }
+);
+
+dual_test!(
+    openai_sdk_background_response_survives_a_restart_against_openai_wire_server,
+    configure,
+    |mut app: TestApp| async move {
+        let (_, _, key) = setup(&app).await;
+        let env = [("ORCHESTRA_KEY", key.as_str())];
+        let Some(started) = sdk(&app, "background_start", &env).await else {
+            return;
+        };
+        // The node stops mid-run; a new one takes the run over.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        app.stop();
+        let second = app.second_node(|_| {}).await;
+        let id = started["id"].as_str().unwrap();
+        sdk(
+            &second,
+            "background_finish",
+            &[("ORCHESTRA_KEY", key.as_str()), ("ORCHESTRA_RESPONSE", id)],
+        )
+        .await;
+        // It really was interrupted: the second node ran it again.
+        let run = uuid::Uuid::parse_str(id.trim_start_matches("resp_")).unwrap();
+        let (_, user) = (0, second.login("user@example.com").await);
+        let (_, body) = second
+            .get(&format!("/api/v1/runs/{run}"), &user.token)
+            .await;
+        assert!(body["attempts"].as_i64() >= Some(2), "{body}");
+        sdk(&second, "cancel", &[("ORCHESTRA_KEY", key.as_str())]).await;
+    }
+);
+
+dual_test!(
+    openai_sdk_errors_are_openai_shaped_and_store_nothing,
+    |config: &mut orchestra::config::Config| {
+        configure(config);
+        config.http.body_limit_bytes = 1024 * 1024;
+    },
+    |app: TestApp| async move {
+        let (admin, user, key) = setup(&app).await;
+        let other = app.add_user(&admin, "other@example.com", "user").await;
+        agent(&app, &other, "mine", json!([])).await;
+        let (_, other_key) = app.api_key(&other, "sdk").await;
+        // The other user's response, then a spent quota.
+        let (status, response) = app
+            .call(
+                reqwest::Method::POST,
+                "/v1/responses",
+                Some(&other_key),
+                Some(json!({ "model": "agent:mine", "input": "hi" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/users/{}/usage-limits", other.user_id),
+                &admin.token,
+                json!({ "daily_runs": 1 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let before = conversations(&app, &user).await.len();
+        let other_before = conversations(&app, &other).await.len();
+        let env = [
+            ("ORCHESTRA_KEY", key.as_str()),
+            ("ORCHESTRA_OTHER_KEY", other_key.as_str()),
+            ("ORCHESTRA_OTHER_RESPONSE", response["id"].as_str().unwrap()),
+        ];
+        let Some(result) = sdk(&app, "errors", &env).await else {
+            return;
+        };
+        let errors = result["errors"].as_array().unwrap();
+        assert_eq!(
+            errors[0],
+            json!(["AuthenticationError", 401, "invalid_api_key"])
+        );
+        assert_eq!(errors[1], json!(["NotFoundError", 404, "model_not_found"]));
+        assert_eq!(errors[8][1], 413, "{errors:?}");
+        assert_eq!(
+            errors[9],
+            json!(["RateLimitError", 429, "insufficient_quota"])
+        );
+        // Nothing was stored by any refused request.
+        assert_eq!(conversations(&app, &user).await.len(), before);
+        assert_eq!(conversations(&app, &other).await.len(), other_before);
+        // Unknown paths and raw bodies get OpenAI's shape too.
+        let (status, body) = app
+            .call(reqwest::Method::GET, "/v1/nothing", Some(&key), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"]["message"].is_string(), "{body}");
+        let raw = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.base))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+        let body: Value = raw.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"].as_object().unwrap().contains_key("param"));
+    }
+);
