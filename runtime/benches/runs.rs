@@ -302,6 +302,7 @@ impl Bench {
                     message: Some(ContentInput::Text("What is 6*7?".into())),
                     limits: None,
                     on_active: None,
+                    options: None,
                 },
             )
             .await

@@ -169,48 +169,49 @@ fn text_content(content: &Value, param: &str) -> ApiResult<String> {
 
 /// A user message's parts: text and images.
 pub fn user_parts(content: &Value, param: &str) -> ApiResult<Vec<ContentPart>> {
-    let parts =
-        match content {
-            Value::String(s) => vec![ContentPart::Text { text: s.clone() }],
-            Value::Array(items) => {
-                let mut parts = Vec::with_capacity(items.len());
-                for (i, p) in items.iter().enumerate() {
-                    let kind = p.get("type").and_then(Value::as_str);
-                    let part = match kind {
-                        Some("text" | "input_text") => p
-                            .get("text")
-                            .and_then(Value::as_str)
-                            .map(|t| ContentPart::Text { text: t.to_owned() }),
-                        Some("image_url") => p
-                            .pointer("/image_url/url")
-                            .or_else(|| p.get("image_url"))
-                            .and_then(Value::as_str)
-                            .map(|u| ContentPart::Image { url: u.to_owned() }),
-                        Some("input_image") => p
-                            .get("image_url")
-                            .and_then(Value::as_str)
-                            .map(|u| ContentPart::Image { url: u.to_owned() }),
-                        _ => None,
-                    };
-                    match part {
-                        Some(part) => parts.push(part),
-                        None => return Err(ApiError::invalid(
+    let parts = match content {
+        Value::String(s) => vec![ContentPart::Text { text: s.clone() }],
+        Value::Array(items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for (i, p) in items.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str);
+                let part = match kind {
+                    Some("text" | "input_text") => p
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(|t| ContentPart::Text { text: t.to_owned() }),
+                    Some("image_url") => p
+                        .pointer("/image_url/url")
+                        .or_else(|| p.get("image_url"))
+                        .and_then(Value::as_str)
+                        .map(|u| ContentPart::Image { url: u.to_owned() }),
+                    Some("input_image") => p
+                        .get("image_url")
+                        .and_then(Value::as_str)
+                        .map(|u| ContentPart::Image { url: u.to_owned() }),
+                    _ => None,
+                };
+                match part {
+                    Some(part) => parts.push(part),
+                    None => {
+                        return Err(ApiError::invalid(
                             &format!("{param}[{i}]"),
                             format!(
                                 "Invalid '{param}[{i}]': expected a text or image content part."
                             ),
-                        )),
+                        ))
                     }
                 }
-                parts
             }
-            _ => {
-                return Err(ApiError::invalid(
-                    param,
-                    format!("Invalid '{param}': expected a string or an array of content parts."),
-                ))
-            }
-        };
+            parts
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                param,
+                format!("Invalid '{param}': expected a string or an array of content parts."),
+            ))
+        }
+    };
     // The same rules as a message posted to a conversation.
     crate::conversations::model::MessageInput {
         role: MessageRole::User,
@@ -534,6 +535,7 @@ fn tools(
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Starts the run of a request already checked: imports the history and
 /// creates the run; on failure nothing stays stored.
 pub async fn start(
@@ -709,12 +711,14 @@ pub async fn create(
         .and_then(Value::as_str)
     {
         None | Some("text") => {}
-        Some(other) => return Err(ApiError::unsupported(
-            "response_format",
-            format!(
+        Some(other) => {
+            return Err(ApiError::unsupported(
+                "response_format",
+                format!(
                 "Unsupported value: response_format of type '{other}' is not supported for agents."
             ),
-        )),
+            ))
+        }
     }
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     check_sampling(request.temperature, max_tokens, "max_completion_tokens")?;

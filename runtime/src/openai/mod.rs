@@ -172,13 +172,15 @@ pub fn client_tool(
             }
             schema.clone()
         }
-        Some(_) => return Err(ApiError::invalid(
-            &format!("{param}.parameters"),
-            format!(
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{param}.parameters"),
+                format!(
                 "Invalid schema for function '{name}': parameters must be a JSON Schema object."
             ),
-        )
-        .code("invalid_function_parameters")),
+            )
+            .code("invalid_function_parameters"))
+        }
     };
     Ok(ToolDefinition {
         name: name.to_owned(),

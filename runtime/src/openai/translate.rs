@@ -179,10 +179,10 @@ impl Translator {
                         .map(str::to_owned),
                 });
             }
-            "run.status" => {
-                if data.get("status").and_then(Value::as_str) == Some("requires_action") {
-                    out.push(Piece::Parked);
-                }
+            "run.status"
+                if data.get("status").and_then(Value::as_str) == Some("requires_action") =>
+            {
+                out.push(Piece::Parked);
             }
             "done" => {
                 let status = data

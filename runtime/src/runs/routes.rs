@@ -20,9 +20,6 @@ use crate::http::AppState;
 use crate::pagination::{Page, PageParams};
 use crate::users::model::Principal;
 
-/// Events read per query while streaming.
-/// How long a stream waits for a wake-up before it looks again anyway.
-
 /// Routes of the runs domain.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
