@@ -64,7 +64,10 @@ async fn sequential(client: &reqwest::Client, url: &str, key: &str, model: &str)
     for _ in 0..20 {
         one(client, url, key, model).await;
     }
-    let mut f = Figures { first: Vec::new(), total: Vec::new() };
+    let mut f = Figures {
+        first: Vec::new(),
+        total: Vec::new(),
+    };
     for _ in 0..SEQUENTIAL {
         let (a, b) = one(client, url, key, model).await;
         f.first.push(a);
@@ -83,7 +86,10 @@ async fn concurrent(url: &str, key: &str, model: &str) -> Figures {
             })
         })
         .collect();
-    let mut f = Figures { first: Vec::new(), total: Vec::new() };
+    let mut f = Figures {
+        first: Vec::new(),
+        total: Vec::new(),
+    };
     for t in tasks {
         let (a, b) = t.await.expect("task");
         f.first.push(a);
@@ -93,12 +99,20 @@ async fn concurrent(url: &str, key: &str, model: &str) -> Figures {
 }
 
 fn report(label: &str, direct: &mut Figures, ours: &mut Figures) {
-    for v in [&mut direct.first, &mut direct.total, &mut ours.first, &mut ours.total] {
+    for v in [
+        &mut direct.first,
+        &mut direct.total,
+        &mut ours.first,
+        &mut ours.total,
+    ] {
         v.sort();
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("{label}");
-    for (what, d, o) in [("first token", &direct.first, &ours.first), ("[DONE]     ", &direct.total, &ours.total)] {
+    for (what, d, o) in [
+        ("first token", &direct.first, &ours.first),
+        ("[DONE]     ", &direct.total, &ours.total),
+    ] {
         for p in [0.5, 0.99] {
             let (a, b) = (percentile(d, p), percentile(o, p));
             println!(
@@ -134,7 +148,11 @@ async fn main() {
     let state = orchestra::server::build_state(config).await.expect("build");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(orchestra::server::serve(listener, state, std::future::pending()));
+    tokio::spawn(orchestra::server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
     let client = reqwest::Client::new();
     let session: Value = client
         .post(format!("{base}/api/v1/auth/register"))
@@ -145,7 +163,10 @@ async fn main() {
         .json()
         .await
         .unwrap();
-    let token = session["access_token"].as_str().expect("a token").to_owned();
+    let token = session["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
     let agent = client
         .post(format!("{base}/api/v1/agents"))
         .bearer_auth(&token)
@@ -168,7 +189,12 @@ async fn main() {
     let key = key["key"].as_str().unwrap().to_owned();
     let direct_url = format!("{vendor_base}/chat/completions");
     let ours_url = format!("{base}/v1/chat/completions");
-    println!("streamed chat completions, SQLite, {} ({} one at a time, {} concurrent)", std::env::consts::ARCH, SEQUENTIAL, CONCURRENT);
+    println!(
+        "streamed chat completions, SQLite, {} ({} one at a time, {} concurrent)",
+        std::env::consts::ARCH,
+        SEQUENTIAL,
+        CONCURRENT
+    );
     let mut d = sequential(&client, &direct_url, "sk-bench", "gpt-test").await;
     let mut o = sequential(&client, &ours_url, &key, "agent:bench").await;
     report("one at a time", &mut d, &mut o);

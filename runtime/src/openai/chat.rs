@@ -367,7 +367,13 @@ impl HistoryBuilder {
     }
 
     /// A tool's result for an open call.
-    pub fn tool_result(&mut self, call_id: &str, content: String, param: &str) -> ApiResult<()> {
+    pub fn tool_result(
+        &mut self,
+        call_id: &str,
+        content: String,
+        is_error: bool,
+        param: &str,
+    ) -> ApiResult<()> {
         let Some(pos) = self.open_calls.iter().position(|(id, _)| id == call_id) else {
             return Err(ApiError::invalid(
                 param,
@@ -381,7 +387,7 @@ impl HistoryBuilder {
                 call_id,
                 name,
                 content,
-                is_error: false,
+                is_error,
             }],
         );
         Ok(())
@@ -477,7 +483,7 @@ fn history(messages: &[Value]) -> ApiResult<HistoryBuilder> {
                     )
                 })?;
                 let text = text_content(content, &format!("{param}.content"))?;
-                h.tool_result(id, text, &param)?
+                h.tool_result(id, text, false, &param)?
             }
             other => {
                 return Err(ApiError::invalid(
@@ -629,19 +635,19 @@ pub fn run_failure(run: Uuid, status: RunStatus, error: Option<&RunError>) -> Ap
 
 /// Everything a finished answer needs, folded from pieces.
 #[derive(Default)]
-struct Folded {
-    text: String,
+pub struct Folded {
+    pub text: String,
     last_text_step: Option<usize>,
-    calls: Vec<ClientCall>,
-    input_tokens: i64,
-    output_tokens: i64,
-    finish: Option<String>,
+    pub calls: Vec<ClientCall>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub finish: Option<String>,
 }
 
 impl Folded {
     /// The text to add for a piece of step `step` (a blank line between
     /// the texts of two answers).
-    fn text_delta(&mut self, step: usize, text: &str) -> String {
+    pub fn text_delta(&mut self, step: usize, text: &str) -> String {
         let sep = matches!(self.last_text_step, Some(s) if s != step);
         self.last_text_step = Some(step);
         let delta = if sep {
@@ -653,7 +659,7 @@ impl Folded {
         delta
     }
 
-    fn finish_reason(&self, error: Option<&RunError>) -> &'static str {
+    pub fn finish_reason(&self, error: Option<&RunError>) -> &'static str {
         if !self.calls.is_empty() {
             "tool_calls"
         } else if self.finish.as_deref() == Some("length")
@@ -663,6 +669,34 @@ impl Folded {
         } else {
             "stop"
         }
+    }
+
+    /// Folds one piece; a run that ended (or parked) gives its outcome.
+    pub fn push(&mut self, run: Uuid, piece: Piece) -> Option<ApiResult<Option<RunError>>> {
+        match piece {
+            Piece::Text { step, text } => {
+                self.text_delta(step, &text);
+            }
+            Piece::StepEnd { calls, .. } => self.calls = calls,
+            Piece::Usage {
+                input_tokens,
+                output_tokens,
+                finish_reason,
+            } => {
+                self.input_tokens = input_tokens;
+                self.output_tokens = output_tokens;
+                self.finish = finish_reason;
+            }
+            Piece::Parked => return Some(Err(run_failure(run, RunStatus::RequiresAction, None))),
+            Piece::Done { status, error } => {
+                if status != RunStatus::Completed && !ends_short(error.as_ref()) {
+                    return Some(Err(run_failure(run, status, error.as_ref())));
+                }
+                return Some(Ok(error));
+            }
+            Piece::CallStart { .. } | Piece::CallArgs { .. } => {}
+        }
+        None
     }
 
     fn usage(&self) -> Value {
@@ -677,7 +711,7 @@ impl Folded {
 }
 
 /// A run failure that still makes an answer: limits cut it short.
-fn ends_short(error: Option<&RunError>) -> bool {
+pub fn ends_short(error: Option<&RunError>) -> bool {
     error.is_some_and(|e| e.code == "max_tokens" || e.code == "max_steps")
 }
 
@@ -798,6 +832,28 @@ pub async fn create(
     }
 }
 
+/// Reads a run to its end (or its stop for approval) into `folded`; gives
+/// the error of a run that limits cut short, or the failure of one that
+/// gives no answer.
+pub async fn fold(
+    follower: &mut Follower,
+    translator: &mut Translator,
+    folded: &mut Folded,
+    guard: &mut CancelOnDrop,
+    run: Uuid,
+) -> ApiResult<Option<RunError>> {
+    while let Some(event) = follower.next().await {
+        for piece in translator.push(&event) {
+            if let Some(outcome) = folded.push(run, piece) {
+                guard.disarm();
+                return outcome;
+            }
+        }
+    }
+    guard.disarm();
+    Err(run_failure(run, RunStatus::Failed, None))
+}
+
 /// A run being read as a completion.
 struct Answer {
     follower: Follower,
@@ -813,38 +869,15 @@ struct Answer {
 impl Answer {
     /// Reads the run to its end and gives the completion.
     async fn complete(mut self) -> ApiResult<Value> {
-        while let Some(event) = self.follower.next().await {
-            for piece in self.translator.push(&event) {
-                match piece {
-                    Piece::Text { step, text } => {
-                        self.folded.text_delta(step, &text);
-                    }
-                    Piece::StepEnd { calls, .. } => self.folded.calls = calls,
-                    Piece::Usage {
-                        input_tokens,
-                        output_tokens,
-                        finish_reason,
-                    } => {
-                        self.folded.input_tokens = input_tokens;
-                        self.folded.output_tokens = output_tokens;
-                        self.folded.finish = finish_reason;
-                    }
-                    Piece::Parked => {
-                        self.guard.disarm();
-                        return Err(run_failure(self.run, RunStatus::RequiresAction, None));
-                    }
-                    Piece::Done { status, error } => {
-                        self.guard.disarm();
-                        if status != RunStatus::Completed && !ends_short(error.as_ref()) {
-                            return Err(run_failure(self.run, status, error.as_ref()));
-                        }
-                        return Ok(self.body(error.as_ref()));
-                    }
-                    Piece::CallStart { .. } | Piece::CallArgs { .. } => {}
-                }
-            }
-        }
-        Err(run_failure(self.run, RunStatus::Failed, None))
+        let error = fold(
+            &mut self.follower,
+            &mut self.translator,
+            &mut self.folded,
+            &mut self.guard,
+            self.run,
+        )
+        .await?;
+        Ok(self.body(error.as_ref()))
     }
 
     fn body(&self, error: Option<&RunError>) -> Value {

@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod messages;
 pub mod responses;
 pub mod translate;
 
@@ -48,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(responses::create))
         .routes(routes!(responses::get, responses::delete))
         .routes(routes!(responses::cancel))
+        .routes(routes!(messages::create))
 }
 
 /// Unknown paths under `/v1`, in OpenAI's shape.

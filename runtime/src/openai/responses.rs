@@ -400,7 +400,7 @@ fn input_items(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
                         return Err(ApiError::invalid(&format!("{param}.output"), format!("Missing required parameter: '{param}.output'.")))
                     }
                 };
-                h.tool_result(call_id, output, &param)?;
+                h.tool_result(call_id, output, false, &param)?;
             }
             Some("reasoning") => {}
             Some(other) => {

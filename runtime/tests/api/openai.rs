@@ -90,22 +90,36 @@ dual_test!(
         assert_eq!(models["models"], json!(["agent:helper", "agent:calc"]));
         sdk(&app, "chat", &env).await;
         sdk(&app, "client_tool", &env).await;
+        // Anthropic's SDK against the same agents.
+        sdk(&app, "messages", &env).await;
         // Every completion is a run in a conversation of its own, with its
         // usage counted.
         let convs = conversations(&app, &user).await;
-        assert_eq!(convs.len(), 5, "{convs:?}");
-        assert!(convs
+        assert_eq!(convs.len(), 10, "{convs:?}");
+        let sources: Vec<&str> = convs
             .iter()
-            .all(|c| c["metadata"]["source"] == "chat.completions"));
+            .map(|c| c["metadata"]["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources.iter().filter(|s| **s == "messages").count(), 5);
+        assert_eq!(
+            sources.iter().filter(|s| **s == "chat.completions").count(),
+            5
+        );
         let (_, usage) = app.get("/api/v1/usage?group_by=agent", &user.token).await;
-        assert_eq!(usage["total"]["runs"], 5, "{usage}");
+        assert_eq!(usage["total"]["runs"], 10, "{usage}");
         assert!(usage["total"]["total_tokens"].as_i64() > Some(0), "{usage}");
-        // The round trip's second call saw the tool result the client sent.
+        // The round trip's second call saw the tool result the client sent
+        // (conversations are listed newest first).
+        let second_call = convs
+            .iter()
+            .filter(|c| c["metadata"]["source"] == "chat.completions")
+            .nth(1)
+            .unwrap();
         let (_, first) = app
             .get(
                 &format!(
                     "/api/v1/conversations/{}/messages",
-                    convs[1]["id"].as_str().unwrap()
+                    second_call["id"].as_str().unwrap()
                 ),
                 &user.token,
             )
