@@ -827,8 +827,12 @@ pub async fn create(
         )
             .into_response())
     } else {
-        let body = answer.complete().await?;
-        Ok((headers, axum::Json(body)).into_response())
+        // A run that failed or waits for approval exists: its error says
+        // where it is.
+        Ok(match answer.complete().await {
+            Ok(body) => (headers, axum::Json(body)).into_response(),
+            Err(e) => (headers, e).into_response(),
+        })
     }
 }
 

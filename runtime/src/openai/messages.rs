@@ -448,14 +448,18 @@ pub async fn create(
         )
             .into_response());
     }
-    let error = fold(
+    let error = match fold(
         &mut reader.follower,
         &mut reader.translator,
         &mut reader.folded,
         &mut reader.guard,
         reader.run,
     )
-    .await?;
+    .await
+    {
+        Ok(error) => error,
+        Err(e) => return Ok((headers, MessagesError(e)).into_response()),
+    };
     let f = &reader.folded;
     let mut content = Vec::new();
     if !f.text.is_empty() || f.calls.is_empty() {

@@ -732,8 +732,10 @@ pub async fn create(
     if background {
         return Ok((headers, axum::Json(load(&state, &principal, run.id).await?)).into_response());
     }
-    let body = reader.finish().await?;
-    Ok((headers, axum::Json(body)).into_response())
+    Ok(match reader.finish().await {
+        Ok(body) => (headers, axum::Json(body)).into_response(),
+        Err(e) => (headers, e).into_response(),
+    })
 }
 
 /// Deletes the conversation of a `store: false` response once its run ends

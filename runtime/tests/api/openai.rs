@@ -286,3 +286,212 @@ dual_test!(
         assert!(body["error"].as_object().unwrap().contains_key("param"));
     }
 );
+
+/// `POST` with an API key; the status, headers and JSON body.
+async fn post_v1(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    body: Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let resp = app
+        .client
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+dual_test!(
+    a_client_that_goes_away_cancels_its_run_and_failures_are_final,
+    configure,
+    |app: TestApp| async move {
+        let (_, user, key) = setup(&app).await;
+        // A streamed completion whose client leaves after the first chunk.
+        let resp = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.base))
+            .bearer_auth(&key)
+            .json(&json!({ "model": "agent:helper", "stream": true,
+                           "messages": [{ "role": "user", "content": "slow" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let run = resp.headers()["x-orchestra-run-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut body = resp.bytes_stream();
+        use futures_util::StreamExt;
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).starts_with("data: {"));
+        drop(body);
+        crate::runs::wait_status(&app, &user.token, &run, "cancelled").await;
+
+        // A provider failure: a final 502 in OpenAI's shape, not retried.
+        let (status, headers, body) = post_v1(
+            &app,
+            &key,
+            "/v1/chat/completions",
+            json!({ "model": "agent:helper", "messages": [{ "role": "user", "content": "fail" }] }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(headers["x-should-retry"], "false");
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "provider_error");
+        // The same as a response: stored, with status failed.
+        let (status, _, response) = post_v1(
+            &app,
+            &key,
+            "/v1/responses",
+            json!({ "model": "agent:helper", "input": "fail" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        assert_eq!(response["status"], "failed");
+        assert_eq!(response["error"]["code"], "server_error");
+    }
+);
+
+dual_test!(
+    an_agent_that_needs_approval_stops_the_answer_with_requires_action,
+    configure,
+    |app: TestApp| async move {
+        let (_, user, key) = setup(&app).await;
+        let (status, body) = app
+            .post(
+                "/api/v1/agents",
+                &user.token,
+                json!({ "name": "careful", "instructions": "Ask first.",
+                        "model": { "provider": "openai", "model": "gpt-test" },
+                        "tools": ["calculator__evaluate"], "config": { "require_approval": true } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, headers, body) = post_v1(
+            &app,
+            &key,
+            "/v1/chat/completions",
+            json!({ "model": "agent:careful", "messages": [{ "role": "user", "content": "calc" }] }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "requires_action");
+        let run = headers["x-orchestra-run-id"].to_str().unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains(run));
+        // The run waits for a person; approving it finishes it.
+        let (_, waiting) = app.get(&format!("/api/v1/runs/{run}"), &user.token).await;
+        assert_eq!(waiting["status"], "requires_action");
+        let decisions: Vec<Value> = waiting["pending_tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| json!({ "call_id": c["call_id"], "action": "accept" }))
+            .collect();
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/runs/{run}/approvals"),
+                &user.token,
+                json!({ "decisions": decisions }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        crate::runs::wait_status(&app, &user.token, run, "completed").await;
+    }
+);
+
+dual_test!(
+    responses_are_their_owners_and_their_events_resume,
+    configure,
+    |app: TestApp| async move {
+        let (admin, _, key) = setup(&app).await;
+        let other = app.add_user(&admin, "other@example.com", "user").await;
+        let (_, other_key) = app.api_key(&other, "sdk").await;
+        let (status, _, response) = post_v1(
+            &app,
+            &key,
+            "/v1/responses",
+            json!({ "model": "agent:helper", "input": "turns", "metadata": { "ticket": "42" } }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{response}");
+        assert_eq!(response["object"], "response");
+        assert_eq!(response["status"], "completed");
+        assert_eq!(response["model"], "agent:helper");
+        assert_eq!(response["metadata"]["ticket"], "42");
+        assert_eq!(response["output"][0]["type"], "message");
+        assert_eq!(response["output"][0]["content"][0]["type"], "output_text");
+        assert_eq!(response["output"][0]["content"][0]["text"], "turn 1: turns");
+        let id = response["id"].as_str().unwrap();
+        // Another user: every operation is a 404, and continuing is too.
+        for (method, path) in [
+            (reqwest::Method::GET, format!("/v1/responses/{id}")),
+            (reqwest::Method::POST, format!("/v1/responses/{id}/cancel")),
+            (reqwest::Method::DELETE, format!("/v1/responses/{id}")),
+        ] {
+            let resp = app
+                .client
+                .request(method.clone(), format!("{}{path}", app.base))
+                .bearer_auth(&other_key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        }
+        let (status, _, body) = post_v1(
+            &app,
+            &other_key,
+            "/v1/responses",
+            json!({ "input": "hi", "previous_response_id": id }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["param"], "previous_response_id");
+        // Its events again, after sequence number 3, end with the response.
+        let text = app
+            .client
+            .get(format!(
+                "{}/v1/responses/{id}?stream=true&starting_after=3",
+                app.base
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(events[0]["sequence_number"], 4, "{text}");
+        let seqs: Vec<i64> = events
+            .iter()
+            .map(|e| e["sequence_number"].as_i64().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.completed");
+        assert_eq!(
+            last["response"]["output"][0]["content"][0]["text"],
+            "turn 1: turns"
+        );
+        // Deleted: gone for its owner too, and with it its conversation.
+        let (status, _) = app.delete(&format!("/v1/responses/{id}"), &key).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = app.get(&format!("/v1/responses/{id}"), &key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+);
