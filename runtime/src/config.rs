@@ -45,6 +45,8 @@ pub struct Config {
     /// Where endpoints that users configure for themselves may connect
     /// (`ORCHESTRA_EGRESS__ALLOW_PRIVATE_USER_ENDPOINTS`).
     pub egress: EgressConfig,
+    /// The OpenAI-compatible API (`/v1`).
+    pub openai: OpenAiConfig,
     /// Providers registered from the conventional environment variables
     /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
     /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
@@ -249,6 +251,16 @@ pub struct McpConfig {
     pub agent_timeout_secs: u64,
 }
 
+/// The OpenAI-compatible API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenAiConfig {
+    /// Also serve the providers' own models as `<provider>/<model>` (a
+    /// gateway with usage accounting and quotas), to everyone who may use
+    /// the provider (`ORCHESTRA_OPENAI__PROVIDER_MODELS`; off by default).
+    pub provider_models: bool,
+}
+
 impl Default for McpConfig {
     fn default() -> Self {
         McpConfig {
@@ -347,6 +359,7 @@ impl Default for Config {
             runs: RunsConfig::default(),
             mcp: McpConfig::default(),
             egress: EgressConfig::default(),
+            openai: OpenAiConfig::default(),
             env_providers: Vec::new(),
         }
     }

@@ -498,7 +498,7 @@ fn history(messages: &[Value]) -> ApiResult<HistoryBuilder> {
 
 /// The client's tools in Chat Completions form.
 fn tools(
-    agent: &AgentRow,
+    agent: Option<&AgentRow>,
     raw: Option<&[Value]>,
     choice: Option<&Value>,
 ) -> ApiResult<Vec<ToolDefinition>> {
@@ -758,9 +758,37 @@ pub async fn create(
     check_sampling(request.temperature, max_tokens, "max_completion_tokens")?;
     let metadata = request.metadata.clone().unwrap_or_default();
     check_metadata(&metadata)?;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some((provider, model)) = super::gateway::provider_model(&state, &request.model) {
+        let client_tools = tools(None, request.tools.as_deref(), request.tool_choice.as_ref())?;
+        let (history, input) = history(&request.messages)?.finish()?;
+        return super::gateway::complete(
+            &state,
+            &principal,
+            super::gateway::Call {
+                provider,
+                model,
+                model_id: &request.model,
+                history,
+                input,
+                tools: client_tools,
+                temperature: request.temperature,
+                max_tokens,
+                parallel_tool_calls: request.parallel_tool_calls,
+                stream: request.stream.unwrap_or(false),
+                include_usage,
+            },
+        )
+        .await;
+    }
     let agent = agent_of(&state, &principal, &request.model).await?;
     let client_tools = tools(
-        &agent,
+        Some(&agent),
         request.tools.as_deref(),
         request.tool_choice.as_ref(),
     )?;
@@ -777,12 +805,6 @@ pub async fn create(
         });
     let mut stored = metadata.clone();
     stored.insert("source".into(), json!("chat.completions"));
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     let options = RunOptions {
         client_tools,
         temperature: request.temperature,

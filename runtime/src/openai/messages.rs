@@ -319,7 +319,7 @@ fn tools(
             ));
         }
         out.push(client_tool(
-            agent,
+            Some(agent),
             &format!("tools.{i}"),
             t.get("name").and_then(Value::as_str),
             t.get("description").and_then(Value::as_str),

@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod gateway;
 pub mod messages;
 pub mod responses;
 pub mod translate;
@@ -124,7 +125,7 @@ pub fn model_id(agent: &AgentRow) -> String {
 /// Checks one client tool: a name OpenAI accepts that is not one of the
 /// agent's tools, and parameters that are a JSON Schema object.
 pub fn client_tool(
-    agent: &AgentRow,
+    agent: Option<&AgentRow>,
     param: &str,
     name: Option<&str>,
     description: Option<&str>,
@@ -149,7 +150,7 @@ pub fn client_tool(
             ),
         ));
     }
-    if agent.tools.0.iter().any(|t| t == name) {
+    if agent.is_some_and(|a| a.tools.0.iter().any(|t| t == name)) {
         return Err(ApiError::invalid(
             &format!("{param}.name"),
             format!("Invalid '{param}.name': {name:?} is one of the agent's own tools; name the client's tool differently."),
@@ -292,7 +293,9 @@ fn model_object(agent: &AgentRow) -> ModelObject {
     }
 }
 
-/// The caller's agents as models (`agent:<name>`), oldest first.
+/// The caller's agents as models (`agent:<name>`), oldest first; with
+/// `openai.provider_models`, then the providers' models
+/// (`<provider>/<model>`).
 #[utoipa::path(get, path = "/v1/models", tag = "openai", security(("bearer" = [])),
     responses((status = 200, body = ModelList), (status = 401, body = OpenAiErrorResponse)))]
 async fn list_models(
@@ -301,9 +304,23 @@ async fn list_models(
 ) -> ApiResult<axum::Json<ModelList>> {
     let principal = caller(principal)?;
     let agents = state.agents.own(&principal, MAX_MODELS).await?;
+    let mut data: Vec<ModelObject> = agents.iter().map(model_object).collect();
+    if state.config.openai.provider_models {
+        // The providers' models the caller may use (lists the providers
+        // could not give are left out).
+        for m in state.models.models(&principal).await?.models {
+            data.push(ModelObject {
+                id: format!("{}/{}", m.provider, m.model),
+                object: "model",
+                created: 0,
+                owned_by: m.provider,
+                description: None,
+            });
+        }
+    }
     Ok(axum::Json(ModelList {
         object: "list",
-        data: agents.iter().map(model_object).collect(),
+        data,
     }))
 }
 

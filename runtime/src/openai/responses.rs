@@ -335,7 +335,7 @@ fn tools(
             ));
         }
         out.push(client_tool(
-            agent,
+            Some(agent),
             &param,
             t.get("name").and_then(Value::as_str),
             t.get("description").and_then(Value::as_str),

@@ -711,54 +711,13 @@ impl Execution {
     }
 
     fn chat_history(&self, agent: &AgentRow) -> (Option<String>, Vec<ChatMessage>) {
-        let mut system = agent.instructions.clone();
-        let mut out = Vec::with_capacity(self.history.len());
-        for m in &self.history {
-            match MessageRole::parse(&m.role) {
-                Some(MessageRole::System) => {
-                    if !system.is_empty() {
-                        system.push_str("\n\n");
-                    }
-                    system.push_str(&text_of(&m.content.0));
-                }
-                Some(MessageRole::User) => out.push(ChatMessage::User {
-                    text: text_of(&m.content.0),
-                }),
-                Some(MessageRole::Assistant) => {
-                    let text = text_of(&m.content.0);
-                    let tool_calls = tool_calls_of(&m.content.0);
-                    out.push(ChatMessage::Assistant {
-                        text: (!text.is_empty()).then_some(text),
-                        tool_calls,
-                    });
-                }
-                Some(MessageRole::Tool) | None => {
-                    for p in &m.content.0 {
-                        if let ContentPart::ToolResult {
-                            call_id,
-                            content,
-                            is_error,
-                            ..
-                        } = p
-                        {
-                            out.push(ChatMessage::ToolResult {
-                                call_id: call_id.clone(),
-                                content: content.clone(),
-                                is_error: *is_error,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(extra) = self.options().and_then(|o| o.instructions.as_deref()) {
-            if !system.is_empty() {
-                system.push_str("\n\n");
-            }
-            system.push_str(extra);
-        }
-        order_tool_results(&mut out);
-        ((!system.is_empty()).then_some(system), out)
+        chat_messages(
+            &agent.instructions,
+            self.history
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.0.as_slice())),
+            self.options().and_then(|o| o.instructions.as_deref()),
+        )
     }
 
     /// What the run's API client asked beyond the agent's definition.
@@ -1296,6 +1255,65 @@ impl<T> std::future::Future for AbortOnDrop<T> {
         let handle = self.0.as_mut().expect("polled after completion");
         std::pin::Pin::new(handle).poll(cx)
     }
+}
+
+/// A conversation as a model sees it: the system prompt (`instructions`,
+/// then the conversation's system messages, then `extra`) and the messages
+/// in the provider-neutral form, each answer's tool results in the order
+/// of its calls.
+pub fn chat_messages<'a>(
+    instructions: &str,
+    history: impl Iterator<Item = (&'a str, &'a [ContentPart])>,
+    extra: Option<&str>,
+) -> (Option<String>, Vec<ChatMessage>) {
+    let mut system = instructions.to_owned();
+    let mut out = Vec::new();
+    for (role, content) in history {
+        match MessageRole::parse(role) {
+            Some(MessageRole::System) => {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(&text_of(content));
+            }
+            Some(MessageRole::User) => out.push(ChatMessage::User {
+                text: text_of(content),
+            }),
+            Some(MessageRole::Assistant) => {
+                let text = text_of(content);
+                let tool_calls = tool_calls_of(content);
+                out.push(ChatMessage::Assistant {
+                    text: (!text.is_empty()).then_some(text),
+                    tool_calls,
+                });
+            }
+            Some(MessageRole::Tool) | None => {
+                for p in content {
+                    if let ContentPart::ToolResult {
+                        call_id,
+                        content,
+                        is_error,
+                        ..
+                    } = p
+                    {
+                        out.push(ChatMessage::ToolResult {
+                            call_id: call_id.clone(),
+                            content: content.clone(),
+                            is_error: *is_error,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(extra) = extra {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str(extra);
+    }
+    order_tool_results(&mut out);
+    ((!system.is_empty()).then_some(system), out)
 }
 
 /// Puts each answer's tool results in the order of its tool calls (they are

@@ -264,6 +264,7 @@ impl RunService {
                     .map_or(self.config.quota_reservation_tokens, |t| t as i64),
                 stored: stored_limits,
                 default_daily: self.config.default_daily_tokens,
+                always_record: false,
             })
             .await?;
         let created = self

@@ -108,6 +108,10 @@ pub struct Admission<'a> {
     pub stored: Option<UsageLimits>,
     /// Daily tokens of users without stored limits.
     pub default_daily: Option<i64>,
+    /// Record it in the ledger even when the user has no limits: a model
+    /// call that is not a run (the OpenAI API's provider models) has no
+    /// other record.
+    pub always_record: bool,
 }
 
 /// One row per run, live or deleted: every run (in flight ones with the
@@ -203,7 +207,23 @@ impl UsageService {
             ..UsageLimits::default()
         });
         if limits == UsageLimits::default() {
-            return Ok(false);
+            if !admission.always_record {
+                return Ok(false);
+            }
+            on_db!(&self.db, pool => sqlx::query(
+                "INSERT INTO usage_ledger (run_id, user_id, agent_id, provider, model, created_at, reserved_tokens)
+                 VALUES ($1, $2, $3, $4, $5, $6, 0)",
+            )
+            .bind(admission.run)
+            .bind(admission.user)
+            .bind(admission.agent)
+            .bind(admission.provider)
+            .bind(admission.model)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+            return Ok(true);
         }
         let token_limits = limits.daily_tokens.is_some() || limits.monthly_tokens.is_some();
         let reserve = if token_limits {
@@ -275,6 +295,32 @@ impl UsageService {
         let (month_tokens, _) = self.spent(admission.user, month).await?;
         let limit = limits.monthly_tokens.unwrap_or(0);
         Err(refuse("tokens per 30 days", month_tokens.max(limit), limit))
+    }
+
+    /// Settles a model call recorded with `always_record` (not a run): its
+    /// tokens count from now on, and its reservation no longer.
+    pub async fn settle_call(
+        &self,
+        call: Uuid,
+        input_tokens: i64,
+        output_tokens: i64,
+    ) -> Result<()> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE usage_ledger SET settled = TRUE, input_tokens = $2, output_tokens = $3, reserved_tokens = 0
+             WHERE run_id = $1",
+        )
+        .bind(call)
+        .bind(input_tokens)
+        .bind(output_tokens)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// The limits stored for `user`, if any.
+    pub async fn limits_of(&self, user: Uuid) -> Result<Option<UsageLimits>> {
+        self.stored_limits(user).await
     }
 
     /// Forgets the admission of a run that was not created after all.

@@ -495,3 +495,89 @@ dual_test!(
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 );
+
+dual_test!(
+    provider_models_are_a_gateway_only_where_the_operator_allows_it,
+    |config: &mut orchestra::config::Config| {
+        configure(config);
+        config.openai.provider_models = true;
+    },
+    |app: TestApp| async move {
+        let (admin, user, key) = setup(&app).await;
+        let body = json!({ "model": "openai/gpt-test", "stream_options": { "include_usage": true },
+                           "messages": [{ "role": "user", "content": "hello" }] });
+        let (status, _, done) = post_v1(&app, &key, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["model"], "openai/gpt-test");
+        assert_eq!(
+            done["choices"][0]["message"]["content"],
+            "Hello from the model."
+        );
+        assert_eq!(done["usage"]["total_tokens"], 15);
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let text = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.base))
+            .bearer_auth(&key)
+            .json(&streamed)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let chunks: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(*chunks.last().unwrap(), "[DONE]");
+        let usage: Value = serde_json::from_str(chunks[chunks.len() - 2]).unwrap();
+        assert_eq!(usage["usage"]["total_tokens"], 15, "{text}");
+        // Both calls count, with no run or conversation of their own.
+        let (_, report) = app.get("/api/v1/usage?group_by=model", &user.token).await;
+        assert_eq!(report["total"]["runs"], 2, "{report}");
+        assert_eq!(report["total"]["total_tokens"], 30, "{report}");
+        assert!(conversations(&app, &user).await.is_empty());
+        // Quotas hold: one more call is past a limit of two a day.
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/users/{}/usage-limits", user.user_id),
+                &admin.token,
+                json!({ "daily_runs": 2 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, headers, refused) = post_v1(&app, &key, "/v1/chat/completions", body).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+        assert_eq!(refused["error"]["code"], "insufficient_quota");
+        assert_eq!(headers["x-should-retry"], "false");
+        // A provider nobody configured is no model.
+        let (status, _, missing) = post_v1(
+            &app,
+            &key,
+            "/v1/chat/completions",
+            json!({ "model": "nowhere/x", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+        assert_eq!(missing["error"]["code"], "model_not_found");
+    }
+);
+
+dual_test!(
+    provider_models_are_off_by_default,
+    configure,
+    |app: TestApp| async move {
+        let (_, _, key) = setup(&app).await;
+        let (status, _, body) = post_v1(
+            &app,
+            &key,
+            "/v1/chat/completions",
+            json!({ "model": "openai/gpt-test", "messages": [{ "role": "user", "content": "hi" }] }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "model_not_found");
+    }
+);
