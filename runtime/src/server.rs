@@ -310,6 +310,15 @@ pub async fn serve(
     let engine = state.engine.clone();
     let mcp = state.mcp.clone();
     mcp.bridge().start_boot_servers();
+    // Streams write small frames one after another (SSE events): without
+    // TCP_NODELAY each waits for the client's delayed ACK of the previous
+    // one (about 40 ms on Linux).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
