@@ -285,16 +285,18 @@ impl ConversationRepo {
     }
 
     /// Appends messages at the next sequence numbers, in one transaction.
+    /// Returns the number the conversation's last message had before, or
+    /// `None` if there is no such conversation.
     pub async fn append_many(
         &self,
         conversation: Uuid,
         history: &[NewHistoryMessage],
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let now = db::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let stored: std::result::Result<bool, sqlx::Error> = on_db!(&self.db, pool, D => async {
+            let stored: std::result::Result<Option<i64>, sqlx::Error> = on_db!(&self.db, pool, D => async {
                 let mut tx = pool.begin().await?;
                 let touched = sqlx::query("UPDATE conversations SET updated_at = $2 WHERE id = $1")
                     .bind(conversation)
@@ -303,7 +305,7 @@ impl ConversationRepo {
                     .await?
                     .rows_affected();
                 if touched == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let last: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = $1",
@@ -325,13 +327,34 @@ impl ConversationRepo {
                     qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(Some(last))
             }.await);
             match stored {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 5 => continue,
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// Takes back `count` messages appended after `after_seq`, if nothing
+    /// came after them (numbers stay without gaps); returns whether it did.
+    pub async fn remove_appended(
+        &self,
+        conversation: Uuid,
+        after_seq: i64,
+        count: i64,
+    ) -> Result<bool> {
+        let removed = on_db!(&self.db, pool => sqlx::query(
+            "DELETE FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq <= $2 + $3
+               AND NOT EXISTS (SELECT 1 FROM messages later WHERE later.conversation_id = $1 AND later.seq > $2 + $3)",
+        )
+        .bind(conversation)
+        .bind(after_seq)
+        .bind(count)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(removed == count as u64)
     }
 
     /// Up to `limit` messages after `after_seq`, oldest first.

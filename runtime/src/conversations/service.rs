@@ -117,20 +117,26 @@ impl ConversationService {
     }
 
     /// Appends an already validated history to one of the caller's
-    /// conversations, in one transaction.
+    /// conversations, in one transaction; returns the number of the
+    /// conversation's last message before it.
     pub async fn append_history(
         &self,
         principal: &Principal,
         id: Uuid,
         history: &[NewHistoryMessage],
-    ) -> Result<()> {
+    ) -> Result<i64> {
         principal.require(Permission::ConversationWrite)?;
         self.visible(principal, id).await?;
-        if self.repo.append_many(id, history).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound("conversation"))
-        }
+        self.repo
+            .append_many(id, history)
+            .await?
+            .ok_or(Error::NotFound("conversation"))
+    }
+
+    /// Takes back what [`ConversationService::append_history`] appended
+    /// after `after_seq`, if nothing came after it.
+    pub async fn take_back(&self, id: Uuid, after_seq: i64, count: usize) -> Result<bool> {
+        self.repo.remove_appended(id, after_seq, count as i64).await
     }
 
     /// Every message of a conversation the caller may read, oldest first.

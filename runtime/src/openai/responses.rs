@@ -682,11 +682,11 @@ pub async fn create(
             .await?
         }
         Place::Continue(conversation, history) => {
-            state
+            let before = state
                 .conversations
                 .append_history(&principal, conversation, &history)
                 .await?;
-            state
+            let created = state
                 .runs
                 .create(
                     &principal,
@@ -698,7 +698,29 @@ pub async fn create(
                         options: Some(options),
                     },
                 )
-                .await?
+                .await;
+            match created {
+                Ok(run) => run,
+                Err(e) => {
+                    // Refused (a quota): the items this request added go too.
+                    if !history.is_empty() {
+                        match state
+                            .conversations
+                            .take_back(conversation, before, history.len())
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(%conversation, "a refused turn's items stay: the conversation moved on")
+                            }
+                            Err(d) => {
+                                tracing::warn!(%conversation, error = %d, "taking back a refused turn's items failed")
+                            }
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
         }
     };
     // An unstored response's conversation goes once the run ended and its

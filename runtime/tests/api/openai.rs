@@ -581,3 +581,44 @@ dual_test!(
         assert_eq!(body["error"]["code"], "model_not_found");
     }
 );
+
+dual_test!(
+    a_refused_turn_adds_nothing_to_the_conversation_it_continues,
+    configure,
+    |app: TestApp| async move {
+        let (admin, user, key) = setup(&app).await;
+        let (_, _, first) = post_v1(
+            &app,
+            &key,
+            "/v1/responses",
+            json!({ "model": "agent:helper", "input": "turns" }),
+        )
+        .await;
+        let conversation = conversations(&app, &user).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/api/v1/conversations/{conversation}");
+        let before = app.get(&path, &user.token).await.1["message_count"].clone();
+        assert_eq!(before, 2);
+        let (status, _) = app
+            .put(
+                &format!("/api/v1/users/{}/usage-limits", user.user_id),
+                &admin.token,
+                json!({ "daily_runs": 1 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, refused) = post_v1(
+            &app,
+            &key,
+            "/v1/responses",
+            json!({ "input": [{ "role": "developer", "content": "Be brief." },
+                              { "role": "user", "content": "more" }],
+                    "previous_response_id": first["id"] }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+        assert_eq!(app.get(&path, &user.token).await.1["message_count"], before);
+    }
+);
