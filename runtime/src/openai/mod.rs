@@ -50,6 +50,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(responses::create))
         .routes(routes!(responses::get, responses::delete))
         .routes(routes!(responses::cancel))
+        .routes(routes!(responses::input_items))
         .routes(routes!(messages::create))
 }
 

@@ -347,7 +347,7 @@ fn tools(
 }
 
 /// Adds the request's input items to a history.
-fn input_items(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
+fn add_input(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
     let items = match input {
         Value::String(s) => {
             return h.user(user_parts(&json!(s), "input")?);
@@ -639,7 +639,7 @@ pub async fn create(
         );
     }
     let before = h.messages.len();
-    input_items(&mut h, input)?;
+    add_input(&mut h, input)?;
     if h.messages.len() == before {
         return Err(ApiError::invalid(
             "input",
@@ -1132,4 +1132,141 @@ pub async fn delete(
         state.runs.set_options(&principal, run.id, &options).await?;
     }
     Ok(axum::Json(json!({ "id": id, "object": "response", "deleted": true })).into_response())
+}
+
+/// `?order=` of the input items.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InputItemsParams {
+    /// `desc` (default, newest first) or `asc`.
+    pub order: Option<String>,
+}
+
+/// An input item as the Responses API shows it.
+fn input_item(m: &MessageRow) -> Vec<Value> {
+    let id = format!("msg_{}", m.id.simple());
+    let text: String = m
+        .content
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ContentPart::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut items = Vec::new();
+    match MessageRole::parse(&m.role) {
+        Some(MessageRole::Tool) => {
+            for p in &m.content.0 {
+                if let ContentPart::ToolResult {
+                    call_id, content, ..
+                } = p
+                {
+                    items.push(json!({ "id": format!("fco_{call_id}"), "type": "function_call_output",
+                                       "call_id": call_id, "output": content, "status": "completed" }));
+                }
+            }
+        }
+        Some(MessageRole::Assistant) => {
+            if !text.is_empty() {
+                items.push(message_item(&id, &text, "completed"));
+            }
+            for p in &m.content.0 {
+                if let ContentPart::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } = p
+                {
+                    items.push(call_item(id, name, &arguments.to_string(), "completed"));
+                }
+            }
+        }
+        role => {
+            let role = match role {
+                Some(MessageRole::System) => "system",
+                _ => "user",
+            };
+            let mut content: Vec<Value> = Vec::new();
+            for p in &m.content.0 {
+                match p {
+                    ContentPart::Text { text } => {
+                        content.push(json!({ "type": "input_text", "text": text }))
+                    }
+                    ContentPart::Image { url } => content
+                        .push(json!({ "type": "input_image", "image_url": url, "detail": "auto" })),
+                    _ => {}
+                }
+            }
+            items.push(json!({ "id": id, "type": "message", "role": role, "status": "completed", "content": content }));
+        }
+    }
+    items
+}
+
+/// The items a response was given: what its request added to the
+/// conversation (the whole history, for a response that started or
+/// branched one), its input message last.
+#[utoipa::path(get, path = "/v1/responses/{id}/input_items", tag = "openai", security(("bearer" = [])),
+    params(("id" = String, Path, description = "`resp_...`"), InputItemsParams),
+    responses((status = 200, description = "A list of input items", body = Object),
+              (status = 404, body = OpenAiErrorResponse)))]
+pub async fn input_items(
+    State(state): State<AppState>,
+    principal: Result<Principal, Error>,
+    Path(id): Path<String>,
+    params: Result<Query<InputItemsParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let principal = caller(principal)?;
+    let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let descending = match params.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("Invalid value: '{other}'. Supported values are: 'asc' and 'desc'."),
+            ))
+        }
+    };
+    let (run, _) = visible(&state, &principal, &id).await?;
+    let messages = state
+        .conversations
+        .history(&principal, run.conversation_id)
+        .await?;
+    let mine = run.id.to_string();
+    let of = |m: &MessageRow| {
+        m.metadata
+            .0
+            .get("run_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    // The run's input (its first message, when it is the user's), and the
+    // messages before it back to the previous turn's last one.
+    let first = messages
+        .iter()
+        .position(|m| of(m).as_deref() == Some(mine.as_str()));
+    let end = match first {
+        Some(i) if messages[i].role == MessageRole::User.as_str() => i + 1,
+        Some(i) => i,
+        None => messages.len(),
+    };
+    let start = messages[..end]
+        .iter()
+        .rposition(|m| of(m).is_some_and(|r| r != mine))
+        .map_or(0, |i| i + 1);
+    let mut data: Vec<Value> = messages[start..end].iter().flat_map(input_item).collect();
+    if descending {
+        data.reverse();
+    }
+    Ok(axum::Json(json!({
+        "object": "list",
+        "first_id": data.first().map(|i| i["id"].clone()),
+        "last_id": data.last().map(|i| i["id"].clone()),
+        "has_more": false,
+        "data": data,
+    }))
+    .into_response())
 }
