@@ -36,6 +36,7 @@ use crate::http::AppState;
         (name = "secrets", description = "Named secrets that granted plugins read (values are write-only)"),
         (name = "admin", description = "Server settings and the audit log"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "openai", description = "The OpenAI-compatible API: agents as models (`agent:<name>`) for Chat Completions, Responses and Anthropic Messages clients; errors in the vendors' shapes, not ErrorResponse"),
     )
 )]
 pub struct ApiDoc;
