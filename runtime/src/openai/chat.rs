@@ -4,16 +4,12 @@
 //! as one completion or as chunks in OpenAI's data-only SSE, ending with
 //! `data: [DONE]`.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -21,7 +17,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, OpenAiErrorResponse};
 use super::translate::{ClientCall, Piece, Translator};
-use super::{agent_of, body, caller, client_tool, distinct_tools, CancelOnDrop};
+use super::{agent_of, body, caller, client_tool, distinct_tools, sse_of, Batches, CancelOnDrop};
 use crate::agents::repo::AgentRow;
 use crate::conversations::model::{ContentInput, ContentPart, MessageRole};
 use crate::conversations::repo::NewHistoryMessage;
@@ -813,6 +809,13 @@ pub async fn create(
         ..RunOptions::default()
     };
     let translator = Translator::new(Some(&options));
+    // A stream holds one of the caller's stream slots while it is open
+    // (taken before anything is stored).
+    let slot = if request.stream.unwrap_or(false) {
+        Some(state.runs.stream_slot(&principal)?)
+    } else {
+        None
+    };
     let run = start(
         &state, &principal, &agent, title, stored, history, input, options,
     )
@@ -830,24 +833,12 @@ pub async fn create(
     };
     let headers = run_headers(&run);
     if request.stream.unwrap_or(false) {
-        let stream = futures_util::stream::unfold(
-            Some(ChatStream {
-                answer,
-                include_usage,
-                started: false,
-            }),
-            |state| async move {
-                let mut s = state?;
-                let (events, more) = s.next().await;
-                Some((events, more.then_some(s)))
-            },
-        )
-        .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-        Ok((
-            headers,
-            Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
-        )
-            .into_response())
+        let stream = ChatStream {
+            answer,
+            include_usage,
+            started: false,
+        };
+        Ok((headers, sse_of(stream, slot)).into_response())
     } else {
         // A run that failed or waits for approval exists: its error says
         // where it is.
@@ -965,8 +956,7 @@ fn done_event() -> Event {
     Event::default().data("[DONE]")
 }
 
-impl ChatStream {
-    /// The next events, and whether more may follow.
+impl Batches for ChatStream {
     async fn next(&mut self) -> (Vec<Event>, bool) {
         let mut out = Vec::new();
         if !self.started {

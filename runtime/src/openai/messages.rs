@@ -7,16 +7,12 @@
 //! Keys arrive as `x-api-key` (Anthropic's header) or as a bearer token;
 //! errors have Anthropic's shape.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -25,7 +21,7 @@ use uuid::Uuid;
 use super::chat::{check_metadata, fold, run_failure, run_headers, start, Folded, HistoryBuilder};
 use super::error::ApiError;
 use super::translate::{Piece, Translator};
-use super::{agent_of, body, client_tool, distinct_tools, CancelOnDrop};
+use super::{agent_of, body, client_tool, distinct_tools, sse_of, Batches, CancelOnDrop};
 use crate::agents::repo::AgentRow;
 use crate::conversations::model::ContentPart;
 use crate::error::Error;
@@ -417,6 +413,13 @@ pub async fn create(
         ..RunOptions::default()
     };
     let translator = Translator::new(Some(&options));
+    // A stream holds one of the caller's stream slots while it is open
+    // (taken before anything is stored).
+    let slot = if request.stream.unwrap_or(false) {
+        Some(state.runs.stream_slot(&principal)?)
+    } else {
+        None
+    };
     let run = start(
         &state, &principal, &agent, None, stored, history, input, options,
     )
@@ -436,17 +439,7 @@ pub async fn create(
         open_call: None,
     };
     if request.stream.unwrap_or(false) {
-        let stream = futures_util::stream::unfold(Some(reader), |state| async move {
-            let mut r = state?;
-            let (events, more) = r.next().await;
-            Some((events, more.then_some(r)))
-        })
-        .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-        return Ok((
-            headers,
-            Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
-        )
-            .into_response());
+        return Ok((headers, sse_of(reader, slot)).into_response());
     }
     let error = match fold(
         &mut reader.follower,
@@ -504,6 +497,12 @@ fn event(kind: &str, mut data: Value) -> Event {
     Event::default().event(kind).data(data.to_string())
 }
 
+impl Batches for MessageReader {
+    async fn next(&mut self) -> (Vec<Event>, bool) {
+        self.step().await
+    }
+}
+
 impl MessageReader {
     fn close(&mut self, out: &mut Vec<Event>) {
         if let Some(i) = self.text_block.take() {
@@ -514,7 +513,7 @@ impl MessageReader {
         }
     }
 
-    async fn next(&mut self) -> (Vec<Event>, bool) {
+    async fn step(&mut self) -> (Vec<Event>, bool) {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;

@@ -15,10 +15,16 @@ pub mod messages;
 pub mod responses;
 pub mod translate;
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -31,7 +37,7 @@ use crate::agents::repo::AgentRow;
 use crate::error::Error;
 use crate::http::AppState;
 use crate::providers::ToolDefinition;
-use crate::runs::RunService;
+use crate::runs::{RunService, StreamSlot};
 use crate::users::model::{Permission, Principal};
 
 /// The prefix of agent model ids.
@@ -210,6 +216,26 @@ pub fn distinct_tools(tools: &[ToolDefinition], param: &str) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+/// A source of SSE events, a batch at a time.
+pub trait Batches: Send + 'static {
+    /// The next events, and whether more may follow.
+    fn next(&mut self) -> impl std::future::Future<Output = (Vec<Event>, bool)> + Send;
+}
+
+/// An SSE answer from `source`, holding the caller's stream `slot` while
+/// it is open.
+pub fn sse_of<B: Batches>(source: B, slot: Option<StreamSlot>) -> Response {
+    let stream = futures_util::stream::unfold(Some((source, slot)), |state| async move {
+        let (mut source, slot) = state?;
+        let (events, more) = source.next().await;
+        Some((events, more.then_some((source, slot))))
+    })
+    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// Cancels a run whose client went away before it ended (requests that are

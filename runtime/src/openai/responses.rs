@@ -11,16 +11,14 @@
 //! `background` response is a durable run like any other: it survives a
 //! restart of the server and is read with `GET`.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -31,7 +29,9 @@ use super::chat::{
 };
 use super::error::{ApiError, ApiResult, OpenAiErrorResponse};
 use super::translate::{Piece, Translator};
-use super::{agent_of, body, caller, client_tool, distinct_tools, model_id, CancelOnDrop};
+use super::{
+    agent_of, body, caller, client_tool, distinct_tools, model_id, sse_of, Batches, CancelOnDrop,
+};
 use crate::agents::repo::AgentRow;
 use crate::conversations::model::{ContentPart, MessageRole};
 use crate::conversations::repo::{MessageRow, NewHistoryMessage};
@@ -672,6 +672,13 @@ pub async fn create(
         })),
     };
     let translator = Translator::new(Some(&options));
+    // A stream holds one of the caller's stream slots while it is open
+    // (taken before anything is stored).
+    let slot = if request.stream.unwrap_or(false) {
+        Some(state.runs.stream_slot(&principal)?)
+    } else {
+        None
+    };
     let run = match place {
         Place::New(history) => {
             let mut stored = metadata.clone();
@@ -749,7 +756,7 @@ pub async fn create(
         _answered: Some(answered),
     };
     if request.stream.unwrap_or(false) {
-        return Ok((headers, sse(reader)).into_response());
+        return Ok((headers, sse_of(reader, slot)).into_response());
     }
     if background {
         return Ok((headers, axum::Json(load(&state, &principal, run.id).await?)).into_response());
@@ -885,7 +892,7 @@ impl Reader {
     }
 
     /// The next events, and whether more may follow.
-    async fn next(&mut self) -> (Vec<Event>, bool) {
+    async fn step(&mut self) -> (Vec<Event>, bool) {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
@@ -1007,16 +1014,10 @@ impl Reader {
     }
 }
 
-fn sse(reader: Reader) -> Response {
-    let stream = futures_util::stream::unfold(Some(reader), |state| async move {
-        let mut r = state?;
-        let (events, more) = r.next().await;
-        Some((events, more.then_some(r)))
-    })
-    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+impl Batches for Reader {
+    async fn next(&mut self) -> (Vec<Event>, bool) {
+        self.step().await
+    }
 }
 
 /// A response; with `stream=true`, its events (resuming after
@@ -1051,7 +1052,8 @@ pub async fn get(
             started: false,
             _answered: None,
         };
-        return Ok(sse(reader));
+        let slot = state.runs.stream_slot(&principal)?;
+        return Ok(sse_of(reader, Some(slot)));
     }
     Ok(axum::Json(load(&state, &principal, run.id).await?).into_response())
 }

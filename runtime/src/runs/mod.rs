@@ -508,6 +508,13 @@ impl RunService {
         })
     }
 
+    /// A slot for one more event stream of `principal` (429 past
+    /// `runs.max_streams_per_user`), held while the stream is open.
+    pub fn stream_slot(&self, principal: &Principal) -> Result<StreamSlot> {
+        self.streams
+            .take(principal.user_id, self.config.max_streams_per_user)
+    }
+
     /// Stored events after `after`.
     pub async fn events(&self, id: Uuid, after: i64, limit: i64) -> Result<Vec<RunEvent>> {
         Ok(self

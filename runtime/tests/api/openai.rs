@@ -622,3 +622,49 @@ dual_test!(
         assert_eq!(app.get(&path, &user.token).await.1["message_count"], before);
     }
 );
+
+dual_test!(
+    streams_count_against_the_callers_stream_limit,
+    |config: &mut orchestra::config::Config| {
+        configure(config);
+        config.runs.max_streams_per_user = 1;
+    },
+    |app: TestApp| async move {
+        let (_, user, key) = setup(&app).await;
+        let body = json!({ "model": "agent:helper", "stream": true,
+                           "messages": [{ "role": "user", "content": "slow" }] });
+        let open = app
+            .client
+            .post(format!("{}/v1/chat/completions", app.base))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(open.status(), StatusCode::OK);
+        let stored = conversations(&app, &user).await.len();
+        let (status, _, refused) = post_v1(&app, &key, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+        assert_eq!(refused["error"]["code"], "too_many_streams");
+        assert_eq!(conversations(&app, &user).await.len(), stored);
+        // Once the first stream is closed, another may open.
+        drop(open);
+        let mut reopened = None;
+        for _ in 0..100 {
+            let resp = app
+                .client
+                .post(format!("{}/v1/chat/completions", app.base))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == StatusCode::OK {
+                reopened = Some(resp);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(reopened.is_some(), "a closed stream frees its slot");
+    }
+);
