@@ -6,7 +6,8 @@
 //! `POST /v1/chat/completions` with an agent (a new conversation, a durable
 //! run, its events stored and streamed back). For each: time to the first
 //! content chunk and to `[DONE]`, p50 and p99, one request at a time and
-//! with 500 concurrent clients (each one request, all started together).
+//! with 500 concurrent clients (each one request on a connection opened
+//! beforehand, all started together).
 //!
 //! Both paths are measured in one run on one machine, against the same
 //! model server. Figures to read, not assertions.
@@ -28,8 +29,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Time to the first content chunk and to `[DONE]` of one streamed call.
-async fn one(client: &reqwest::Client, url: &str, key: &str, model: &str) -> (Duration, Duration) {
+/// Time to the response's headers, to the first content chunk and to
+/// `[DONE]` of one streamed call.
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+) -> (Duration, Duration, Duration) {
     let started = Instant::now();
     let resp = client
         .post(url)
@@ -40,6 +47,7 @@ async fn one(client: &reqwest::Client, url: &str, key: &str, model: &str) -> (Du
         .await
         .expect("request");
     assert!(resp.status().is_success(), "{}", resp.status());
+    let headers = started.elapsed();
     let mut body = resp.bytes_stream();
     let mut first = None;
     let mut buf = String::new();
@@ -52,10 +60,11 @@ async fn one(client: &reqwest::Client, url: &str, key: &str, model: &str) -> (Du
             break;
         }
     }
-    (first.expect("a content chunk"), started.elapsed())
+    (headers, first.expect("a content chunk"), started.elapsed())
 }
 
 struct Figures {
+    headers: Vec<Duration>,
     first: Vec<Duration>,
     total: Vec<Duration>,
 }
@@ -65,33 +74,52 @@ async fn sequential(client: &reqwest::Client, url: &str, key: &str, model: &str)
         one(client, url, key, model).await;
     }
     let mut f = Figures {
+        headers: Vec::new(),
         first: Vec::new(),
         total: Vec::new(),
     };
     for _ in 0..SEQUENTIAL {
-        let (a, b) = one(client, url, key, model).await;
+        let (h, a, b) = one(client, url, key, model).await;
+        f.headers.push(h);
         f.first.push(a);
         f.total.push(b);
     }
     f
 }
 
+/// `CONCURRENT` clients, each on a connection of its own that is open
+/// before the clock starts (a warm-up request), then all at once: what is
+/// measured is the server's work, not 500 TCP handshakes queueing in the
+/// listen backlog (a dropped SYN is retried after a second).
 async fn concurrent(url: &str, key: &str, model: &str) -> Figures {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONCURRENT));
     let tasks: Vec<_> = (0..CONCURRENT)
         .map(|_| {
             let (url, key, model) = (url.to_owned(), key.to_owned(), model.to_owned());
+            let barrier = barrier.clone();
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap();
+                let warm = url.replace("/chat/completions", "/models");
+                // Read to the end, so that the connection goes back to the pool.
+                if let Ok(r) = client.get(&warm).bearer_auth(&key).send().await {
+                    let _ = r.bytes().await;
+                }
+                barrier.wait().await;
                 one(&client, &url, &key, &model).await
             })
         })
         .collect();
     let mut f = Figures {
+        headers: Vec::new(),
         first: Vec::new(),
         total: Vec::new(),
     };
     for t in tasks {
-        let (a, b) = t.await.expect("task");
+        let (h, a, b) = t.await.expect("task");
+        f.headers.push(h);
         f.first.push(a);
         f.total.push(b);
     }
@@ -100,8 +128,10 @@ async fn concurrent(url: &str, key: &str, model: &str) -> Figures {
 
 fn report(label: &str, direct: &mut Figures, ours: &mut Figures) {
     for v in [
+        &mut direct.headers,
         &mut direct.first,
         &mut direct.total,
+        &mut ours.headers,
         &mut ours.first,
         &mut ours.total,
     ] {
@@ -110,6 +140,7 @@ fn report(label: &str, direct: &mut Figures, ours: &mut Figures) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("{label}");
     for (what, d, o) in [
+        ("headers    ", &direct.headers, &ours.headers),
         ("first token", &direct.first, &ours.first),
         ("[DONE]     ", &direct.total, &ours.total),
     ] {
