@@ -59,27 +59,12 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata
 #[derive(Clone, Debug)]
 pub struct ConversationRepo {
     db: Db,
-    /// Writers of this repository take turns on SQLite: waiting here costs
-    /// nothing, while waiting for SQLite's write lock is spent in its busy
-    /// handler's growing sleeps (1, 2, 5 ... 100 ms), with the lock free.
-    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ConversationRepo {
     /// A repository over `db`.
     pub fn new(db: Db) -> Self {
-        ConversationRepo {
-            db,
-            gate: Default::default(),
-        }
-    }
-
-    /// A turn to write (on SQLite; PostgreSQL locks rows, not the file).
-    async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.db {
-            Db::Sqlite(_) => Some(self.gate.lock().await),
-            Db::Postgres(_) => None,
-        }
+        ConversationRepo { db }
     }
 
     /// Inserts a conversation.
@@ -120,7 +105,6 @@ impl ConversationRepo {
         let read = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");
         let id = Uuid::now_v7();
         let now = db::now();
-        let _turn = self.turn().await;
         on_db!(&self.db, pool, D => {
             let mut tx = pool.begin().await?;
             sqlx::query(&sql)
@@ -261,7 +245,6 @@ impl ConversationRepo {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let _turn = self.turn().await;
             let stored: std::result::Result<Option<MessageRow>, sqlx::Error> = on_db!(&self.db, pool => async {
                 let mut tx = pool.begin().await?;
                 // Posts to one conversation wait for each other here (the
@@ -313,7 +296,6 @@ impl ConversationRepo {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let _turn = self.turn().await;
             let stored: std::result::Result<Option<i64>, sqlx::Error> = on_db!(&self.db, pool, D => async {
                 let mut tx = pool.begin().await?;
                 let touched = sqlx::query("UPDATE conversations SET updated_at = $2 WHERE id = $1")
