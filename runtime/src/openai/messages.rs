@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::chat::{check_metadata, fold, run_failure, run_headers, start, Folded, HistoryBuilder};
+use super::chat::{fold, run_failure, run_headers, start, Folded, HistoryBuilder};
 use super::error::ApiError;
 use super::translate::{Piece, Translator};
 use super::{agent_of, body, client_tool, distinct_tools, sse_of, Batches, CancelOnDrop};
@@ -404,7 +404,6 @@ pub async fn create(
     )?;
     let (history, input) = history(request.system.as_ref(), &request.messages)?.finish()?;
     let mut stored = Map::new();
-    check_metadata(&stored)?;
     stored.insert("source".into(), json!("messages"));
     let options = RunOptions {
         client_tools,
