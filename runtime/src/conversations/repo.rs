@@ -99,10 +99,13 @@ impl ConversationRepo {
         metadata: &Map<String, Value>,
         history: &[NewHistoryMessage],
     ) -> Result<ConversationRow> {
+        if history.is_empty() {
+            // One statement, no transaction.
+            return self.insert(owner, agent, title, metadata).await;
+        }
         let sql = format!(
             "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"
         );
-        let read = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");
         let id = Uuid::now_v7();
         let now = db::now();
         on_db!(&self.db, pool, D => {
@@ -130,9 +133,19 @@ impl ConversationRepo {
                 });
                 qb.build().execute(&mut *tx).await?;
             }
-            let row: ConversationRow = sqlx::query_as(&read).bind(id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
-            Ok(row)
+            Ok::<_, crate::error::Error>(())
+        })?;
+        // What was written, without reading it back.
+        Ok(ConversationRow {
+            id,
+            user_id: owner,
+            agent_id: agent,
+            title: title.map(str::to_owned),
+            metadata: Json(metadata.clone()),
+            message_count: history.len() as i64,
+            created_at: now,
+            updated_at: now,
         })
     }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::model::*;
 use super::repo::{ConversationRepo, ConversationRow, MessageRow, NewHistoryMessage};
+use crate::agents::repo::AgentRow;
 use crate::agents::AgentService;
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -88,21 +89,27 @@ impl ConversationService {
         Ok(row.into())
     }
 
-    /// Starts a conversation with one of the caller's agents and an
-    /// imported history, in one transaction (the history was validated by
-    /// the caller: it may hold tool calls and results, which posts may not).
+    /// Starts a conversation with `agent` (one of the caller's, as the
+    /// caller already checked) and an imported history, in one transaction
+    /// (the history was validated by the caller: it may hold tool calls and
+    /// results, which posts may not).
     pub async fn import(
         &self,
         principal: &Principal,
-        agent: Uuid,
+        agent: &AgentRow,
         title: Option<String>,
         metadata: Map<String, Value>,
         history: &[NewHistoryMessage],
     ) -> Result<ConversationResponse> {
         principal.require(Permission::ConversationWrite)?;
+        if principal
+            .owner_scope()
+            .is_some_and(|me| me != agent.user_id)
+        {
+            return Err(Error::NotFound("agent"));
+        }
         let title = parse_title(title)?;
         check_metadata(&metadata)?;
-        let agent = self.agents.visible(principal, agent).await?;
         let row = self
             .repo
             .insert_with_history(

@@ -552,7 +552,7 @@ pub async fn start(
 ) -> ApiResult<RunResponse> {
     let conversation = state
         .conversations
-        .import(principal, agent.id, title, metadata, &history)
+        .import(principal, agent, title, metadata, &history)
         .await?;
     let created = state
         .runs
