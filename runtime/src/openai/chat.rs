@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, OpenAiErrorResponse};
 use super::translate::{ClientCall, Piece, Translator};
-use super::{agent_of, body, caller, client_tool, distinct_tools, sse_of, Batches, CancelOnDrop};
+use super::{
+    agent_of, body, caller, client_tool, distinct_tools, offers_tools, sse_of, Batches,
+    CancelOnDrop,
+};
 use crate::agents::repo::AgentRow;
 use crate::conversations::model::{ContentInput, ContentPart, MessageRole};
 use crate::conversations::repo::NewHistoryMessage;
@@ -134,8 +137,9 @@ pub fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
     Ok(())
 }
 
-/// The text of OpenAI content: a string, or text parts.
-fn text_content(content: &Value, param: &str) -> ApiResult<String> {
+/// The text of OpenAI content (Chat Completions or Responses): a string,
+/// or text parts.
+pub fn text_content(content: &Value, param: &str) -> ApiResult<String> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => {
@@ -498,16 +502,8 @@ fn tools(
     raw: Option<&[Value]>,
     choice: Option<&Value>,
 ) -> ApiResult<Vec<ToolDefinition>> {
-    match choice {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "auto" => {}
-        Some(Value::String(s)) if s == "none" => return Ok(Vec::new()),
-        Some(_) => {
-            return Err(ApiError::unsupported(
-                "tool_choice",
-                "Unsupported value: 'tool_choice' may be 'auto' or 'none' for agents.",
-            ))
-        }
+    if !offers_tools(choice)? {
+        return Ok(Vec::new());
     }
     let mut out = Vec::new();
     for (i, t) in raw.unwrap_or_default().iter().enumerate() {

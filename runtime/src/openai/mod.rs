@@ -199,6 +199,21 @@ pub fn client_tool(
     })
 }
 
+/// Whether the client's tools are offered, from OpenAI's `tool_choice`:
+/// `auto` (or absent) offers them, `none` does not; forcing a tool is not
+/// supported.
+pub fn offers_tools(choice: Option<&Value>) -> ApiResult<bool> {
+    match choice {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::String(s)) if s == "auto" => Ok(true),
+        Some(Value::String(s)) if s == "none" => Ok(false),
+        Some(_) => Err(ApiError::unsupported(
+            "tool_choice",
+            "Unsupported value: 'tool_choice' may be 'auto' or 'none' for agents.",
+        )),
+    }
+}
+
 /// Checks that tool names are distinct.
 pub fn distinct_tools(tools: &[ToolDefinition], param: &str) -> ApiResult<()> {
     for (i, t) in tools.iter().enumerate() {

@@ -25,12 +25,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::chat::{
-    check_metadata, check_sampling, run_failure, run_headers, start, user_parts, HistoryBuilder,
+    check_metadata, check_sampling, run_failure, run_headers, start, text_content, user_parts,
+    HistoryBuilder,
 };
 use super::error::{ApiError, ApiResult, OpenAiErrorResponse};
 use super::translate::{Piece, Translator};
 use super::{
-    agent_of, body, caller, client_tool, distinct_tools, model_id, sse_of, Batches, CancelOnDrop,
+    agent_of, body, caller, client_tool, distinct_tools, model_id, offers_tools, sse_of, Batches,
+    CancelOnDrop,
 };
 use crate::agents::repo::AgentRow;
 use crate::conversations::model::{ContentPart, MessageRole};
@@ -314,16 +316,8 @@ fn tools(
     raw: Option<&[Value]>,
     choice: Option<&Value>,
 ) -> ApiResult<Vec<ToolDefinition>> {
-    match choice {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "auto" => {}
-        Some(Value::String(s)) if s == "none" => return Ok(Vec::new()),
-        Some(_) => {
-            return Err(ApiError::unsupported(
-                "tool_choice",
-                "Unsupported value: 'tool_choice' may be 'auto' or 'none' for agents.",
-            ))
-        }
+    if !offers_tools(choice)? {
+        return Ok(Vec::new());
     }
     let mut out = Vec::new();
     for (i, t) in raw.unwrap_or_default().iter().enumerate() {
@@ -369,8 +363,8 @@ fn add_input(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
                 let content = item.get("content").unwrap_or(&Value::Null);
                 match role {
                     "user" => h.user(user_parts(content, &format!("{param}.content"))?)?,
-                    "system" | "developer" => h.system(text_of(content, &format!("{param}.content"))?)?,
-                    "assistant" => h.assistant(text_of(content, &format!("{param}.content"))?, Vec::new(), &param)?,
+                    "system" | "developer" => h.system(text_content(content, &format!("{param}.content"))?)?,
+                    "assistant" => h.assistant(text_content(content, &format!("{param}.content"))?, Vec::new(), &param)?,
                     other => {
                         return Err(ApiError::invalid(
                             &format!("{param}.role"),
@@ -395,7 +389,7 @@ fn add_input(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
                 };
                 let output = match item.get("output") {
                     Some(Value::String(s)) => s.clone(),
-                    Some(v @ Value::Array(_)) => text_of(v, &format!("{param}.output"))?,
+                    Some(v @ Value::Array(_)) => text_content(v, &format!("{param}.output"))?,
                     _ => {
                         return Err(ApiError::invalid(&format!("{param}.output"), format!("Missing required parameter: '{param}.output'.")))
                     }
@@ -412,35 +406,6 @@ fn add_input(h: &mut HistoryBuilder, input: &Value) -> ApiResult<()> {
         }
     }
     Ok(())
-}
-
-/// Text of Responses content (a string or text parts).
-fn text_of(content: &Value, param: &str) -> ApiResult<String> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for (i, p) in parts.iter().enumerate() {
-                match (
-                    p.get("type").and_then(Value::as_str),
-                    p.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("input_text" | "output_text" | "text"), Some(t)) => out.push_str(t),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            &format!("{param}[{i}]"),
-                            format!("Invalid '{param}[{i}]': expected a text content part."),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(ApiError::invalid(
-            param,
-            format!("Invalid '{param}': expected a string or an array of content parts."),
-        )),
-    }
 }
 
 /// The client calls of a run still waiting for their results.
@@ -739,22 +704,9 @@ pub async fn create(
     let headers = run_headers(&run);
     let guard =
         (!background).then(|| CancelOnDrop::new(state.runs.clone(), principal.clone(), run.id));
-    let reader = Reader {
-        state: state.clone(),
-        principal: principal.clone(),
-        follower: Follower::new(state.runs.clone(), run.id, 0),
-        translator,
-        run: run.id,
-        guard,
-        background,
-        seq: 0,
-        skip_until: None,
-        output_index: 0,
-        message: None,
-        calls: Vec::new(),
-        started: false,
-        _answered: Some(answered),
-    };
+    let mut reader = Reader::new(&state, &principal, run.id, translator, background, None);
+    reader.guard = guard;
+    reader._answered = Some(answered);
     if request.stream.unwrap_or(false) {
         return Ok((headers, sse_of(reader, slot)).into_response());
     }
@@ -835,6 +787,34 @@ struct Reader {
 }
 
 impl Reader {
+    /// A reader of `run` from its first event (events up to
+    /// `skip_until` are not sent again).
+    fn new(
+        state: &AppState,
+        principal: &Principal,
+        run: Uuid,
+        translator: Translator,
+        background: bool,
+        skip_until: Option<u64>,
+    ) -> Self {
+        Reader {
+            state: state.clone(),
+            principal: principal.clone(),
+            follower: Follower::new(state.runs.clone(), run, 0),
+            translator,
+            run,
+            guard: None,
+            background,
+            seq: 0,
+            skip_until,
+            output_index: 0,
+            message: None,
+            calls: Vec::new(),
+            started: false,
+            _answered: None,
+        }
+    }
+
     fn disarm(&mut self) {
         if let Some(g) = self.guard.as_mut() {
             g.disarm();
@@ -1036,22 +1016,14 @@ pub async fn get(
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let (run, options) = visible(&state, &principal, &id).await?;
     if params.stream.unwrap_or(false) {
-        let reader = Reader {
-            state: state.clone(),
-            principal: principal.clone(),
-            follower: Follower::new(state.runs.clone(), run.id, 0),
-            translator: Translator::new(Some(&options)),
-            run: run.id,
-            guard: None,
-            background: true,
-            seq: 0,
-            skip_until: params.starting_after,
-            output_index: 0,
-            message: None,
-            calls: Vec::new(),
-            started: false,
-            _answered: None,
-        };
+        let reader = Reader::new(
+            &state,
+            &principal,
+            run.id,
+            Translator::new(Some(&options)),
+            true,
+            params.starting_after,
+        );
         let slot = state.runs.stream_slot(&principal)?;
         return Ok(sse_of(reader, Some(slot)));
     }
