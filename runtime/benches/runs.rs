@@ -303,6 +303,7 @@ impl Bench {
                     limits: None,
                     on_active: None,
                     options: None,
+                    id: None,
                 },
             )
             .await

@@ -47,6 +47,12 @@ pub struct Config {
     pub egress: EgressConfig,
     /// The OpenAI-compatible API (`/v1`).
     pub openai: OpenAiConfig,
+    /// Schedules: agents' runs at set times.
+    pub schedules: SchedulesConfig,
+    /// Inbound triggers: URLs that start an agent's run.
+    pub triggers: TriggersConfig,
+    /// Outbound webhooks: signed notifications of runs and servers.
+    pub webhooks: WebhooksConfig,
     /// Providers registered from the conventional environment variables
     /// (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`,
     /// `ANTHROPIC_BASE_URL`); never written to a file or the database.
@@ -251,6 +257,104 @@ pub struct McpConfig {
     pub agent_timeout_secs: u64,
 }
 
+/// Schedules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulesConfig {
+    /// Fire schedules from this node (every node may; each occurrence
+    /// fires once).
+    pub worker: bool,
+    /// How often, in milliseconds, the node looks for due schedules.
+    pub tick_ms: u64,
+    /// The shortest time between two firings a schedule may ask for, in
+    /// seconds.
+    pub min_interval_secs: u64,
+    /// An occurrence later than this (in seconds) when a node sees it was
+    /// missed (no node was running): the schedule's `catch_up` decides.
+    pub misfire_grace_secs: u64,
+    /// Schedules one user may have.
+    pub max_per_user: i64,
+}
+
+impl Default for SchedulesConfig {
+    fn default() -> Self {
+        SchedulesConfig {
+            worker: true,
+            tick_ms: 250,
+            min_interval_secs: 60,
+            misfire_grace_secs: 60,
+            max_per_user: 100,
+        }
+    }
+}
+
+/// Inbound triggers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TriggersConfig {
+    /// Largest body a trigger accepts, in bytes (413 past it).
+    pub max_body_bytes: usize,
+    /// Calls per minute a trigger accepts unless it sets its own limit.
+    pub default_rate_per_minute: i64,
+    /// Seconds a Standard Webhooks timestamp may be off from now.
+    pub signature_tolerance_secs: i64,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        TriggersConfig {
+            max_body_bytes: 256 << 10,
+            default_rate_per_minute: 60,
+            signature_tolerance_secs: 300,
+        }
+    }
+}
+
+/// Outbound webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// Deliver webhooks from this node.
+    pub worker: bool,
+    /// How often, in milliseconds, the node looks for due deliveries.
+    pub poll_ms: u64,
+    /// Waits before each retry of a failed delivery, in milliseconds (each
+    /// with up to a fifth of jitter); after the last one the delivery
+    /// fails. The default spreads retries over about 28 hours.
+    pub retry_ms: Vec<u64>,
+    /// Seconds a receiver has to answer.
+    pub timeout_secs: u64,
+    /// Deliveries this node sends at once.
+    pub concurrency: usize,
+    /// Failed attempts in a row (with no success between them) after which
+    /// a subscription is disabled.
+    pub disable_after_failures: i64,
+    /// Subscriptions one user may have.
+    pub max_per_user: i64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            worker: true,
+            poll_ms: 500,
+            retry_ms: vec![
+                5_000,
+                5 * 60_000,
+                30 * 60_000,
+                2 * 3_600_000,
+                5 * 3_600_000,
+                10 * 3_600_000,
+                10 * 3_600_000,
+            ],
+            timeout_secs: 15,
+            concurrency: 16,
+            disable_after_failures: 40,
+            max_per_user: 20,
+        }
+    }
+}
+
 /// The OpenAI-compatible API.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -360,6 +464,9 @@ impl Default for Config {
             mcp: McpConfig::default(),
             egress: EgressConfig::default(),
             openai: OpenAiConfig::default(),
+            schedules: SchedulesConfig::default(),
+            triggers: TriggersConfig::default(),
+            webhooks: WebhooksConfig::default(),
             env_providers: Vec::new(),
         }
     }
@@ -448,6 +555,19 @@ impl Config {
             || matches!((d.max_tokens, m.max_tokens), (Some(a), Some(b)) if a > b)
         {
             bail!("runs.default_limits must be positive and within runs.max_limits");
+        }
+        if self.schedules.tick_ms == 0 || self.schedules.min_interval_secs == 0 {
+            bail!("schedules: tick_ms and min_interval_secs must be at least 1");
+        }
+        if self.webhooks.poll_ms == 0
+            || self.webhooks.concurrency == 0
+            || self.webhooks.timeout_secs == 0
+            || self.webhooks.retry_ms.len() > 50
+        {
+            bail!("webhooks: poll_ms, concurrency and timeout_secs must be at least 1, and retry_ms at most 50 waits");
+        }
+        if self.triggers.max_body_bytes == 0 || self.triggers.default_rate_per_minute <= 0 {
+            bail!("triggers: max_body_bytes and default_rate_per_minute must be at least 1");
         }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("postgres://")

@@ -74,6 +74,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     if state.config.runs.worker {
         state.engine.start();
     }
+    if state.config.schedules.worker {
+        state.schedules.start();
+    }
+    if state.config.webhooks.worker {
+        state.webhooks.start_delivery(state.background.clone());
+    }
     if state.config.sandbox.refresh_secs > 0 {
         state
             .plugins
@@ -153,7 +159,41 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         engine.clone(),
         config.runs.clone(),
     );
+    let webhooks = crate::webhooks::WebhookService::new(
+        db.clone(),
+        audit.clone(),
+        &keys.encryption_key,
+        config.webhooks.clone(),
+        config.egress,
+    );
+    mcp.bridge().set_webhooks(webhooks.clone());
+    let schedules = crate::schedules::ScheduleService::new(crate::schedules::ScheduleDeps {
+        db: db.clone(),
+        agents: agents.clone(),
+        conversations: conversations.clone(),
+        runs: runs.clone(),
+        users: users.clone(),
+        webhooks: webhooks.clone(),
+        audit: audit.clone(),
+        clock: Arc::new(crate::clock::SystemClock),
+        config: config.schedules.clone(),
+        lease_ms: config.runs.lease_secs as i64 * 1000,
+    });
+    let triggers = crate::triggers::TriggerService::new(crate::triggers::TriggerDeps {
+        db: db.clone(),
+        agents: agents.clone(),
+        conversations: conversations.clone(),
+        runs: runs.clone(),
+        users: users.clone(),
+        audit: audit.clone(),
+        key: keys.encryption_key,
+        config: config.triggers.clone(),
+    });
     AppState {
+        schedules,
+        triggers,
+        webhooks,
+        background: tokio_util::sync::CancellationToken::new(),
         config: Arc::new(config),
         db,
         users,
@@ -186,6 +226,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::models::routes::router())
         .merge(crate::runs::routes::router())
         .merge(crate::mcp::routes::router())
+        .merge(crate::schedules::routes::router())
+        .merge(crate::triggers::routes::router())
+        .merge(crate::webhooks::routes::router())
         .merge(crate::openai::router())
         .split_for_parts();
     (router, with_error_responses(openapi))
@@ -309,6 +352,8 @@ pub async fn serve(
     let db = state.db.clone();
     let engine = state.engine.clone();
     let mcp = state.mcp.clone();
+    let schedules = state.schedules.clone();
+    let background = state.background.clone();
     mcp.bridge().start_boot_servers();
     // Streams write small frames one after another (SSE events): without
     // TCP_NODELAY each waits for the client's delayed ACK of the previous
@@ -330,6 +375,8 @@ pub async fn serve(
     })
     .await
     .context("serving HTTP")?;
+    schedules.shutdown();
+    background.cancel();
     engine.shutdown().await;
     db.close().await;
     Ok(())

@@ -70,6 +70,7 @@ impl ConversationRepo {
     /// Inserts a conversation.
     pub async fn insert(
         &self,
+        id: Uuid,
         owner: Uuid,
         agent: Uuid,
         title: Option<&str>,
@@ -79,7 +80,7 @@ impl ConversationRepo {
             "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
         );
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
-            .bind(Uuid::now_v7())
+            .bind(id)
             .bind(owner)
             .bind(agent)
             .bind(title)
@@ -101,7 +102,9 @@ impl ConversationRepo {
     ) -> Result<ConversationRow> {
         if history.is_empty() {
             // One statement, no transaction.
-            return self.insert(owner, agent, title, metadata).await;
+            return self
+                .insert(Uuid::now_v7(), owner, agent, title, metadata)
+                .await;
         }
         let sql = format!(
             "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"

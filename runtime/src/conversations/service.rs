@@ -73,6 +73,17 @@ impl ConversationService {
         principal: &Principal,
         input: ConversationInput,
     ) -> Result<ConversationResponse> {
+        self.create_with_id(principal, Uuid::now_v7(), input).await
+    }
+
+    /// [`Self::create`] with an id the caller chose (a schedule's firing,
+    /// so that a retry after a crash finds the conversation it made).
+    pub async fn create_with_id(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        input: ConversationInput,
+    ) -> Result<ConversationResponse> {
         principal.require(Permission::ConversationWrite)?;
         let title = parse_title(input.title)?;
         check_metadata(&input.metadata)?;
@@ -80,6 +91,7 @@ impl ConversationService {
         let row = self
             .repo
             .insert(
+                id,
                 principal.user_id,
                 agent.id,
                 title.as_deref(),

@@ -54,6 +54,14 @@ pub struct AppState {
     pub runs: RunService,
     /// Bridged MCP servers.
     pub mcp: McpService,
+    /// Schedules of agents' runs.
+    pub schedules: crate::schedules::ScheduleService,
+    /// Inbound triggers.
+    pub triggers: crate::triggers::TriggerService,
+    /// Outbound webhooks.
+    pub webhooks: crate::webhooks::WebhookService,
+    /// Stops this node's scheduler and webhook worker.
+    pub background: tokio_util::sync::CancellationToken,
     /// The run engine of this process (started by `build_state` when
     /// `runs.worker` is on).
     pub engine: Engine,

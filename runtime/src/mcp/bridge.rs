@@ -184,6 +184,7 @@ pub struct Server {
     /// Connect to public addresses only (see [`crate::egress`]).
     restricted: bool,
     db: Option<Db>,
+    webhooks: Webhooks,
     config: Arc<McpConfig>,
     secrets: SecretService,
     connecting: tokio::sync::Mutex<()>,
@@ -196,6 +197,7 @@ impl Server {
         def: ServerDef,
         restricted: bool,
         db: Option<Db>,
+        webhooks: Webhooks,
         config: Arc<McpConfig>,
         secrets: SecretService,
         cached: Vec<Tool>,
@@ -204,6 +206,7 @@ impl Server {
             def,
             restricted,
             db,
+            webhooks,
             config,
             secrets,
             connecting: tokio::sync::Mutex::new(()),
@@ -583,6 +586,28 @@ impl Server {
         }
     }
 
+    /// Queues `mcp.server_down` for the server's owner (and server-wide
+    /// subscriptions): once per failure that follows a success, and, across
+    /// nodes that see the same failure, once a minute.
+    fn announce_down(&self, error: String) {
+        let Some(webhooks) = self.webhooks.get().cloned() else {
+            return;
+        };
+        let def = &self.def;
+        let minute = chrono::Utc::now().timestamp() / 60;
+        let key = format!("mcp.server_down:{}:{minute}", def.id);
+        let data = serde_json::json!({
+            "server_id": def.id,
+            "name": def.name,
+            "owner_id": def.owner_id,
+            "error": error,
+        });
+        let owner = def.owner_id;
+        tokio::spawn(async move {
+            webhooks.emit(owner, "mcp.server_down", &key, data).await;
+        });
+    }
+
     /// Records a failure of connection `generation` and schedules a restart.
     fn fail(self: &Arc<Self>, generation: u64, error: String) {
         let delay = {
@@ -599,6 +624,9 @@ impl Server {
             let delay = Duration::from_millis(500u64 << exp)
                 .min(Duration::from_secs(self.config.max_backoff_secs.max(1)));
             state.retry_at = Some(Instant::now() + delay);
+            if state.failures == 1 {
+                self.announce_down(state.last_error.clone().unwrap_or_default());
+            }
             delay
         };
         let server = Arc::downgrade(self);
@@ -862,11 +890,15 @@ impl ClientHandler for Handler {
 /// in their catalogue.
 type ServerKey = (Option<Uuid>, String);
 
+/// The webhook service, once wired (servers announce failures through it).
+type Webhooks = Arc<std::sync::OnceLock<crate::webhooks::WebhookService>>;
+
 /// Every bridged server of this node.
 #[derive(Clone)]
 pub struct Bridge {
     servers: Arc<RwLock<BTreeMap<ServerKey, Arc<Server>>>>,
     db: Option<Db>,
+    webhooks: Webhooks,
     config: Arc<McpConfig>,
     egress: EgressConfig,
     secrets: SecretService,
@@ -889,10 +921,17 @@ impl Bridge {
         Bridge {
             servers: Arc::new(RwLock::new(BTreeMap::new())),
             db,
+            webhooks: Webhooks::default(),
             config: Arc::new(config),
             egress,
             secrets,
         }
+    }
+
+    /// Where servers announce that they went down (set once, when the
+    /// services are wired).
+    pub fn set_webhooks(&self, webhooks: crate::webhooks::WebhookService) {
+        let _ = self.webhooks.set(webhooks);
     }
 
     /// Whether a server of `owner` may reach public addresses only (see
@@ -910,6 +949,7 @@ impl Bridge {
             def,
             restricted,
             self.db.clone(),
+            self.webhooks.clone(),
             self.config.clone(),
             self.secrets.clone(),
             cached,

@@ -271,6 +271,7 @@ impl McpHost {
                     limits: None,
                     on_active: None,
                     options: None,
+                    id: None,
                 },
             )
             .await

@@ -560,6 +560,7 @@ pub async fn start(
                 limits: None,
                 on_active: None,
                 options: Some(options),
+                id: None,
             },
         )
         .await;

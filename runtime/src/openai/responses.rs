@@ -668,6 +668,7 @@ pub async fn create(
                         limits: None,
                         on_active: None,
                         options: Some(options),
+                        id: None,
                     },
                 )
                 .await;

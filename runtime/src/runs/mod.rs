@@ -250,7 +250,7 @@ impl RunService {
         if let Some(asked) = &input.limits {
             limits = limits.apply(asked, &self.config.max_limits, "limits")?;
         }
-        let run_id = Uuid::now_v7();
+        let run_id = input.id.unwrap_or_else(Uuid::now_v7);
         let recorded = self
             .usage
             .admit(usage::Admission {
@@ -357,6 +357,11 @@ impl RunService {
                 )
                 .await
         }
+    }
+
+    /// Whether run `id` exists (any owner's).
+    pub async fn exists(&self, id: Uuid) -> Result<bool> {
+        Ok(self.repo.get(id, None).await?.is_some())
     }
 
     /// One run.

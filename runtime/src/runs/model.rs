@@ -167,6 +167,11 @@ pub struct RunInput {
     /// Set by the OpenAI-compatible endpoints, never read from a request.
     #[serde(skip)]
     pub options: Option<RunOptions>,
+    /// The run's id, chosen by the caller (a schedule's firing or a
+    /// trigger's delivery, so a retry after a crash finds the run it
+    /// started); never read from a request.
+    #[serde(skip)]
+    pub id: Option<Uuid>,
 }
 
 /// What an API client asked of one run beyond its agent's definition (the

@@ -134,6 +134,8 @@ pub enum AuthMethod {
     AccessToken,
     /// An API key, by its id.
     ApiKey(Uuid),
+    /// No request: the owner's own schedule or trigger acting for them.
+    Owner,
 }
 
 /// The authenticated caller of a request.

@@ -492,6 +492,18 @@ impl UserService {
         Ok(principal)
     }
 
+    /// The principal of user `id` acting on their own (a schedule or a
+    /// trigger starting a run for its owner): their role now, refused when
+    /// the account is disabled or gone.
+    pub async fn acting_as(&self, id: Uuid) -> Result<Principal> {
+        let user = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("the account no longer exists".to_owned()))?;
+        Self::principal(id, &user.role, user.is_active, AuthMethod::Owner)
+    }
+
     fn principal(
         user_id: Uuid,
         role: &str,

@@ -1,0 +1,371 @@
+//! The delivery worker: every node may run one. A node leases due
+//! deliveries (`FOR UPDATE SKIP LOCKED` on PostgreSQL), sends each, and
+//! records the attempt and what comes next in writes fenced by its lease,
+//! so two nodes never send one attempt. A failed attempt is retried after
+//! the next wait of `webhooks.retry_ms` (with jitter); after the last the
+//! delivery fails. A subscription whose attempts failed
+//! `webhooks.disable_after_failures` times in a row is disabled, with a
+//! note.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{message_id, DeliveryRow, SubscriptionRow, WebhookService, DELIVERY_COLUMNS, SUB_COLUMNS};
+use crate::db::Db;
+use crate::error::Result;
+use crate::on_db;
+
+/// Deliveries a node leases per look.
+const BATCH: i64 = 200;
+/// Bytes of a receiver's answer kept in the log on failure.
+const MAX_ERROR_BODY: usize = 300;
+
+/// What an attempt came to.
+struct Outcome {
+    status_code: Option<i64>,
+    duration_ms: i64,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn delivered(&self) -> bool {
+        self.status_code.is_some_and(|c| (200..300).contains(&c))
+    }
+}
+
+/// The HTTP clients of deliveries: users' (public addresses only, unless
+/// the operator allows more) and server-wide ones; neither follows
+/// redirects or uses a proxy.
+#[derive(Clone)]
+struct Clients {
+    restricted: reqwest::Client,
+    open: reqwest::Client,
+}
+
+impl Clients {
+    fn new(timeout: Duration) -> Clients {
+        let base = || {
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("Orchestra-Webhooks/", env!("CARGO_PKG_VERSION")))
+        };
+        Clients {
+            restricted: base()
+                .dns_resolver(Arc::new(crate::egress::PublicOnly::default()))
+                .build()
+                .expect("a client without custom TLS builds"),
+            open: base().build().expect("a client without custom TLS builds"),
+        }
+    }
+}
+
+impl WebhookService {
+    /// Starts this node's delivery worker; it stops when `shutdown` fires.
+    pub fn start_delivery(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let this = self.clone();
+        let node = Uuid::now_v7();
+        let clients = Clients::new(Duration::from_secs(self.config.timeout_secs));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(this.config.poll_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this.deliver_due(node, &clients).await {
+                    tracing::warn!(error = %e, "the webhook worker's look for due deliveries failed");
+                }
+            }
+        });
+    }
+
+    fn lease_ms(&self) -> i64 {
+        (self.config.timeout_secs as i64 + 30) * 1000
+    }
+
+    async fn deliver_due(&self, node: Uuid, clients: &Clients) -> Result<()> {
+        loop {
+            let now = Utc::now().timestamp_millis();
+            let lock = match self.db {
+                Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+                Db::Sqlite(_) => "",
+            };
+            let sql = format!(
+                "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
+                 WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending'
+                              AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)
+                              ORDER BY next_attempt_ms LIMIT $4{lock})
+                 RETURNING {DELIVERY_COLUMNS}"
+            );
+            let due: Vec<DeliveryRow> = on_db!(&self.db, pool => sqlx::query_as(&sql)
+                .bind(node)
+                .bind(now + self.lease_ms())
+                .bind(now)
+                .bind(BATCH)
+                .fetch_all(pool)
+                .await?);
+            let more = due.len() as i64 == BATCH;
+            futures_util::stream::iter(due)
+                .for_each_concurrent(self.config.concurrency, |d| async move {
+                    let id = d.id;
+                    if let Err(e) = self.attempt(node, clients, d).await {
+                        tracing::warn!(delivery = %id, error = %e, "a webhook delivery failed to record");
+                    }
+                })
+                .await;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The body of a delivery: built at its first attempt, then kept.
+    async fn payload(&self, d: &DeliveryRow) -> Result<String> {
+        if let Some(p) = &d.payload {
+            return Ok(p.clone());
+        }
+        let mut data = d.data.as_ref().map(|j| j.0.clone()).unwrap_or(json!({}));
+        if let Some(run) = d.run_id {
+            type RunFacts = (
+                Uuid,
+                Uuid,
+                Uuid,
+                Option<sqlx::types::Json<Value>>,
+                i64,
+                i64,
+                i64,
+            );
+            let facts: Option<RunFacts> = on_db!(&self.db, pool => sqlx::query_as(
+                "SELECT conversation_id, agent_id, user_id, error, step_count, input_tokens, output_tokens
+                 FROM runs WHERE id = $1",
+            )
+            .bind(run)
+            .fetch_optional(pool)
+            .await?);
+            data = json!({
+                "run_id": run,
+                "status": d.event_type.strip_prefix("run.").unwrap_or(&d.event_type),
+            });
+            if let Some((conversation, agent, user, error, steps, input, output)) = facts {
+                data["conversation_id"] = json!(conversation);
+                data["agent_id"] = json!(agent);
+                data["user_id"] = json!(user);
+                data["steps"] = json!(steps);
+                data["usage"] = json!({ "input_tokens": input, "output_tokens": output });
+                if let Some(error) = error {
+                    data["error"] = error.0;
+                }
+            }
+        }
+        let occurred = super::to_time(d.occurred_ms);
+        Ok(json!({
+            "type": d.event_type,
+            "timestamp": occurred.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": data,
+        })
+        .to_string())
+    }
+
+    async fn attempt(&self, node: Uuid, clients: &Clients, d: DeliveryRow) -> Result<()> {
+        let sub: Option<SubscriptionRow> = on_db!(&self.db, pool => sqlx::query_as(&format!(
+            "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
+        ))
+        .bind(d.subscription_id)
+        .fetch_optional(pool)
+        .await?);
+        let Some(sub) = sub else {
+            return Ok(()); // Deleted with its deliveries.
+        };
+        let payload = self.payload(&d).await?;
+        let now_ms = Utc::now().timestamp_millis();
+        let outcome = if !sub.enabled {
+            Outcome {
+                status_code: None,
+                duration_ms: 0,
+                error: Some("the webhook is disabled".into()),
+            }
+        } else {
+            let secrets = self.secrets(&sub, now_ms)?;
+            self.send(clients, &sub, &d, &payload, &secrets).await
+        };
+        let attempt = d.attempts + 1;
+        let delivered = outcome.delivered();
+        let exhausted = !sub.enabled || attempt as usize > self.config.retry_ms.len();
+        let (status, next) = if delivered {
+            ("delivered", now_ms)
+        } else if exhausted {
+            ("failed", now_ms)
+        } else {
+            let wait = self.config.retry_ms[attempt as usize - 1] as i64;
+            ("pending", now_ms + jittered(wait))
+        };
+        let finished = (status != "pending").then_some(now_ms);
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let fenced = sqlx::query(
+                "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_ms = $5,
+                     payload = $6, last_status_code = $7, last_duration_ms = $8, last_error = $9,
+                     finished_ms = $10, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(d.id)
+            .bind(node)
+            .bind(status)
+            .bind(attempt)
+            .bind(next)
+            .bind(&payload)
+            .bind(outcome.status_code)
+            .bind(outcome.duration_ms)
+            .bind(&outcome.error)
+            .bind(finished)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if fenced == 0 {
+                // The lease was lost (this attempt outlived it): another
+                // node owns the delivery now.
+                return Ok(());
+            }
+            sqlx::query(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, duration_ms, error, at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING",
+            )
+            .bind(d.id)
+            .bind(attempt)
+            .bind(outcome.status_code)
+            .bind(outcome.duration_ms)
+            .bind(&outcome.error)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if sub.enabled {
+                if delivered {
+                    sqlx::query("UPDATE webhook_subscriptions SET failures = 0 WHERE id = $1 AND failures <> 0")
+                        .bind(sub.id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    let reason = format!(
+                        "disabled after {} failed attempts in a row; the last: {}",
+                        self.config.disable_after_failures,
+                        outcome.error.as_deref().unwrap_or("no answer")
+                    );
+                    sqlx::query(
+                        "UPDATE webhook_subscriptions SET failures = failures + 1,
+                             enabled = CASE WHEN failures + 1 >= $2 THEN FALSE ELSE enabled END,
+                             disabled_reason = CASE WHEN failures + 1 >= $2 THEN $3 ELSE disabled_reason END
+                         WHERE id = $1",
+                    )
+                    .bind(sub.id)
+                    .bind(self.config.disable_after_failures)
+                    .bind(&reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        clients: &Clients,
+        sub: &SubscriptionRow,
+        d: &DeliveryRow,
+        payload: &str,
+        secrets: &[String],
+    ) -> Outcome {
+        let id = message_id(d.id);
+        let timestamp = Utc::now().timestamp();
+        let signature = secrets
+            .iter()
+            .map(|s| super::signing::sign(s, &id, timestamp, payload.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let client = if self.egress.restricts(sub.owner_id) {
+            if let Err(e) = crate::egress::check_user_url_str(&sub.url) {
+                return Outcome {
+                    status_code: None,
+                    duration_ms: 0,
+                    error: Some(e),
+                };
+            }
+            &clients.restricted
+        } else {
+            &clients.open
+        };
+        let started = Instant::now();
+        let result = client
+            .post(&sub.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(payload.to_owned())
+            .send()
+            .await;
+        let mut outcome = match result {
+            Ok(response) => {
+                let code = response.status().as_u16() as i64;
+                let error = if response.status().is_success() {
+                    None
+                } else {
+                    let body = response.text().await.unwrap_or_default();
+                    let mut cut: String = body.chars().take(MAX_ERROR_BODY).collect();
+                    if cut.len() < body.len() {
+                        cut.push('…');
+                    }
+                    Some(format!("HTTP {code}: {cut}"))
+                };
+                Outcome {
+                    status_code: Some(code),
+                    duration_ms: 0,
+                    error,
+                }
+            }
+            Err(e) => Outcome {
+                status_code: None,
+                duration_ms: 0,
+                error: Some(describe(&e)),
+            },
+        };
+        outcome.duration_ms = started.elapsed().as_millis() as i64;
+        outcome
+    }
+}
+
+/// `wait` with up to a fifth added or taken away at random.
+fn jittered(wait: i64) -> i64 {
+    let mut byte = [0u8; 2];
+    let _ = getrandom::fill(&mut byte);
+    let unit = u16::from_le_bytes(byte) as f64 / u16::MAX as f64; // 0..1
+    (wait as f64 * (0.8 + 0.4 * unit)) as i64
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
