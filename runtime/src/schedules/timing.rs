@@ -105,20 +105,16 @@ impl Compiled {
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         match self {
             Compiled::Cron(cron, tz) => {
-                let after = Utc.timestamp_millis_opt(after_ms).single()?;
-                // croner works in whole seconds: an instant inside a second
-                // starts the search from that second.
-                let local = after.with_timezone(tz);
-                cron.find_next_occurrence(&local, false)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc).timestamp_millis())
-                    .filter(|&t| t > after_ms)
-                    .or_else(|| {
-                        let again = Utc.timestamp_millis_opt(after_ms + 1000).single()?;
-                        cron.find_next_occurrence(&again.with_timezone(tz), true)
-                            .ok()
-                            .map(|t| t.with_timezone(&Utc).timestamp_millis())
-                    })
+                // croner works in whole seconds and keeps a fraction it is
+                // given: search from the start of `after_ms`'s second (an
+                // occurrence at that second is not after it).
+                let second = after_ms.div_euclid(1000) * 1000;
+                let after = Utc.timestamp_millis_opt(second).single()?;
+                let next = cron
+                    .find_next_occurrence(&after.with_timezone(tz), false)
+                    .ok()?
+                    .with_timezone(&Utc);
+                Some(repeated_hour(cron, tz, after, next).unwrap_or(next).timestamp_millis())
             }
             Compiled::Interval {
                 anchor_ms,
@@ -153,6 +149,34 @@ impl Compiled {
         }
         shortest
     }
+}
+
+/// croner walks local wall-clock time, so from the first pass of an hour
+/// that the autumn change repeats it steps over the second pass. For
+/// expressions that fire at each real time that matches (wildcard or
+/// stepped time fields), this finds an occurrence in that second pass,
+/// between `after` and croner's `next`, by searching at the offset that
+/// holds after the change.
+fn repeated_hour(
+    cron: &croner::Cron,
+    tz: &chrono_tz::Tz,
+    after: DateTime<Utc>,
+    next: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    use chrono::Offset;
+    if cron.determine_job_type() == croner::JobType::FixedTime {
+        return None;
+    }
+    let offset_at = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    let later = offset_at(next);
+    if offset_at(after) == later {
+        return None;
+    }
+    let candidate = cron
+        .find_next_occurrence(&after.with_timezone(&later), false)
+        .ok()?
+        .with_timezone(&Utc);
+    (candidate > after && candidate < next && offset_at(candidate) == later).then_some(candidate)
 }
 
 /// What to do about occurrences missed while no node ran (more than the
@@ -329,7 +353,7 @@ mod tests {
         // 8 March 2026: the day has 23 hours in New York.
         let spring = live_through(
             &timing,
-            "2026-03-08T05:00:00Z",
+            "2026-03-08T04:59:00Z",
             "2026-03-09T03:59:00Z",
             60_000,
         );
@@ -337,7 +361,7 @@ mod tests {
         // 1 November 2026: 25 hours, each fired once.
         let autumn = live_through(
             &timing,
-            "2026-11-01T04:00:00Z",
+            "2026-11-01T03:59:00Z",
             "2026-11-02T04:59:00Z",
             60_000,
         );
