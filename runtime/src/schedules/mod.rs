@@ -586,7 +586,13 @@ impl ScheduleService {
         }
     }
 
-    async fn settle(&self, node: Uuid, firing: &FiringRow, status: &str, reason: &str) -> Result<()> {
+    async fn settle(
+        &self,
+        node: Uuid,
+        firing: &FiringRow,
+        status: &str,
+        reason: &str,
+    ) -> Result<()> {
         self.repo
             .settle_firing(firing.id, node, status, Some(reason), None)
             .await?;
@@ -616,7 +622,12 @@ impl ScheduleService {
                 return Ok(false);
             }
         };
-        if self.agents.visible(&principal, schedule.agent_id).await.is_err() {
+        if self
+            .agents
+            .visible(&principal, schedule.agent_id)
+            .await
+            .is_err()
+        {
             let reason = "its agent was deleted";
             self.repo.stop(schedule.id, reason).await?;
             self.settle(node, firing, "failed", reason).await?;

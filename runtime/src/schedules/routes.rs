@@ -95,7 +95,9 @@ async fn pause_schedule(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ScheduleResponse>> {
-    Ok(Json(state.schedules.set_paused(&principal, id, true).await?))
+    Ok(Json(
+        state.schedules.set_paused(&principal, id, true).await?,
+    ))
 }
 
 /// Resume a paused (or stopped) schedule from its next time after now.
@@ -107,7 +109,9 @@ async fn resume_schedule(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ScheduleResponse>> {
-    Ok(Json(state.schedules.set_paused(&principal, id, false).await?))
+    Ok(Json(
+        state.schedules.set_paused(&principal, id, false).await?,
+    ))
 }
 
 /// A schedule's firings, newest first, with their runs and outcomes.

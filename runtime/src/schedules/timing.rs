@@ -114,7 +114,11 @@ impl Compiled {
                     .find_next_occurrence(&after.with_timezone(tz), false)
                     .ok()?
                     .with_timezone(&Utc);
-                Some(repeated_hour(cron, tz, after, next).unwrap_or(next).timestamp_millis())
+                Some(
+                    repeated_hour(cron, tz, after, next)
+                        .unwrap_or(next)
+                        .timestamp_millis(),
+                )
             }
             Compiled::Interval {
                 anchor_ms,
@@ -453,9 +457,11 @@ mod tests {
         let skip = plan(&timing, 0, 600_000, 60_000, CatchUp::Skip, 100);
         assert!(skip.firings[0].skipped);
         assert_eq!(skip.firings.iter().filter(|f| !f.skipped).count(), 2);
-        let single = Timing::Once { at: DateTime::from_timestamp_millis(5).unwrap() }
-            .compile(0)
-            .unwrap();
+        let single = Timing::Once {
+            at: DateTime::from_timestamp_millis(5).unwrap(),
+        }
+        .compile(0)
+        .unwrap();
         let done = plan(&single, 5, 10, 60_000, CatchUp::Once, 100);
         assert_eq!(done.firings.len(), 1);
         assert_eq!(done.next_ms, None);

@@ -178,7 +178,8 @@ struct TriggerRow {
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, owner_id, agent_id, name, token_hash, template, signature, secret_nonce, \
+const COLUMNS: &str =
+    "id, owner_id, agent_id, name, token_hash, template, signature, secret_nonce, \
     secret_ciphertext, rate_per_minute, conversation_id, enabled, created_at, updated_at";
 
 /// A call of a trigger, as the handler read it.
@@ -418,7 +419,9 @@ impl TriggerService {
             (rows, total)
         });
         Ok(page.wrap(
-            rows.into_iter().map(|r| Self::response(r, None, None)).collect(),
+            rows.into_iter()
+                .map(|r| Self::response(r, None, None))
+                .collect(),
             total,
         ))
     }
@@ -426,7 +429,11 @@ impl TriggerService {
     /// One trigger.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<TriggerResponse> {
         principal.require(Permission::ConversationRead)?;
-        Ok(Self::response(self.visible(principal, id).await?, None, None))
+        Ok(Self::response(
+            self.visible(principal, id).await?,
+            None,
+            None,
+        ))
     }
 
     /// Changes a trigger.
@@ -592,9 +599,15 @@ impl TriggerService {
         let scheme = SignatureScheme::parse(&row.signature);
         if scheme != SignatureScheme::None {
             let secret = match (&row.secret_nonce, &row.secret_ciphertext) {
-                (Some(n), Some(c)) => String::from_utf8(self.sealer.open(row.id.as_bytes(), n, c)?)
-                    .map_err(|e| Error::Internal(e.into()))?,
-                _ => return Err(Error::Internal(anyhow::anyhow!("a trigger's secret is missing"))),
+                (Some(n), Some(c)) => {
+                    String::from_utf8(self.sealer.open(row.id.as_bytes(), n, c)?)
+                        .map_err(|e| Error::Internal(e.into()))?
+                }
+                _ => {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "a trigger's secret is missing"
+                    )))
+                }
             };
             let checked = match scheme {
                 SignatureScheme::Github => signing::verify_github(
@@ -782,7 +795,11 @@ impl TriggerService {
                     conversation,
                     ConversationInput {
                         agent_id: row.agent_id,
-                        title: Some(format!("{} · {}", row.name, Utc::now().format("%Y-%m-%d %H:%M"))),
+                        title: Some(format!(
+                            "{} · {}",
+                            row.name,
+                            Utc::now().format("%Y-%m-%d %H:%M")
+                        )),
                         metadata: Map::from_iter([
                             ("source".to_owned(), json!("trigger")),
                             ("trigger_id".to_owned(), json!(row.id)),

@@ -21,7 +21,12 @@ use crate::users::model::Principal;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_triggers, create_trigger))
-        .routes(routes!(get_trigger, patch_trigger, delete_trigger, fire_trigger))
+        .routes(routes!(
+            get_trigger,
+            patch_trigger,
+            delete_trigger,
+            fire_trigger
+        ))
         .routes(routes!(rotate_token))
         .routes(routes!(list_trigger_deliveries))
 }

@@ -15,7 +15,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{message_id, DeliveryRow, SubscriptionRow, WebhookService, DELIVERY_COLUMNS, SUB_COLUMNS};
+use super::{
+    message_id, DeliveryRow, SubscriptionRow, WebhookService, DELIVERY_COLUMNS, SUB_COLUMNS,
+};
 use crate::db::Db;
 use crate::error::Result;
 use crate::on_db;

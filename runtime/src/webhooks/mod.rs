@@ -152,7 +152,10 @@ impl WebhookService {
             if e != "*" && !EVENT_TYPES.contains(&e.as_str()) {
                 return Err(Error::invalid_field(
                     &format!("events[{i}]"),
-                    format!("unknown event type; one of {} or \"*\"", EVENT_TYPES.join(", ")),
+                    format!(
+                        "unknown event type; one of {} or \"*\"",
+                        EVENT_TYPES.join(", ")
+                    ),
                 ));
             }
         }
@@ -182,7 +185,10 @@ impl WebhookService {
 
     fn check_description(d: &Option<String>) -> Result<()> {
         if d.as_ref().is_some_and(|d| d.chars().count() > 500) {
-            return Err(Error::invalid_field("description", "at most 500 characters"));
+            return Err(Error::invalid_field(
+                "description",
+                "at most 500 characters",
+            ));
         }
         Ok(())
     }
@@ -480,7 +486,13 @@ impl WebhookService {
     /// delivered once) for the enabled subscriptions that want it: those of
     /// `owner`, and the server-wide ones. Never fails its caller: a failure
     /// is logged.
-    pub async fn emit(&self, owner: impl Into<Option<Uuid>>, event_type: &str, key: &str, data: Value) {
+    pub async fn emit(
+        &self,
+        owner: impl Into<Option<Uuid>>,
+        event_type: &str,
+        key: &str,
+        data: Value,
+    ) {
         let owner = owner.into();
         let result: Result<()> = async {
             let subs: Vec<(Uuid, Json<Vec<String>>)> = on_db!(&self.db, pool => sqlx::query_as(
@@ -492,7 +504,8 @@ impl WebhookService {
             .await?);
             for (sub, events) in subs {
                 if events.0.iter().any(|e| e == "*" || e == event_type) {
-                    self.queue(sub, Uuid::now_v7(), event_type, key, &data).await?;
+                    self.queue(sub, Uuid::now_v7(), event_type, key, &data)
+                        .await?;
                 }
             }
             Ok(())
@@ -532,7 +545,9 @@ impl WebhookService {
             (rows, total)
         });
         Ok(page.wrap(
-            rows.into_iter().map(|r| delivery_response(r, None)).collect(),
+            rows.into_iter()
+                .map(|r| delivery_response(r, None))
+                .collect(),
             total,
         ))
     }
@@ -566,13 +581,15 @@ impl WebhookService {
         let row = row.ok_or(Error::NotFound("delivery"))?;
         let log = attempts
             .into_iter()
-            .map(|(attempt, status_code, duration_ms, error, at)| AttemptResponse {
-                attempt,
-                status_code,
-                duration_ms,
-                error,
-                at: to_time(at),
-            })
+            .map(
+                |(attempt, status_code, duration_ms, error, at)| AttemptResponse {
+                    attempt,
+                    status_code,
+                    duration_ms,
+                    error,
+                    at: to_time(at),
+                },
+            )
             .collect();
         Ok(delivery_response(row, Some(log)))
     }

@@ -135,7 +135,9 @@ async fn get_delivery(
     principal: Principal,
     Path((id, delivery)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<DeliveryResponse>> {
-    Ok(Json(state.webhooks.delivery(&principal, id, delivery).await?))
+    Ok(Json(
+        state.webhooks.delivery(&principal, id, delivery).await?,
+    ))
 }
 
 /// Send a delivery again now, with the same `webhook-id`.

@@ -80,8 +80,7 @@ pub fn verify_standard(
     if (now_secs - timestamp).abs() > tolerance_secs {
         return Err(SignatureError::Stale(tolerance_secs));
     }
-    let signatures =
-        signatures.ok_or(SignatureError::Malformed("webhook-signature is missing"))?;
+    let signatures = signatures.ok_or(SignatureError::Malformed("webhook-signature is missing"))?;
     let key = key_of(secret);
     for candidate in signatures.split_whitespace() {
         let Some(b64) = candidate.strip_prefix("v1,") else {
@@ -105,7 +104,11 @@ pub fn verify_standard(
 
 /// Checks GitHub's `X-Hub-Signature-256: sha256=<hex>` over `body`, in
 /// constant time.
-pub fn verify_github(secret: &str, header: Option<&str>, body: &[u8]) -> Result<(), SignatureError> {
+pub fn verify_github(
+    secret: &str,
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(), SignatureError> {
     let hex = header
         .ok_or(SignatureError::Malformed("X-Hub-Signature-256 is missing"))?
         .trim()
@@ -113,9 +116,8 @@ pub fn verify_github(secret: &str, header: Option<&str>, body: &[u8]) -> Result<
         .ok_or(SignatureError::Malformed(
             "X-Hub-Signature-256 must be sha256=<hex>",
         ))?;
-    let given = decode_hex(hex).ok_or(SignatureError::Malformed(
-        "X-Hub-Signature-256 is not hex",
-    ))?;
+    let given =
+        decode_hex(hex).ok_or(SignatureError::Malformed("X-Hub-Signature-256 is not hex"))?;
     let mut m = mac(secret.as_bytes());
     m.update(body);
     m.verify_slice(&given).map_err(|_| SignatureError::Mismatch)
@@ -143,10 +145,7 @@ mod tests {
         let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
         let body = br#"{"test": 2432232314}"#;
         let signature = sign(secret, id, 1614265330, body);
-        assert_eq!(
-            signature,
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert!(verify_standard(
             secret,
             Some(id),
@@ -158,11 +157,27 @@ mod tests {
         )
         .is_ok());
         assert_eq!(
-            verify_standard(secret, Some(id), Some("1614265330"), Some(&signature), body, 1614266330, 300),
+            verify_standard(
+                secret,
+                Some(id),
+                Some("1614265330"),
+                Some(&signature),
+                body,
+                1614266330,
+                300
+            ),
             Err(SignatureError::Stale(300))
         );
         assert_eq!(
-            verify_standard(secret, Some(id), Some("1614265330"), Some(&signature), b"{}", 1614265330, 300),
+            verify_standard(
+                secret,
+                Some(id),
+                Some("1614265330"),
+                Some(&signature),
+                b"{}",
+                1614265330,
+                300
+            ),
             Err(SignatureError::Mismatch)
         );
     }

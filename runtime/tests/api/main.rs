@@ -9,6 +9,7 @@ mod vendor;
 
 mod agents;
 mod auth;
+mod automation;
 mod conversations;
 mod egress;
 mod errors;
