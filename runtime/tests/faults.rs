@@ -2,7 +2,9 @@
 //! are in flight (SQLite and PostgreSQL), then a restart that finishes every
 //! run with no message lost or duplicated; and three `orchestra serve`
 //! processes sharing 500 runs on one PostgreSQL database, one of them killed
-//! midway, every run executed exactly once. The model is the local
+//! midway, every run executed exactly once; two processes firing a
+//! schedule every second for a minute, one killed midway, each occurrence
+//! fired once. The model is the local
 //! OpenAI wire-format server of `support/vendor.rs`.
 
 #[allow(dead_code)]
@@ -51,6 +53,16 @@ impl Server {
 /// Starts `orchestra serve` on `data_dir` (and `database_url`) with the
 /// scripted vendor as its `openai` provider and a 2-second lease.
 fn serve(data_dir: &Path, database_url: Option<&str>, vendor_base: &str) -> Server {
+    serve_with(data_dir, database_url, vendor_base, &[])
+}
+
+/// [`serve`] with more environment variables.
+fn serve_with(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    vendor_base: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestra"));
     for (key, _) in std::env::vars() {
         if key.starts_with("ORCHESTRA_") || key == "DATABASE_URL" || key.starts_with("OPENAI_") {
@@ -78,6 +90,9 @@ fn serve(data_dir: &Path, database_url: Option<&str>, vendor_base: &str) -> Serv
         .env("OPENAI_BASE_URL", vendor_base);
     if let Some(url) = database_url {
         cmd.env("DATABASE_URL", url);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd
         .arg("serve")
@@ -376,6 +391,90 @@ async fn three_processes_share_500_runs_on_postgres_each_exactly_once_one_killed
         "500 runs on 3 nodes: {} resumed after the kill, {} model requests",
         s.attempts_over_one,
         vendor.requests.lock().unwrap().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_fire_a_schedule_every_second_for_a_minute_each_occurrence_once_one_killed() {
+    let Some(server) = common::postgres_url() else {
+        return;
+    };
+    let url = common::fresh_postgres_database(&server).await;
+    let (vendor_base, _vendor) = vendor::vendor();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [("ORCHESTRA_SCHEDULES__MIN_INTERVAL_SECS", "1")];
+    let mut nodes = vec![serve_with(dirs[0].path(), Some(&url), &vendor_base, &env)];
+    nodes.push(serve_with(dirs[1].path(), Some(&url), &vendor_base, &env));
+    let base = nodes[0].url.clone();
+    let (api, agent) = setup(&base).await;
+    let schedule = api
+        .post(
+            &format!("{base}/api/v1/schedules"),
+            json!({ "agent_id": agent, "name": "every second", "message": "tick {{ due_at }}",
+                    "timing": { "kind": "cron", "cron": "* * * * * *" }, "overlap": "queue" }),
+        )
+        .await;
+    let id = schedule["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Midway: kill one node, whatever it holds.
+    nodes[1].kill9();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    api.post(&format!("{base}/api/v1/schedules/{id}/pause"), json!({}))
+        .await;
+
+    let config = orchestra::config::Config {
+        database_url: Some(url.clone()),
+        ..orchestra::config::Config::default()
+    };
+    let db = orchestra::db::Db::connect(&config).await.unwrap();
+    type Firing = (i64, String, Option<uuid::Uuid>);
+    let started = Instant::now();
+    let (firings, runs) = loop {
+        let (firings, runs): (Vec<Firing>, Vec<(uuid::Uuid, String)>) = orchestra::on_db!(&db, pool => {
+            let f = sqlx::query_as("SELECT due_ms, status, run_id FROM schedule_firings ORDER BY due_ms")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            let r = sqlx::query_as("SELECT id, status FROM runs")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            (f, r)
+        });
+        let settled =
+            firings.iter().all(|f| f.1 != "pending") && runs.iter().all(|r| r.1 == "completed");
+        if settled || started.elapsed() > Duration::from_secs(60) {
+            break (firings, runs);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    db.close().await;
+    assert!(firings.len() >= 50, "{} firings in a minute", firings.len());
+    // Every second between the first and the last fired: none lost to the
+    // kill, none twice (the unique key would refuse a second row).
+    let gaps: Vec<i64> = firings.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps.iter().all(|g| *g == 1000),
+        "gaps between firings: {gaps:?}"
+    );
+    let statuses: HashMap<&str, usize> = firings.iter().fold(HashMap::new(), |mut m, f| {
+        *m.entry(f.1.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        statuses.get("started"),
+        Some(&firings.len()),
+        "{statuses:?}"
+    );
+    // One run per firing, each the firing's own, each completed.
+    let run_ids: HashSet<uuid::Uuid> = firings.iter().filter_map(|f| f.2).collect();
+    assert_eq!(run_ids.len(), firings.len());
+    let stored: HashMap<uuid::Uuid, &str> = runs.iter().map(|r| (r.0, r.1.as_str())).collect();
+    assert_eq!(stored.len(), firings.len(), "a run per firing and no other");
+    assert!(run_ids.iter().all(|r| stored.get(r) == Some(&"completed")));
+    eprintln!(
+        "a schedule every second on 2 nodes, one killed at 30 s: {} firings, each once",
+        firings.len()
     );
 }
 
