@@ -78,6 +78,9 @@ fn to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// An attempt as stored: number, status code, duration, error, time.
+type AttemptRow = (i64, Option<i64>, i64, Option<String>, i64);
+
 /// The `webhook-id` of a delivery.
 pub fn message_id(delivery: Uuid) -> String {
     format!("msg_{}", delivery.simple())
@@ -569,7 +572,7 @@ impl WebhookService {
             .bind(id)
             .fetch_optional(pool)
             .await?;
-            let attempts: Vec<(i64, Option<i64>, i64, Option<String>, i64)> = sqlx::query_as(
+            let attempts: Vec<AttemptRow> = sqlx::query_as(
                 "SELECT attempt, status_code, duration_ms, error, at_ms FROM webhook_attempts
                  WHERE delivery_id = $1 ORDER BY attempt",
             )

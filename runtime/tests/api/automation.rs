@@ -335,9 +335,12 @@ dual_test!(
 
 /// A receiver of webhooks on loopback: records each request, answers 500
 /// to the first `fail_first` (all, when `always_fail`) and 200 after.
+/// A request as received: its headers and body.
+type Received = (HashMap<String, String>, String);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    seen: Arc<Mutex<Vec<(HashMap<String, String>, String)>>>,
+    seen: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<AtomicUsize>,
     always_fail: bool,
 }
@@ -389,7 +392,7 @@ fn receiver(fail_first: usize, always_fail: bool) -> (String, Receiver) {
 }
 
 impl Receiver {
-    fn seen(&self) -> Vec<(HashMap<String, String>, String)> {
+    fn seen(&self) -> Vec<Received> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -812,22 +815,16 @@ dual_test!(
         let id = trigger["id"].as_str().unwrap().to_owned();
         let token = trigger["token"].as_str().unwrap().to_owned();
         assert!(token.starts_with("trg_"));
-        let json_type = ("content-type", "application/json".to_owned());
+        let json_only = [("content-type", "application/json".to_owned())];
+        let json_type = json_only[0].clone();
         let body =
             json!({ "action": "opened", "issue": { "title": "Crash on start" } }).to_string();
 
         // Tokens: missing, wrong, or for an unknown trigger: 401 alike.
-        let (status, err, _) = fire(&app, &id, "", &[json_type.clone()], body.clone()).await;
+        let (status, err, _) = fire(&app, &id, "", &json_only, body.clone()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
         assert_eq!(err["error"], "unauthorized");
-        let (status, _, _) = fire(
-            &app,
-            &id,
-            "?token=trg_wrong",
-            &[json_type.clone()],
-            body.clone(),
-        )
-        .await;
+        let (status, _, _) = fire(&app, &id, "?token=trg_wrong", &json_only, body.clone()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let unknown = uuid::Uuid::now_v7().to_string();
         let (status, _, _) = fire(
@@ -845,7 +842,7 @@ dual_test!(
             &app,
             &id,
             &format!("?token={token}"),
-            &[json_type.clone()],
+            &json_only,
             body.clone(),
         )
         .await;
@@ -869,21 +866,14 @@ dual_test!(
 
         // Too large: 413, nothing started.
         let big = json!({ "action": "x".repeat(2000) }).to_string();
-        let (status, err, _) = fire(
-            &app,
-            &id,
-            &format!("?token={token}"),
-            &[json_type.clone()],
-            big,
-        )
-        .await;
+        let (status, err, _) = fire(&app, &id, &format!("?token={token}"), &json_only, big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
         // Not JSON although it says so: 400.
         let (status, _, _) = fire(
             &app,
             &id,
             &format!("?token={token}"),
-            &[json_type.clone()],
+            &json_only,
             "{".into(),
         )
         .await;
@@ -894,7 +884,7 @@ dual_test!(
             &app,
             &id,
             &format!("?token={token}"),
-            &[json_type.clone()],
+            &json_only,
             body.clone(),
         )
         .await;
@@ -903,7 +893,7 @@ dual_test!(
             &app,
             &id,
             &format!("?token={token}"),
-            &[json_type.clone()],
+            &json_only,
             body.clone(),
         )
         .await;
@@ -936,7 +926,7 @@ dual_test!(
             &app,
             gh_id,
             &gh_token,
-            &[signed.clone()],
+            std::slice::from_ref(&signed),
             "Hello, World!".into(),
         )
         .await;
