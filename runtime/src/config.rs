@@ -324,7 +324,8 @@ pub struct WebhooksConfig {
     pub retry_ms: Vec<u64>,
     /// Seconds a receiver has to answer.
     pub timeout_secs: u64,
-    /// Deliveries this node sends at once.
+    /// Deliveries this node sends at once (one subscription has at most
+    /// four in flight, one owner's subscriptions at most fifteen).
     pub concurrency: usize,
     /// Failed attempts in a row (with no success between them) after which
     /// a subscription is disabled.
@@ -348,7 +349,7 @@ impl Default for WebhooksConfig {
                 10 * 3_600_000,
             ],
             timeout_secs: 15,
-            concurrency: 16,
+            concurrency: 128,
             disable_after_failures: 40,
             max_per_user: 20,
         }

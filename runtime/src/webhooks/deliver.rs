@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -22,8 +21,13 @@ use crate::db::Db;
 use crate::error::Result;
 use crate::on_db;
 
-/// Deliveries a node leases per look.
+/// Deliveries a node leases per look, at most.
 const BATCH: i64 = 200;
+/// Deliveries of one subscription leased per look.
+const PER_SUBSCRIPTION: i64 = 4;
+/// Deliveries of one owner's subscriptions (or of all server-wide ones)
+/// leased per look, and in flight before it gets more.
+const PER_OWNER: i64 = 8;
 /// Bytes of a receiver's answer kept in the log on failure.
 const MAX_ERROR_BODY: usize = 300;
 
@@ -75,6 +79,8 @@ impl WebhookService {
         let this = self.clone();
         let node = Uuid::now_v7();
         let clients = Clients::new(Duration::from_secs(self.config.timeout_secs));
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
+        let freed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(this.config.poll_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,8 +88,10 @@ impl WebhookService {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
+                    // An attempt ended: its subscription may have more.
+                    _ = freed.notified() => {}
                 }
-                if let Err(e) = this.deliver_due(node, &clients).await {
+                if let Err(e) = this.deliver_due(node, &clients, &slots, &freed).await {
                     tracing::warn!(error = %e, "the webhook worker's look for due deliveries failed");
                 }
             }
@@ -94,40 +102,79 @@ impl WebhookService {
         (self.config.timeout_secs as i64 + 30) * 1000
     }
 
-    async fn deliver_due(&self, node: Uuid, clients: &Clients) -> Result<()> {
-        loop {
-            let now = Utc::now().timestamp_millis();
-            let lock = match self.db {
-                Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
-                Db::Sqlite(_) => "",
-            };
-            let sql = format!(
-                "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
-                 WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending'
-                              AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)
-                              ORDER BY next_attempt_ms LIMIT $4{lock})
-                 RETURNING {DELIVERY_COLUMNS}"
-            );
-            let due: Vec<DeliveryRow> = on_db!(&self.db, pool => sqlx::query_as(&sql)
-                .bind(node)
-                .bind(now + self.lease_ms())
-                .bind(now)
-                .bind(BATCH)
-                .fetch_all(pool)
-                .await?);
-            let more = due.len() as i64 == BATCH;
-            futures_util::stream::iter(due)
-                .for_each_concurrent(self.config.concurrency, |d| async move {
-                    let id = d.id;
-                    if let Err(e) = self.attempt(node, clients, d).await {
-                        tracing::warn!(delivery = %id, error = %e, "a webhook delivery failed to record");
-                    }
-                })
-                .await;
-            if !more {
-                return Ok(());
-            }
+    /// Leases as many due deliveries as this node has free slots and
+    /// starts an attempt of each. Fair to every subscription and user: a
+    /// subscription with an attempt in flight (on any node) gets none, and
+    /// at most [`PER_SUBSCRIPTION`] per look; an owner with
+    /// [`PER_OWNER`] attempts in flight gets none, and at most
+    /// [`PER_OWNER`] per look. A slow or dead receiver holds back its own
+    /// deliveries, not others'.
+    async fn deliver_due(
+        &self,
+        node: Uuid,
+        clients: &Clients,
+        slots: &Arc<tokio::sync::Semaphore>,
+        freed: &Arc<tokio::sync::Notify>,
+    ) -> Result<()> {
+        let free = slots.available_permits().min(BATCH as usize) as i64;
+        if free == 0 {
+            return Ok(());
         }
+        let now = Utc::now().timestamp_millis();
+        let lock = match self.db {
+            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Db::Sqlite(_) => "",
+        };
+        let due_now = "status = 'pending' AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)";
+        let sql = format!(
+            "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
+             WHERE id IN (
+               SELECT w.id FROM webhook_deliveries w
+               WHERE w.{due_now} AND w.id IN (
+                 SELECT c.id FROM (
+                   SELECT d.id, d.next_attempt_ms,
+                          row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.next_attempt_ms, d.id) AS per_sub,
+                          row_number() OVER (PARTITION BY s.owner_id ORDER BY d.next_attempt_ms, d.id) AS per_owner
+                   FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
+                   WHERE d.{due_now}
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.subscription_id = d.subscription_id
+                                     AND o.status = 'pending' AND o.lease_until >= $3)
+                     AND (SELECT COUNT(*) FROM webhook_deliveries o
+                          JOIN webhook_subscriptions os ON os.id = o.subscription_id
+                          WHERE (os.owner_id = s.owner_id OR (os.owner_id IS NULL AND s.owner_id IS NULL))
+                            AND o.status = 'pending' AND o.lease_until >= $3) < {PER_OWNER}
+                 ) c
+                 WHERE c.per_sub <= {PER_SUBSCRIPTION} AND c.per_owner <= {PER_OWNER}
+                 ORDER BY c.next_attempt_ms LIMIT $4)
+               {lock})
+             RETURNING {DELIVERY_COLUMNS}"
+        );
+        let due: Vec<DeliveryRow> = on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(node)
+            .bind(now + self.lease_ms())
+            .bind(now)
+            .bind(free)
+            .fetch_all(pool)
+            .await?);
+        for d in due {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Unreachable (only this task takes slots); the lease
+                // expires and the delivery is tried again.
+                break;
+            };
+            let this = self.clone();
+            let clients = clients.clone();
+            let freed = freed.clone();
+            tokio::spawn(async move {
+                let id = d.id;
+                if let Err(e) = this.attempt(node, &clients, d).await {
+                    tracing::warn!(delivery = %id, error = %e, "a webhook delivery failed to record");
+                }
+                drop(permit);
+                freed.notify_one();
+            });
+        }
+        Ok(())
     }
 
     /// The body of a delivery: built at its first attempt, then kept.
@@ -322,12 +369,7 @@ impl WebhookService {
                 let error = if response.status().is_success() {
                     None
                 } else {
-                    let body = response.text().await.unwrap_or_default();
-                    let mut cut: String = body.chars().take(MAX_ERROR_BODY).collect();
-                    if cut.len() < body.len() {
-                        cut.push('…');
-                    }
-                    Some(format!("HTTP {code}: {cut}"))
+                    Some(format!("HTTP {code}: {}", head_of(response).await))
                 };
                 Outcome {
                     status_code: Some(code),
@@ -344,6 +386,28 @@ impl WebhookService {
         outcome.duration_ms = started.elapsed().as_millis() as i64;
         outcome
     }
+}
+
+/// The first [`MAX_ERROR_BODY`] bytes of a receiver's answer, read no
+/// further (a receiver may answer with an endless body).
+async fn head_of(mut response: reqwest::Response) -> String {
+    let mut head = Vec::new();
+    let mut more = false;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        head.extend_from_slice(&chunk);
+        if head.len() > MAX_ERROR_BODY {
+            more = true;
+            break;
+        }
+    }
+    let mut text: String = String::from_utf8_lossy(&head)
+        .chars()
+        .take(MAX_ERROR_BODY)
+        .collect();
+    if more {
+        text.push('…');
+    }
+    text
 }
 
 /// `wait` with up to a fifth added or taken away at random.

@@ -306,6 +306,47 @@ dual_test!(
         .await;
         assert_eq!(started(&firings(&app, &user, &once_id).await).len(), 1);
 
+        // Quotas apply: a user whose runs for the day are spent gets failed
+        // firings that say so, and the schedule goes on.
+        let limited = app.add_user(&admin, "limited@example.com", "user").await;
+        let (status, body) = app
+            .put(
+                &format!("/api/v1/users/{}/usage-limits", limited.user_id),
+                &admin.token,
+                json!({ "daily_runs": 1 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let thrifty = agent(&app, &limited, "thrifty").await;
+        let (status, capped) = app
+            .post(
+                "/api/v1/schedules",
+                &limited.token,
+                schedule(
+                    "capped",
+                    &thrifty,
+                    json!({ "kind": "interval", "every_secs": 2 }),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{capped}");
+        let capped_id = capped["id"].as_str().unwrap().to_owned();
+        let f = until(20, "a firing refused by the quota", || async {
+            let f = firings(&app, &limited, &capped_id).await;
+            f.iter().any(|f| f["status"] == "failed").then_some(f)
+        })
+        .await;
+        assert_eq!(started(&f).len(), 1, "{f:?}");
+        let failed = f.iter().find(|f| f["status"] == "failed").unwrap();
+        assert!(
+            failed["reason"].as_str().unwrap().contains("runs"),
+            "{failed}"
+        );
+        let (_, capped) = app
+            .get(&format!("/api/v1/schedules/{capped_id}"), &limited.token)
+            .await;
+        assert_eq!(capped["state"], "active");
+
         // The agent is deleted: the schedule stops, saying why.
         let (status, _) = app
             .delete(&format!("/api/v1/agents/{helper}"), &user.token)
@@ -333,16 +374,18 @@ dual_test!(
     }
 );
 
-/// A receiver of webhooks on loopback: records each request, answers 500
-/// to the first `fail_first` (all, when `always_fail`) and 200 after.
 /// A request as received: its headers and body.
 type Received = (HashMap<String, String>, String);
 
+/// A receiver of webhooks on loopback: records each request, answers 500
+/// to the first `fail_first` (all, when `always_fail`) and 200 after; or,
+/// when `hang`, never answers.
 #[derive(Clone, Default)]
 struct Receiver {
     seen: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<AtomicUsize>,
     always_fail: bool,
+    hang: bool,
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> AxumStatus {
@@ -354,6 +397,9 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .lock()
         .unwrap()
         .push((headers, String::from_utf8_lossy(&body).into_owned()));
+    if r.hang {
+        std::future::pending::<()>().await;
+    }
     let failing = r.always_fail
         || r.fail_first
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -366,11 +412,14 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 }
 
 fn receiver(fail_first: usize, always_fail: bool) -> (String, Receiver) {
-    let r = Receiver {
+    serve_receiver(Receiver {
         fail_first: Arc::new(AtomicUsize::new(fail_first)),
         always_fail,
         ..Receiver::default()
-    };
+    })
+}
+
+fn serve_receiver(r: Receiver) -> (String, Receiver) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -712,6 +761,49 @@ dual_test!(
             .get(&format!("/api/v1/webhooks/{dead_id}"), &user.token)
             .await;
         assert_eq!(w["failures"], 0);
+    }
+);
+
+dual_test!(
+    a_receiver_that_never_answers_holds_back_its_own_deliveries_only,
+    |config: &mut Config| {
+        configure(config);
+        config.webhooks.concurrency = 16;
+        config.webhooks.timeout_secs = 120;
+    },
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let other = app.add_user(&admin, "other@example.com", "user").await;
+        // A user's subscriptions to a receiver that never answers, each
+        // with events queued.
+        let (hang_url, hanging) = serve_receiver(Receiver {
+            hang: true,
+            ..Receiver::default()
+        });
+        let helper = agent(&app, &user, "helper").await;
+        for _ in 0..3 {
+            subscribe(&app, &user, &hang_url, json!(["run.completed"]), false).await;
+        }
+        for _ in 0..4 {
+            run(&app, &user, &helper, "hello").await;
+        }
+        until(10, "the hanging receiver holds attempts", || async {
+            (hanging.seen().len() >= 3).then_some(())
+        })
+        .await;
+        // Another user's delivery goes out while those hang.
+        let (url, fine) = receiver(0, false);
+        let hook = subscribe(&app, &other, &url, json!(["run.completed"]), false).await;
+        let theirs = agent(&app, &other, "theirs").await;
+        run(&app, &other, &theirs, "hello").await;
+        until(20, "the other user's delivery", || async {
+            (!fine.seen().is_empty()).then_some(())
+        })
+        .await;
+        verify_all(&fine, hook["secret"].as_str().unwrap());
+        // One subscription has at most four attempts in flight, one user
+        // at most fifteen: the rest of the node's sixteen slots stay free.
+        assert!(hanging.seen().len() <= 12, "{}", hanging.seen().len());
     }
 );
 
