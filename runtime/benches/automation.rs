@@ -148,7 +148,10 @@ async fn main() {
         .buffer_unordered(32)
         .collect()
         .await;
-    assert!(statuses.iter().all(|s| *s == 201), "creating schedules failed");
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "creating schedules failed"
+    );
     println!(
         "{backend}: {SCHEDULES} schedules created in {:.1} s, all due at {due}",
         created.elapsed().as_secs_f64()
@@ -182,10 +185,7 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut created: Vec<i64> = rows
-        .iter()
-        .map(|r| r.1.timestamp_millis() - r.0)
-        .collect();
+    let mut created: Vec<i64> = rows.iter().map(|r| r.1.timestamp_millis() - r.0).collect();
     let mut started: Vec<i64> = rows
         .iter()
         .filter_map(|r| r.2.map(|t| t.timestamp_millis() - r.0))

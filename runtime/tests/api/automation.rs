@@ -729,6 +729,72 @@ dual_test!(
             }
         }
 
+        // The other events: a schedule fired, a run waiting for approval,
+        // an MCP server down; each verified by the reference library.
+        let (events_url, events) = receiver(0, false);
+        let all = subscribe(
+            &app,
+            &user,
+            &events_url,
+            json!(["schedule.fired", "run.requires_action", "mcp.server_down"]),
+            false,
+        )
+        .await;
+        let (status, cautious) = app
+            .post(
+                "/api/v1/agents",
+                &user.token,
+                json!({ "name": "cautious", "instructions": "Ask first.",
+                        "model": { "provider": "openai", "model": "gpt-test" },
+                        "tools": ["calculator__evaluate"],
+                        "config": { "require_approval": true } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{cautious}");
+        let waiting = run(&app, &user, cautious["id"].as_str().unwrap(), "calc").await;
+        assert_eq!(waiting["status"], "requires_action", "{waiting}");
+        let (status, schedule) = app
+            .post(
+                "/api/v1/schedules",
+                &user.token,
+                json!({ "agent_id": helper, "name": "tick", "message": "tick",
+                        "timing": { "kind": "once", "at": chrono::Utc::now() + chrono::Duration::seconds(1) } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{schedule}");
+        let (status, server) = app
+            .post(
+                "/api/v1/mcp-servers",
+                &user.token,
+                json!({ "name": "gone", "transport": "http", "url": "http://127.0.0.1:9/mcp" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{server}");
+        app.post(
+            &format!(
+                "/api/v1/mcp-servers/{}/restart",
+                server["id"].as_str().unwrap()
+            ),
+            &user.token,
+            json!({}),
+        )
+        .await;
+        until(20, "the three events", || async {
+            (events.seen().len() >= 3).then_some(())
+        })
+        .await;
+        if let Some(payloads) = verify_all(&events, all["secret"].as_str().unwrap()) {
+            let of = |t: &str| payloads.iter().find(|p| p["type"] == t).cloned();
+            let approval = of("run.requires_action").expect("run.requires_action");
+            assert_eq!(approval["data"]["run_id"], waiting["id"]);
+            let fired = of("schedule.fired").expect("schedule.fired");
+            assert_eq!(fired["data"]["schedule_id"], schedule["id"]);
+            assert!(fired["data"]["run_id"].is_string(), "{fired}");
+            let down = of("mcp.server_down").expect("mcp.server_down");
+            assert_eq!(down["data"]["name"], "gone");
+            assert!(down["data"]["error"].is_string(), "{down}");
+        }
+
         // A receiver that always fails: the subscription is disabled after
         // four failed attempts in a row, with a note.
         let (dead_url, _dead) = receiver(0, true);
