@@ -48,5 +48,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// The instant `ms` Unix milliseconds stand for (the epoch when out of
+/// range).
+pub fn time_of_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// The shared handle services hold.
 pub type SharedClock = Arc<dyn Clock>;

@@ -49,6 +49,21 @@ pub fn check_visible(field: &str, text: &str) -> Result<()> {
     }
 }
 
+/// A label of one's own (a schedule's or a trigger's name), trimmed: 1 to
+/// 200 characters, no control or invisible characters; 400 naming `name`
+/// otherwise.
+pub fn label(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(Error::invalid_field(
+            "name",
+            "1 to 200 characters, no control characters",
+        ));
+    }
+    check_visible("name", name)?;
+    Ok(name.to_owned())
+}
+
 /// Fails with 400 naming `field` when `object` serialises to more than `max` bytes.
 pub fn check_object_size(field: &str, object: &Map<String, Value>, max: usize) -> Result<()> {
     let size = serde_json::to_vec(object)

@@ -14,7 +14,6 @@ pub mod timing;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde_json::{json, Map};
 use sqlx::types::Json;
@@ -46,9 +45,7 @@ const CLAIM_BATCH: i64 = 500;
 /// Firings a node starts at once.
 const START_CONCURRENCY: usize = 32;
 
-fn to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
+use crate::clock::time_of_ms as to_time;
 
 /// Schedules and their firings.
 #[derive(Clone)]
@@ -180,17 +177,6 @@ impl ScheduleService {
         }
     }
 
-    fn check_name(name: &str) -> Result<String> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(Error::invalid_field(
-                "name",
-                "1 to 200 characters, no control characters",
-            ));
-        }
-        Ok(name.to_owned())
-    }
-
     fn check_message(message: &str) -> Result<()> {
         if message.trim().is_empty() {
             return Err(Error::invalid_field("message", "must not be empty"));
@@ -212,7 +198,7 @@ impl ScheduleService {
         input: ScheduleInput,
     ) -> Result<ScheduleResponse> {
         principal.require(Permission::ConversationWrite)?;
-        let name = Self::check_name(&input.name)?;
+        let name = crate::schema::label(&input.name)?;
         Self::check_message(&input.message)?;
         let agent = self.agents.visible(principal, input.agent_id).await?;
         if agent.user_id != principal.user_id {
@@ -328,7 +314,7 @@ impl ScheduleService {
         principal.require(Permission::ConversationWrite)?;
         let mut row = self.visible(principal, id).await?;
         if let Some(name) = &patch.name {
-            row.name = Self::check_name(name)?;
+            row.name = crate::schema::label(name)?;
         }
         if let Some(message) = patch.message {
             Self::check_message(&message)?;

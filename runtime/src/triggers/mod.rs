@@ -308,13 +308,7 @@ impl TriggerService {
         input: TriggerInput,
     ) -> Result<TriggerResponse> {
         principal.require(Permission::ConversationWrite)?;
-        let name = input.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(Error::invalid_field(
-                "name",
-                "1 to 200 characters, no control characters",
-            ));
-        }
+        let name = crate::schema::label(&input.name)?;
         if let Some(t) = &input.template {
             crate::template::check("template", t)?;
         }
@@ -446,14 +440,7 @@ impl TriggerService {
         principal.require(Permission::ConversationWrite)?;
         let mut row = self.visible(principal, id).await?;
         if let Some(name) = patch.name {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-                return Err(Error::invalid_field(
-                    "name",
-                    "1 to 200 characters, no control characters",
-                ));
-            }
-            row.name = name;
+            row.name = crate::schema::label(&name)?;
         }
         if let Some(t) = patch.template {
             if t.is_empty() {
@@ -572,7 +559,7 @@ impl TriggerService {
                 idempotency_key: key,
                 run_id: run,
                 conversation_id: conversation,
-                received_at: DateTime::from_timestamp_millis(at).unwrap_or_default(),
+                received_at: crate::clock::time_of_ms(at),
             })
             .collect();
         Ok(page.wrap(items, total))
@@ -762,7 +749,7 @@ impl TriggerService {
                 &json!({
                     "body": parsed,
                     "text": text,
-                    "received_at": DateTime::from_timestamp_millis(now_ms).unwrap_or_default().to_rfc3339(),
+                    "received_at": crate::clock::time_of_ms(now_ms).to_rfc3339(),
                     "trigger": { "id": row.id, "name": row.name },
                 }),
             )

@@ -74,9 +74,7 @@ pub struct DeliveryRow {
 const DELIVERY_COLUMNS: &str = "id, subscription_id, event_type, run_id, data, payload, status, \
     attempts, next_attempt_ms, last_status_code, last_duration_ms, last_error, occurred_ms";
 
-fn to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
+use crate::clock::time_of_ms as to_time;
 
 /// An attempt as stored: number, status code, duration, error, time.
 type AttemptRow = (i64, Option<i64>, i64, Option<String>, i64);

@@ -374,6 +374,93 @@ dual_test!(
     }
 );
 
+dual_test!(
+    schedules_missed_while_no_node_ran_fire_once_or_are_skipped_and_overlap_can_cancel,
+    |config: &mut Config| {
+        configure(config);
+        config.schedules.misfire_grace_secs = 1;
+    },
+    |mut app: TestApp| async move {
+        let (_, user) = app.admin_and_user().await;
+        let helper = agent(&app, &user, "helper").await;
+        let mut ids = Vec::new();
+        for catch_up in ["once", "skip"] {
+            let (status, s) = app
+                .post(
+                    "/api/v1/schedules",
+                    &user.token,
+                    json!({ "agent_id": helper, "name": catch_up, "catch_up": catch_up,
+                            "message": "missed {{ missed }}",
+                            "timing": { "kind": "interval", "every_secs": 2 } }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{s}");
+            ids.push(s["id"].as_str().unwrap().to_owned());
+        }
+        // No node runs for eight seconds: about four occurrences each.
+        app.stop();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let node = app.second_node(|_| {}).await;
+        let user = node.login("user@example.com").await;
+        let once = until(15, "the catch-up firing", || async {
+            let f = firings(&node, &user, &ids[0]).await;
+            f.iter()
+                .any(|f| f["missed"].as_i64() > Some(0))
+                .then_some(f)
+        })
+        .await;
+        let caught = once
+            .iter()
+            .find(|f| f["missed"].as_i64() > Some(0))
+            .unwrap();
+        assert_eq!(caught["status"], "started", "{caught}");
+        let text = first_message(&node, &user, caught["conversation_id"].as_str().unwrap()).await;
+        assert_eq!(text, format!("missed {}", caught["missed"]));
+        let skip = until(15, "the skipped window", || async {
+            let f = firings(&node, &user, &ids[1]).await;
+            f.iter().any(|f| f["status"] == "skipped").then_some(f)
+        })
+        .await;
+        let skipped = skip.iter().find(|f| f["status"] == "skipped").unwrap();
+        assert!(
+            skipped["reason"].as_str().unwrap().contains("missed"),
+            "{skipped}"
+        );
+        // Either way the schedule is back on time: later firings start.
+        until(10, "a firing after the window", || async {
+            let f = firings(&node, &user, &ids[1]).await;
+            (f.first()?["status"] == "started").then_some(())
+        })
+        .await;
+        for id in &ids {
+            node.delete(&format!("/api/v1/schedules/{id}"), &user.token)
+                .await;
+        }
+
+        // Overlap `cancel`: runs of four seconds every two seconds; each
+        // firing cancels the run before it.
+        let (status, s) = node
+            .post(
+                "/api/v1/schedules",
+                &user.token,
+                json!({ "agent_id": helper, "name": "impatient", "overlap": "cancel",
+                        "message": "slow", "timing": { "kind": "interval", "every_secs": 2 } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{s}");
+        let id = s["id"].as_str().unwrap().to_owned();
+        let f = until(20, "a run cancelled by the next firing", || async {
+            let f = firings(&node, &user, &id).await;
+            f.iter()
+                .any(|f| f["run_status"] == "cancelled")
+                .then_some(f)
+        })
+        .await;
+        assert!(started(&f).len() >= 2, "{f:?}");
+        assert!(f.iter().all(|f| f["status"] != "skipped"), "{f:?}");
+    }
+);
+
 /// A request as received: its headers and body.
 type Received = (HashMap<String, String>, String);
 
