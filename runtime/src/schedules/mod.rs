@@ -492,8 +492,17 @@ impl ScheduleService {
                 .claim_due(node, now_ms, self.lease_ms, CLAIM_BATCH)
                 .await?;
             let more = due.len() as i64 == CLAIM_BATCH;
-            for schedule in due {
-                self.record(node, &schedule, now_ms).await;
+            let mut plans = Vec::with_capacity(due.len());
+            for schedule in &due {
+                if let Some((firings, next)) = self.plan_of(schedule, now_ms).await {
+                    plans.push((schedule, firings, next));
+                }
+            }
+            // One transaction for the batch; a failure leaves the leases
+            // to expire, and the schedules are planned again.
+            if let Err(e) = self.repo.record_plans(node, &plans).await {
+                tracing::warn!(error = %e, "recording schedules' firings failed");
+                break;
             }
             if !more {
                 break;
@@ -520,10 +529,14 @@ impl ScheduleService {
         Ok(started)
     }
 
-    async fn record(&self, node: Uuid, schedule: &ScheduleRow, now_ms: i64) {
-        let Some(next) = schedule.next_fire_ms else {
-            return;
-        };
+    /// The plan of a due schedule now (None: its timing no longer
+    /// compiles, and it was stopped).
+    async fn plan_of(
+        &self,
+        schedule: &ScheduleRow,
+        now_ms: i64,
+    ) -> Option<(Vec<timing::Planned>, Option<i64>)> {
+        let next = schedule.next_fire_ms?;
         let compiled = match schedule
             .timing
             .0
@@ -535,7 +548,7 @@ impl ScheduleService {
                     .repo
                     .stop(schedule.id, &format!("its timing is no longer valid: {e}"))
                     .await;
-                return;
+                return None;
             }
         };
         let catch_up = if schedule.catch_up == "skip" {
@@ -551,13 +564,7 @@ impl ScheduleService {
             catch_up,
             MAX_FIRINGS_PER_PLAN,
         );
-        if let Err(e) = self
-            .repo
-            .record_plan(schedule, node, &plan.firings, plan.next_ms)
-            .await
-        {
-            tracing::warn!(schedule = %schedule.id, error = %e, "recording a schedule's firings failed");
-        }
+        Some((plan.firings, plan.next_ms))
     }
 
     /// Starts one firing's run; true when it started one.

@@ -208,73 +208,73 @@ impl ScheduleRepo {
             .await?))
     }
 
-    /// Records a plan of a schedule `node` leased: its firings (each
-    /// occurrence once: the unique key of schedule and due time) and its
-    /// next occurrence, in one transaction, only if the lease still holds
-    /// and nobody changed the schedule's times meanwhile. Returns the
-    /// firings recorded.
-    pub async fn record_plan(
+    /// Records the plans of schedules `node` leased, in one transaction:
+    /// each schedule's firings (each occurrence once: the unique key of
+    /// schedule and due time) and its next occurrence, only if the lease
+    /// still holds and nobody changed the schedule's times meanwhile (its
+    /// `next_fire_ms` is still the one planned from). Returns how many
+    /// firings were recorded to start.
+    pub async fn record_plans(
         &self,
-        schedule: &ScheduleRow,
         node: Uuid,
-        firings: &[Planned],
-        next_ms: Option<i64>,
-    ) -> Result<Vec<Uuid>> {
+        plans: &[(&ScheduleRow, Vec<Planned>, Option<i64>)],
+    ) -> Result<usize> {
         let now = db::now();
-        let last_fired = firings.iter().any(|f| !f.skipped).then_some(now);
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let moved = sqlx::query(
-                "UPDATE schedules SET next_fire_ms = $3,
-                     state = CASE WHEN $3 IS NULL AND state = 'active' THEN 'finished' ELSE state END,
-                     last_fired_at = COALESCE($4, last_fired_at),
-                     lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2 AND next_fire_ms = $5",
-            )
-            .bind(schedule.id)
-            .bind(node)
-            .bind(next_ms)
-            .bind(last_fired)
-            .bind(schedule.next_fire_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved == 0 {
-                return Ok(Vec::new());
-            }
-            let mut recorded = Vec::new();
-            for f in firings {
-                let id = Uuid::now_v7();
-                let (status, reason) = if f.skipped {
-                    ("skipped", Some("missed while no node was running; the schedule skips missed times"))
-                } else {
-                    ("pending", None)
-                };
-                let conversation = if schedule.fixed_conversation {
-                    schedule.conversation_id
-                } else {
-                    Some(Uuid::now_v7())
-                };
-                let n = sqlx::query(
-                    "INSERT INTO schedule_firings (id, schedule_id, due_ms, status, reason, missed,
-                         run_id, conversation_id, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (schedule_id, due_ms) DO NOTHING",
+            let mut recorded = 0;
+            for (schedule, firings, next_ms) in plans {
+                let last_fired = firings.iter().any(|f| !f.skipped).then_some(now);
+                let moved = sqlx::query(
+                    "UPDATE schedules SET next_fire_ms = $3,
+                         state = CASE WHEN $3 IS NULL AND state = 'active' THEN 'finished' ELSE state END,
+                         last_fired_at = COALESCE($4, last_fired_at),
+                         lease_owner = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_owner = $2 AND next_fire_ms = $5",
                 )
-                .bind(id)
                 .bind(schedule.id)
-                .bind(f.due_ms)
-                .bind(status)
-                .bind(reason)
-                .bind(f.missed)
-                .bind((!f.skipped).then(Uuid::now_v7))
-                .bind(conversation)
-                .bind(now)
+                .bind(node)
+                .bind(*next_ms)
+                .bind(last_fired)
+                .bind(schedule.next_fire_ms)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if n == 1 && !f.skipped {
-                    recorded.push(id);
+                if moved == 0 {
+                    continue;
+                }
+                for f in firings {
+                    let (status, reason) = if f.skipped {
+                        ("skipped", Some("missed while no node was running; the schedule skips missed times"))
+                    } else {
+                        ("pending", None)
+                    };
+                    let conversation = if schedule.fixed_conversation {
+                        schedule.conversation_id
+                    } else {
+                        Some(Uuid::now_v7())
+                    };
+                    let n = sqlx::query(
+                        "INSERT INTO schedule_firings (id, schedule_id, due_ms, status, reason, missed,
+                             run_id, conversation_id, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         ON CONFLICT (schedule_id, due_ms) DO NOTHING",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(schedule.id)
+                    .bind(f.due_ms)
+                    .bind(status)
+                    .bind(reason)
+                    .bind(f.missed)
+                    .bind((!f.skipped).then(Uuid::now_v7))
+                    .bind(conversation)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 1 && !f.skipped {
+                        recorded += 1;
+                    }
                 }
             }
             tx.commit().await?;

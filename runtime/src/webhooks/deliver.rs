@@ -23,6 +23,8 @@ use crate::on_db;
 
 /// Deliveries a node leases per look, at most.
 const BATCH: i64 = 200;
+/// Due deliveries a look considers (the oldest of those with room).
+const CANDIDATES: i64 = 2000;
 /// Deliveries of one subscription leased per look.
 const PER_SUBSCRIPTION: i64 = 4;
 /// Deliveries of one owner's subscriptions (or of all server-wide ones)
@@ -126,26 +128,38 @@ impl WebhookService {
             Db::Sqlite(_) => "",
         };
         let due_now = "status = 'pending' AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)";
+        // What is in flight (on any node) is read once; the candidates are
+        // the oldest due deliveries of subscriptions and owners with room,
+        // ranked so that one subscription or owner takes only its share.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
              WHERE id IN (
                SELECT w.id FROM webhook_deliveries w
                WHERE w.{due_now} AND w.id IN (
-                 SELECT c.id FROM (
-                   SELECT d.id, d.next_attempt_ms,
-                          row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.next_attempt_ms, d.id) AS per_sub,
-                          row_number() OVER (PARTITION BY s.owner_id ORDER BY d.next_attempt_ms, d.id) AS per_owner
+                 WITH busy AS (
+                   SELECT o.subscription_id, COALESCE(os.owner_id, $5) AS owner
+                   FROM webhook_deliveries o JOIN webhook_subscriptions os ON os.id = o.subscription_id
+                   WHERE o.status = 'pending' AND o.lease_until >= $3
+                 ),
+                 full_owners AS (
+                   SELECT owner FROM busy GROUP BY owner HAVING COUNT(*) >= {PER_OWNER}
+                 ),
+                 due AS (
+                   SELECT d.id, d.subscription_id, COALESCE(s.owner_id, $5) AS owner, d.next_attempt_ms
                    FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
                    WHERE d.{due_now}
-                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.subscription_id = d.subscription_id
-                                     AND o.status = 'pending' AND o.lease_until >= $3)
-                     AND (SELECT COUNT(*) FROM webhook_deliveries o
-                          JOIN webhook_subscriptions os ON os.id = o.subscription_id
-                          WHERE (os.owner_id = s.owner_id OR (os.owner_id IS NULL AND s.owner_id IS NULL))
-                            AND o.status = 'pending' AND o.lease_until >= $3) < {PER_OWNER}
-                 ) c
-                 WHERE c.per_sub <= {PER_SUBSCRIPTION} AND c.per_owner <= {PER_OWNER}
-                 ORDER BY c.next_attempt_ms LIMIT $4)
+                     AND d.subscription_id NOT IN (SELECT subscription_id FROM busy)
+                     AND COALESCE(s.owner_id, $5) NOT IN (SELECT owner FROM full_owners)
+                   ORDER BY d.next_attempt_ms LIMIT {CANDIDATES}
+                 ),
+                 ranked AS (
+                   SELECT id, next_attempt_ms,
+                          row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_ms, id) AS per_sub,
+                          row_number() OVER (PARTITION BY owner ORDER BY next_attempt_ms, id) AS per_owner
+                   FROM due
+                 )
+                 SELECT id FROM ranked WHERE per_sub <= {PER_SUBSCRIPTION} AND per_owner <= {PER_OWNER}
+                 ORDER BY next_attempt_ms LIMIT $4)
                {lock})
              RETURNING {DELIVERY_COLUMNS}"
         );
@@ -154,6 +168,7 @@ impl WebhookService {
             .bind(now + self.lease_ms())
             .bind(now)
             .bind(free)
+            .bind(Uuid::nil())
             .fetch_all(pool)
             .await?);
         for d in due {

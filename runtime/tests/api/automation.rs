@@ -405,7 +405,7 @@ dual_test!(
         let once = until(15, "the catch-up firing", || async {
             let f = firings(&node, &user, &ids[0]).await;
             f.iter()
-                .any(|f| f["missed"].as_i64() > Some(0))
+                .any(|f| f["missed"].as_i64() > Some(0) && f["status"] == "started")
                 .then_some(f)
         })
         .await;
@@ -413,7 +413,6 @@ dual_test!(
             .iter()
             .find(|f| f["missed"].as_i64() > Some(0))
             .unwrap();
-        assert_eq!(caught["status"], "started", "{caught}");
         let text = first_message(&node, &user, caught["conversation_id"].as_str().unwrap()).await;
         assert_eq!(text, format!("missed {}", caught["missed"]));
         let skip = until(15, "the skipped window", || async {
