@@ -325,7 +325,7 @@ pub struct WebhooksConfig {
     /// Seconds a receiver has to answer.
     pub timeout_secs: u64,
     /// Deliveries this node sends at once (one subscription has at most
-    /// four in flight, one owner's subscriptions at most fifteen).
+    /// eight in flight, one owner's subscriptions sixteen).
     pub concurrency: usize,
     /// Failed attempts in a row (with no success between them) after which
     /// a subscription is disabled.

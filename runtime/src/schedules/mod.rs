@@ -745,6 +745,14 @@ impl ScheduleService {
             }
             Err(Error::Internal(e)) => Err(Error::Internal(e)),
             Err(Error::Unavailable(e)) => Err(Error::Unavailable(e)),
+            Err(Error::Conflict { .. }) if self.runs.exists(run_id).await? => {
+                // Another node started this firing's run (this node's
+                // lease ran out meanwhile): it is started.
+                self.repo
+                    .settle_firing(firing.id, node, "started", None, Some(conversation))
+                    .await?;
+                Ok(false)
+            }
             Err(e) => {
                 // A quota, the agent's provider, a conflict: this firing
                 // fails, the schedule goes on.

@@ -25,11 +25,11 @@ use crate::on_db;
 const BATCH: i64 = 200;
 /// Due deliveries a look considers (the oldest of those with room).
 const CANDIDATES: i64 = 2000;
-/// Deliveries of one subscription leased per look.
-const PER_SUBSCRIPTION: i64 = 4;
-/// Deliveries of one owner's subscriptions (or of all server-wide ones)
-/// leased per look, and in flight before it gets more.
-const PER_OWNER: i64 = 8;
+/// Attempts of one subscription in flight at once, across nodes.
+const PER_SUBSCRIPTION: i64 = 8;
+/// Attempts of one owner's subscriptions (or of all server-wide ones) in
+/// flight at once, across nodes.
+const PER_OWNER: i64 = 16;
 /// Bytes of a receiver's answer kept in the log on failure.
 const MAX_ERROR_BODY: usize = 300;
 
@@ -45,6 +45,24 @@ impl Outcome {
         self.status_code.is_some_and(|c| (200..300).contains(&c))
     }
 }
+
+/// An attempt's result, waiting to be recorded.
+struct Record {
+    delivery: Uuid,
+    subscription: Uuid,
+    /// Whether it counts in the subscription's run of failures (it was
+    /// enabled).
+    counts: bool,
+    attempt: i64,
+    status: &'static str,
+    next: i64,
+    payload: String,
+    outcome: Outcome,
+    at_ms: i64,
+}
+
+/// Attempts recorded per transaction, at most.
+const RECORD_BATCH: usize = 256;
 
 /// The HTTP clients of deliveries: users' (public addresses only, unless
 /// the operator allows more) and server-wide ones; neither follows
@@ -83,6 +101,31 @@ impl WebhookService {
         let clients = Clients::new(Duration::from_secs(self.config.timeout_secs));
         let slots = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let freed = Arc::new(tokio::sync::Notify::new());
+        // Results are recorded in groups (one transaction for whatever
+        // finished meanwhile), by one task; a slot is free once its
+        // result is recorded.
+        let (results, mut queue) =
+            tokio::sync::mpsc::unbounded_channel::<(Record, tokio::sync::OwnedSemaphorePermit)>();
+        let recorder = self.clone();
+        let recorder_freed = freed.clone();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < RECORD_BATCH {
+                    match queue.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let (records, permits): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
+                if let Err(e) = recorder.record(node, &records).await {
+                    // The leases expire and the deliveries are tried again.
+                    tracing::warn!(error = %e, "recording webhook attempts failed");
+                }
+                drop(permits);
+                recorder_freed.notify_one();
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(this.config.poll_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,7 +136,7 @@ impl WebhookService {
                     // An attempt ended: its subscription may have more.
                     _ = freed.notified() => {}
                 }
-                if let Err(e) = this.deliver_due(node, &clients, &slots, &freed).await {
+                if let Err(e) = this.deliver_due(node, &clients, &slots, &results).await {
                     tracing::warn!(error = %e, "the webhook worker's look for due deliveries failed");
                 }
             }
@@ -105,18 +148,16 @@ impl WebhookService {
     }
 
     /// Leases as many due deliveries as this node has free slots and
-    /// starts an attempt of each. Fair to every subscription and user: a
-    /// subscription with an attempt in flight (on any node) gets none, and
-    /// at most [`PER_SUBSCRIPTION`] per look; an owner with
-    /// [`PER_OWNER`] attempts in flight gets none, and at most
-    /// [`PER_OWNER`] per look. A slow or dead receiver holds back its own
-    /// deliveries, not others'.
+    /// starts an attempt of each. Fair to every subscription and user: one
+    /// subscription has at most [`PER_SUBSCRIPTION`] attempts in flight
+    /// (on all nodes), one owner at most [`PER_OWNER`]; a slow or dead
+    /// receiver holds back its own deliveries, not others'.
     async fn deliver_due(
         &self,
         node: Uuid,
         clients: &Clients,
         slots: &Arc<tokio::sync::Semaphore>,
-        freed: &Arc<tokio::sync::Notify>,
+        results: &tokio::sync::mpsc::UnboundedSender<(Record, tokio::sync::OwnedSemaphorePermit)>,
     ) -> Result<()> {
         let free = slots.available_permits().min(BATCH as usize) as i64;
         if free == 0 {
@@ -141,22 +182,26 @@ impl WebhookService {
                    FROM webhook_deliveries o JOIN webhook_subscriptions os ON os.id = o.subscription_id
                    WHERE o.status = 'pending' AND o.lease_until >= $3
                  ),
-                 full_owners AS (
-                   SELECT owner FROM busy GROUP BY owner HAVING COUNT(*) >= {PER_OWNER}
-                 ),
+                 busy_subs AS (SELECT subscription_id, COUNT(*) AS n FROM busy GROUP BY subscription_id),
+                 busy_owners AS (SELECT owner, COUNT(*) AS n FROM busy GROUP BY owner),
                  due AS (
                    SELECT d.id, d.subscription_id, COALESCE(s.owner_id, $5) AS owner, d.next_attempt_ms
                    FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
                    WHERE d.{due_now}
-                     AND d.subscription_id NOT IN (SELECT subscription_id FROM busy)
-                     AND COALESCE(s.owner_id, $5) NOT IN (SELECT owner FROM full_owners)
+                     AND d.subscription_id NOT IN
+                         (SELECT subscription_id FROM busy_subs WHERE n >= {PER_SUBSCRIPTION})
+                     AND COALESCE(s.owner_id, $5) NOT IN (SELECT owner FROM busy_owners WHERE n >= {PER_OWNER})
                    ORDER BY d.next_attempt_ms LIMIT {CANDIDATES}
                  ),
                  ranked AS (
-                   SELECT id, next_attempt_ms,
-                          row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_ms, id) AS per_sub,
-                          row_number() OVER (PARTITION BY owner ORDER BY next_attempt_ms, id) AS per_owner
+                   SELECT due.id, due.next_attempt_ms,
+                          row_number() OVER (PARTITION BY due.subscription_id ORDER BY due.next_attempt_ms, due.id)
+                              + COALESCE(bs.n, 0) AS per_sub,
+                          row_number() OVER (PARTITION BY due.owner ORDER BY due.next_attempt_ms, due.id)
+                              + COALESCE(bo.n, 0) AS per_owner
                    FROM due
+                   LEFT JOIN busy_subs bs ON bs.subscription_id = due.subscription_id
+                   LEFT JOIN busy_owners bo ON bo.owner = due.owner
                  )
                  SELECT id FROM ranked WHERE per_sub <= {PER_SUBSCRIPTION} AND per_owner <= {PER_OWNER}
                  ORDER BY next_attempt_ms LIMIT $4)
@@ -179,14 +224,18 @@ impl WebhookService {
             };
             let this = self.clone();
             let clients = clients.clone();
-            let freed = freed.clone();
+            let results = results.clone();
             tokio::spawn(async move {
                 let id = d.id;
-                if let Err(e) = this.attempt(node, &clients, d).await {
-                    tracing::warn!(delivery = %id, error = %e, "a webhook delivery failed to record");
+                match this.attempt(&clients, d).await {
+                    Ok(Some(record)) => {
+                        let _ = results.send((record, permit));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(delivery = %id, error = %e, "a webhook attempt failed");
+                    }
                 }
-                drop(permit);
-                freed.notify_one();
             });
         }
         Ok(())
@@ -239,7 +288,8 @@ impl WebhookService {
         .to_string())
     }
 
-    async fn attempt(&self, node: Uuid, clients: &Clients, d: DeliveryRow) -> Result<()> {
+    /// Makes one attempt of `d`; what came of it, for [`Self::record`].
+    async fn attempt(&self, clients: &Clients, d: DeliveryRow) -> Result<Option<Record>> {
         let sub: Option<SubscriptionRow> = on_db!(&self.db, pool => sqlx::query_as(&format!(
             "SELECT {SUB_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
         ))
@@ -247,7 +297,7 @@ impl WebhookService {
         .fetch_optional(pool)
         .await?);
         let Some(sub) = sub else {
-            return Ok(()); // Deleted with its deliveries.
+            return Ok(None); // Deleted with its deliveries.
         };
         let payload = self.payload(&d).await?;
         let now_ms = Utc::now().timestamp_millis();
@@ -272,56 +322,75 @@ impl WebhookService {
             let wait = self.config.retry_ms[attempt as usize - 1] as i64;
             ("pending", now_ms + jittered(wait))
         };
-        let finished = (status != "pending").then_some(now_ms);
+        Ok(Some(Record {
+            delivery: d.id,
+            subscription: sub.id,
+            counts: sub.enabled,
+            attempt,
+            status,
+            next,
+            payload,
+            outcome,
+            at_ms: now_ms,
+        }))
+    }
+
+    /// Records attempts `node` made, in one transaction: each fenced by
+    /// the delivery's lease (an attempt that outlived its lease records
+    /// nothing; the node that took the delivery over owns it), with its
+    /// log row and the subscription's run of failures.
+    async fn record(&self, node: Uuid, records: &[Record]) -> Result<()> {
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let fenced = sqlx::query(
-                "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_ms = $5,
-                     payload = $6, last_status_code = $7, last_duration_ms = $8, last_error = $9,
-                     finished_ms = $10, lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-            )
-            .bind(d.id)
-            .bind(node)
-            .bind(status)
-            .bind(attempt)
-            .bind(next)
-            .bind(&payload)
-            .bind(outcome.status_code)
-            .bind(outcome.duration_ms)
-            .bind(&outcome.error)
-            .bind(finished)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if fenced == 0 {
-                // The lease was lost (this attempt outlived it): another
-                // node owns the delivery now.
-                return Ok(());
-            }
-            sqlx::query(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, duration_ms, error, at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING",
-            )
-            .bind(d.id)
-            .bind(attempt)
-            .bind(outcome.status_code)
-            .bind(outcome.duration_ms)
-            .bind(&outcome.error)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            if sub.enabled {
-                if delivered {
+            for r in records {
+                let finished = (r.status != "pending").then_some(r.at_ms);
+                let fenced = sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_ms = $5,
+                         payload = $6, last_status_code = $7, last_duration_ms = $8, last_error = $9,
+                         finished_ms = $10, lease_owner = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                )
+                .bind(r.delivery)
+                .bind(node)
+                .bind(r.status)
+                .bind(r.attempt)
+                .bind(r.next)
+                .bind(&r.payload)
+                .bind(r.outcome.status_code)
+                .bind(r.outcome.duration_ms)
+                .bind(&r.outcome.error)
+                .bind(finished)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if fenced == 0 {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, duration_ms, error, at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                )
+                .bind(r.delivery)
+                .bind(r.attempt)
+                .bind(r.outcome.status_code)
+                .bind(r.outcome.duration_ms)
+                .bind(&r.outcome.error)
+                .bind(r.at_ms)
+                .execute(&mut *tx)
+                .await?;
+                if !r.counts {
+                    continue;
+                }
+                if r.outcome.delivered() {
                     sqlx::query("UPDATE webhook_subscriptions SET failures = 0 WHERE id = $1 AND failures <> 0")
-                        .bind(sub.id)
+                        .bind(r.subscription)
                         .execute(&mut *tx)
                         .await?;
                 } else {
                     let reason = format!(
                         "disabled after {} failed attempts in a row; the last: {}",
                         self.config.disable_after_failures,
-                        outcome.error.as_deref().unwrap_or("no answer")
+                        r.outcome.error.as_deref().unwrap_or("no answer")
                     );
                     sqlx::query(
                         "UPDATE webhook_subscriptions SET failures = failures + 1,
@@ -329,7 +398,7 @@ impl WebhookService {
                              disabled_reason = CASE WHEN failures + 1 >= $2 THEN $3 ELSE disabled_reason END
                          WHERE id = $1",
                     )
-                    .bind(sub.id)
+                    .bind(r.subscription)
                     .bind(self.config.disable_after_failures)
                     .bind(&reason)
                     .execute(&mut *tx)
