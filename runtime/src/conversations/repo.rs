@@ -52,6 +52,21 @@ pub struct NewHistoryMessage {
 const COLUMNS: &str = "id, user_id, agent_id, title, metadata, \
      (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.conversation_id = conversations.id) AS message_count, \
      created_at, updated_at";
+/// A conversation to insert with others.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    /// Its id.
+    pub id: Uuid,
+    /// Its owner.
+    pub owner: Uuid,
+    /// Its agent.
+    pub agent: Uuid,
+    /// Its title.
+    pub title: String,
+    /// Its metadata.
+    pub metadata: Map<String, Value>,
+}
+
 const INSERT_COLUMNS: &str = "id, user_id, agent_id, title, metadata, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, created_at";
 
@@ -88,6 +103,35 @@ impl ConversationRepo {
             .bind(db::now())
             .fetch_one(pool)
             .await?))
+    }
+
+    /// Inserts conversations in one transaction; ids that exist already
+    /// are left as they are.
+    pub async fn insert_many(&self, rows: &[NewConversation]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO conversations ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (id) DO NOTHING"
+        );
+        let now = db::now();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for row in rows {
+                sqlx::query(&sql)
+                    .bind(row.id)
+                    .bind(row.owner)
+                    .bind(row.agent)
+                    .bind(&row.title)
+                    .bind(Json(&row.metadata))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     /// Inserts a conversation with its history (numbered from 1) in one

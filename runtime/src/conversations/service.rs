@@ -5,7 +5,9 @@
 use uuid::Uuid;
 
 use super::model::*;
-use super::repo::{ConversationRepo, ConversationRow, MessageRow, NewHistoryMessage};
+use super::repo::{
+    ConversationRepo, ConversationRow, MessageRow, NewConversation, NewHistoryMessage,
+};
 use crate::agents::repo::AgentRow;
 use crate::agents::AgentService;
 use crate::db::Db;
@@ -99,6 +101,23 @@ impl ConversationService {
             )
             .await?;
         Ok(row.into())
+    }
+
+    /// Starts conversations for their owners in one transaction: each
+    /// with its owner's principal (which must hold the right to write) and
+    /// an agent the caller checked is the owner's and alive (a schedule's
+    /// firings). Titles and metadata are the caller's own, not a user's
+    /// input.
+    pub async fn create_many(&self, items: &[(Principal, NewConversation)]) -> Result<()> {
+        let mut rows = Vec::with_capacity(items.len());
+        for (principal, row) in items {
+            principal.require(Permission::ConversationWrite)?;
+            rows.push(NewConversation {
+                owner: principal.user_id,
+                ..row.clone()
+            });
+        }
+        self.repo.insert_many(&rows).await
     }
 
     /// Starts a conversation with `agent` (one of the caller's, as the

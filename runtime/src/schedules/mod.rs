@@ -12,6 +12,8 @@ pub mod repo;
 pub mod routes;
 pub mod timing;
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -27,6 +29,7 @@ use crate::audit::AuditService;
 use crate::clock::SharedClock;
 use crate::config::SchedulesConfig;
 use crate::conversations::model::{ContentInput, ConversationInput};
+use crate::conversations::repo::NewConversation;
 use crate::conversations::ConversationService;
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
@@ -516,12 +519,7 @@ impl ScheduleService {
                 .claim_firings(node, now_ms, self.lease_ms, CLAIM_BATCH)
                 .await?;
             let more = firings.len() as i64 == CLAIM_BATCH;
-            started += futures_util::stream::iter(firings)
-                .map(|f| self.start_firing(node, f))
-                .buffer_unordered(START_CONCURRENCY)
-                .filter(|ok| std::future::ready(*ok))
-                .count()
-                .await;
+            started += self.start_batch(node, firings).await?;
             if !more {
                 break;
             }
@@ -567,200 +565,278 @@ impl ScheduleService {
         Some((plan.firings, plan.next_ms))
     }
 
-    /// Starts one firing's run; true when it started one.
-    async fn start_firing(&self, node: Uuid, firing: FiringRow) -> bool {
-        match self.try_start(node, &firing).await {
-            Ok(started) => started,
-            Err(e) => {
-                tracing::warn!(firing = %firing.id, error = %e, "starting a schedule's firing failed");
-                // Tried again once the lease expires.
-                false
+    /// Starts a batch of firings `node` leased. What can be read for the
+    /// whole batch is read once (the schedules, runs already made by a
+    /// node that died, the previous firings' runs, the owners); the new
+    /// conversations are written in one transaction, the runs go through
+    /// the run writer's group commit, and the firings are settled in one
+    /// transaction. Returns how many runs it started.
+    async fn start_batch(&self, node: Uuid, firings: Vec<FiringRow>) -> Result<usize> {
+        if firings.is_empty() {
+            return Ok(0);
+        }
+        let mut schedule_ids: Vec<Uuid> = firings.iter().map(|f| f.schedule_id).collect();
+        schedule_ids.sort();
+        schedule_ids.dedup();
+        let schedules: HashMap<Uuid, ScheduleRow> = self
+            .repo
+            .get_many(&schedule_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+        let run_ids: Vec<Uuid> = firings.iter().filter_map(|f| f.run_id).collect();
+        let made: HashSet<Uuid> = self
+            .repo
+            .existing("runs", &run_ids)
+            .await?
+            .into_iter()
+            .collect();
+        let conversation_ids: Vec<Uuid> =
+            firings.iter().filter_map(|f| f.conversation_id).collect();
+        let conversations: HashSet<Uuid> = self
+            .repo
+            .existing("conversations", &conversation_ids)
+            .await?
+            .into_iter()
+            .collect();
+        let previous: HashMap<Uuid, (Uuid, Option<String>)> = self
+            .repo
+            .previous_runs(&schedule_ids)
+            .await?
+            .into_iter()
+            .map(|(s, r, status)| (s, (r, status)))
+            .collect();
+        let mut principals: HashMap<Uuid, std::result::Result<Principal, String>> = HashMap::new();
+        let mut live_agents: HashMap<Uuid, bool> = HashMap::new();
+        let mut settles: Vec<(Uuid, &'static str, Option<String>, Option<Uuid>)> = Vec::new();
+        let mut starts = Vec::new();
+        let mut new_conversations = Vec::new();
+        for firing in &firings {
+            let (Some(schedule), Some(run_id)) =
+                (schedules.get(&firing.schedule_id), firing.run_id)
+            else {
+                continue; // Deleted with its schedule.
+            };
+            if made.contains(&run_id) {
+                // Taken over from a node that died after starting the run.
+                settles.push((firing.id, "started", None, None));
+                continue;
             }
-        }
-    }
-
-    async fn settle(
-        &self,
-        node: Uuid,
-        firing: &FiringRow,
-        status: &str,
-        reason: &str,
-    ) -> Result<()> {
-        self.repo
-            .settle_firing(firing.id, node, status, Some(reason), None)
-            .await?;
-        Ok(())
-    }
-
-    async fn try_start(&self, node: Uuid, firing: &FiringRow) -> Result<bool> {
-        let Some(schedule) = self.repo.get(firing.schedule_id, None).await? else {
-            return Ok(false);
-        };
-        let Some(run_id) = firing.run_id else {
-            return Ok(false);
-        };
-        // Taken over from a node that died after starting the run.
-        if self.runs.exists(run_id).await? {
-            self.repo
-                .settle_firing(firing.id, node, "started", None, None)
-                .await?;
-            return Ok(false);
-        }
-        let principal = match self.users.acting_as(schedule.owner_id).await {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = format!("its owner cannot act: {e}");
-                self.repo.stop(schedule.id, &reason).await?;
-                self.settle(node, firing, "failed", &reason).await?;
-                return Ok(false);
+            if let Entry::Vacant(slot) = principals.entry(schedule.owner_id) {
+                let p = self
+                    .users
+                    .acting_as(schedule.owner_id)
+                    .await
+                    .map_err(|e| format!("its owner cannot act: {e}"));
+                slot.insert(p);
             }
-        };
-        if self
-            .agents
-            .visible(&principal, schedule.agent_id)
-            .await
-            .is_err()
-        {
-            let reason = "its agent was deleted";
-            self.repo.stop(schedule.id, reason).await?;
-            self.settle(node, firing, "failed", reason).await?;
-            return Ok(false);
-        }
-        if let Some((previous, Some(status))) = self.repo.previous_run(schedule.id).await? {
-            let active = matches!(
-                RunStatus::parse(&status),
-                Some(RunStatus::Queued | RunStatus::Running | RunStatus::RequiresAction)
-            );
-            if active {
-                match Overlap::parse(&schedule.overlap) {
-                    Overlap::Skip => {
-                        self.settle(
-                            node,
-                            firing,
-                            "skipped",
-                            &format!("the previous run {previous} had not ended"),
-                        )
-                        .await?;
-                        return Ok(false);
-                    }
-                    Overlap::Queue if !schedule.fixed_conversation => {
-                        // Looked at again shortly; later firings wait
-                        // behind this one.
-                        let retry = self.clock.now_ms() + self.config.tick_ms as i64 * 4;
-                        self.repo.postpone_firing(firing.id, node, retry).await?;
-                        return Ok(false);
-                    }
-                    // In a fixed conversation the run queues behind the
-                    // previous one.
-                    Overlap::Queue => {}
-                    Overlap::Cancel => {
-                        if let Err(e) = self.runs.cancel(&principal, previous).await {
-                            tracing::debug!(run = %previous, error = %e, "cancelling the previous run");
+            let principal = match &principals[&schedule.owner_id] {
+                Ok(p) => p.clone(),
+                Err(reason) => {
+                    self.repo.stop(schedule.id, reason).await?;
+                    settles.push((firing.id, "failed", Some(reason.clone()), None));
+                    continue;
+                }
+            };
+            if let Entry::Vacant(slot) = live_agents.entry(schedule.agent_id) {
+                let live = self
+                    .agents
+                    .visible(&principal, schedule.agent_id)
+                    .await
+                    .is_ok();
+                slot.insert(live);
+            }
+            if !live_agents[&schedule.agent_id] {
+                self.repo.stop(schedule.id, "its agent was deleted").await?;
+                settles.push((
+                    firing.id,
+                    "failed",
+                    Some("its agent was deleted".into()),
+                    None,
+                ));
+                continue;
+            }
+            if let Some((previous, Some(status))) = previous.get(&schedule.id) {
+                let active = matches!(
+                    RunStatus::parse(status),
+                    Some(RunStatus::Queued | RunStatus::Running | RunStatus::RequiresAction)
+                );
+                if active {
+                    match Overlap::parse(&schedule.overlap) {
+                        Overlap::Skip => {
+                            settles.push((
+                                firing.id,
+                                "skipped",
+                                Some(format!("the previous run {previous} had not ended")),
+                                None,
+                            ));
+                            continue;
+                        }
+                        Overlap::Queue if !schedule.fixed_conversation => {
+                            // Looked at again shortly; later firings wait
+                            // behind this one.
+                            let retry = self.clock.now_ms() + self.config.tick_ms as i64 * 4;
+                            self.repo.postpone_firing(firing.id, node, retry).await?;
+                            continue;
+                        }
+                        // In a fixed conversation the run queues behind the
+                        // previous one.
+                        Overlap::Queue => {}
+                        Overlap::Cancel => {
+                            if let Err(e) = self.runs.cancel(&principal, *previous).await {
+                                tracing::debug!(run = %previous, error = %e, "cancelling the previous run");
+                            }
                         }
                     }
                 }
             }
-        }
-        let conversation = match (schedule.fixed_conversation, schedule.conversation_id) {
-            (true, Some(id)) if self.conversations.get(&principal, id).await.is_ok() => id,
-            _ => {
-                let id = firing.conversation_id.unwrap_or_else(Uuid::now_v7);
-                if self.conversations.get(&principal, id).await.is_err() {
-                    let due = to_time(firing.due_ms);
-                    self.conversations
-                        .create_with_id(
-                            &principal,
-                            id,
-                            ConversationInput {
-                                agent_id: schedule.agent_id,
-                                title: Some(format!(
+            let message = match crate::template::render(
+                &schedule.message,
+                &self.template_context(schedule, firing),
+            ) {
+                Ok(m) if !m.trim().is_empty() => m,
+                Ok(_) => {
+                    settles.push((
+                        firing.id,
+                        "failed",
+                        Some("the message rendered empty".into()),
+                        None,
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    settles.push((firing.id, "failed", Some(e), None));
+                    continue;
+                }
+            };
+            let fixed = schedule
+                .conversation_id
+                .filter(|_| schedule.fixed_conversation);
+            let conversation = match fixed {
+                Some(id) if self.conversations.get(&principal, id).await.is_ok() => id,
+                _ => {
+                    let id = firing.conversation_id.unwrap_or_else(Uuid::now_v7);
+                    if !conversations.contains(&id) {
+                        let due = to_time(firing.due_ms);
+                        new_conversations.push((
+                            principal.clone(),
+                            NewConversation {
+                                id,
+                                owner: principal.user_id,
+                                agent: schedule.agent_id,
+                                title: format!(
                                     "{} · {}",
                                     schedule.name,
                                     due.format("%Y-%m-%d %H:%M")
-                                )),
+                                ),
                                 metadata: Map::from_iter([
                                     ("source".to_owned(), json!("schedule")),
                                     ("schedule_id".to_owned(), json!(schedule.id)),
                                 ]),
                             },
-                        )
-                        .await?;
+                        ));
+                    }
+                    if schedule.fixed_conversation {
+                        // Its conversation was deleted: made again.
+                        self.repo.set_conversation(schedule.id, id).await?;
+                    }
+                    id
                 }
-                if schedule.fixed_conversation {
-                    self.repo.set_conversation(schedule.id, id).await?;
-                }
-                id
-            }
-        };
-        let message = match crate::template::render(
-            &schedule.message,
-            &self.template_context(&schedule, firing),
-        ) {
-            Ok(m) if !m.trim().is_empty() => m,
-            Ok(_) => {
-                self.settle(node, firing, "failed", "the message rendered empty")
-                    .await?;
-                return Ok(false);
-            }
-            Err(e) => {
-                self.settle(node, firing, "failed", &e).await?;
-                return Ok(false);
-            }
-        };
-        let created = self
-            .runs
-            .create(
-                &principal,
+            };
+            starts.push((
+                firing.clone(),
+                schedule.clone(),
+                principal,
                 conversation,
-                RunInput {
-                    message: Some(ContentInput::Text(message)),
-                    limits: None,
-                    on_active: None,
-                    options: None,
-                    id: Some(run_id),
+                run_id,
+                message,
+            ));
+        }
+        self.conversations.create_many(&new_conversations).await?;
+        let runs = self.runs.clone();
+        let created: Vec<_> = futures_util::stream::iter(starts)
+            .map(
+                move |(firing, schedule, principal, conversation, run_id, message)| {
+                    let runs = runs.clone();
+                    async move {
+                        let result = runs
+                            .create(
+                                &principal,
+                                conversation,
+                                RunInput {
+                                    message: Some(ContentInput::Text(message)),
+                                    limits: None,
+                                    on_active: None,
+                                    options: None,
+                                    id: Some(run_id),
+                                },
+                            )
+                            .await;
+                        (firing, schedule, conversation, run_id, result)
+                    }
                 },
             )
+            .buffer_unordered(START_CONCURRENCY)
+            .collect()
             .await;
-        match created {
-            Ok(run) => {
-                self.repo
-                    .settle_firing(firing.id, node, "started", None, Some(conversation))
-                    .await?;
-                self.webhooks
-                    .emit(
-                        schedule.owner_id,
-                        "schedule.fired",
-                        &format!("schedule.fired:{}", firing.id),
-                        json!({
-                            "schedule_id": schedule.id,
-                            "schedule_name": schedule.name,
-                            "firing_id": firing.id,
-                            "due_at": to_time(firing.due_ms),
-                            "run_id": run.id,
-                            "conversation_id": conversation,
-                        }),
-                    )
-                    .await;
-                Ok(true)
-            }
-            Err(Error::Internal(e)) => Err(Error::Internal(e)),
-            Err(Error::Unavailable(e)) => Err(Error::Unavailable(e)),
-            Err(Error::Conflict { .. }) if self.runs.exists(run_id).await? => {
-                // Another node started this firing's run (this node's
-                // lease ran out meanwhile): it is started.
-                self.repo
-                    .settle_firing(firing.id, node, "started", None, Some(conversation))
-                    .await?;
-                Ok(false)
-            }
-            Err(e) => {
-                // A quota, the agent's provider, a conflict: this firing
-                // fails, the schedule goes on.
-                let _ = self.runs.usage().release(run_id).await;
-                self.settle(node, firing, "failed", &e.to_string()).await?;
-                Ok(false)
+        let mut started = Vec::new();
+        for (firing, schedule, conversation, run_id, result) in created {
+            match result {
+                Ok(_) => {
+                    settles.push((firing.id, "started", None, Some(conversation)));
+                    started.push((firing, schedule, conversation, run_id));
+                }
+                // Left pending: tried again when the lease expires.
+                Err(Error::Internal(e)) => {
+                    tracing::warn!(firing = %firing.id, error = %e, "starting a schedule's firing failed");
+                }
+                Err(Error::Unavailable(e)) => {
+                    tracing::warn!(firing = %firing.id, error = %e, "starting a schedule's firing failed");
+                }
+                Err(Error::Conflict { .. }) if self.runs.exists(run_id).await? => {
+                    // Another node started it (this node's lease ran out
+                    // meanwhile).
+                    settles.push((firing.id, "started", None, Some(conversation)));
+                }
+                Err(e) => {
+                    // A quota, the agent's provider: this firing fails, the
+                    // schedule goes on.
+                    let _ = self.runs.usage().release(run_id).await;
+                    settles.push((firing.id, "failed", Some(e.to_string()), None));
+                }
             }
         }
+        self.repo.settle_many(node, &settles).await?;
+        let mut wanted: HashMap<Uuid, bool> = HashMap::new();
+        for (firing, schedule, conversation, run_id) in &started {
+            if let Entry::Vacant(slot) = wanted.entry(schedule.owner_id) {
+                let wants = self
+                    .webhooks
+                    .wanted(Some(schedule.owner_id), "schedule.fired")
+                    .await;
+                slot.insert(wants);
+            }
+            if !wanted[&schedule.owner_id] {
+                continue;
+            }
+            self.webhooks
+                .emit(
+                    schedule.owner_id,
+                    "schedule.fired",
+                    &format!("schedule.fired:{}", firing.id),
+                    json!({
+                        "schedule_id": schedule.id,
+                        "schedule_name": schedule.name,
+                        "firing_id": firing.id,
+                        "due_at": to_time(firing.due_ms),
+                        "run_id": run_id,
+                        "conversation_id": conversation,
+                    }),
+                )
+                .await;
+        }
+        Ok(started.len())
     }
 
     fn template_context(&self, schedule: &ScheduleRow, firing: &FiringRow) -> serde_json::Value {

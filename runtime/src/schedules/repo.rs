@@ -310,31 +310,103 @@ impl ScheduleRepo {
             .await?))
     }
 
-    /// Settles a firing `node` leased: started, skipped or failed.
-    pub async fn settle_firing(
+    /// Settles firings `node` leased, in one transaction: `(id, status,
+    /// reason, conversation)`.
+    pub async fn settle_many(
         &self,
-        id: Uuid,
         node: Uuid,
-        status: &str,
-        reason: Option<&str>,
-        conversation: Option<Uuid>,
-    ) -> Result<bool> {
-        let started = (status == "started").then(db::now);
-        let n = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE schedule_firings SET status = $3, reason = $4, started_at = $5,
-                 conversation_id = COALESCE($6, conversation_id), lease_owner = NULL, lease_until = NULL
-             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(node)
-        .bind(status)
-        .bind(reason)
-        .bind(started)
-        .bind(conversation)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        settles: &[(Uuid, &'static str, Option<String>, Option<Uuid>)],
+    ) -> Result<()> {
+        if settles.is_empty() {
+            return Ok(());
+        }
+        let now = db::now();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for (id, status, reason, conversation) in settles {
+                sqlx::query(
+                    "UPDATE schedule_firings SET status = $3, reason = $4, started_at = $5,
+                         conversation_id = COALESCE($6, conversation_id), lease_owner = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+                )
+                .bind(id)
+                .bind(node)
+                .bind(*status)
+                .bind(reason)
+                .bind((*status == "started").then_some(now))
+                .bind(conversation)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The schedules of `ids` that exist.
+    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<ScheduleRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let rows: Vec<ScheduleRow> = on_db!(&self.db, pool => {
+                let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM schedules WHERE id IN ("));
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Of `ids`, those that are rows of `table` (`runs` or
+    /// `conversations`).
+    pub async fn existing(&self, table: &'static str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let found: Vec<Uuid> = on_db!(&self.db, pool => {
+                let mut qb = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_scalar().fetch_all(pool).await?
+            });
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// For each of `schedules`, the run of its latest started firing and
+    /// that run's status (None when the run is gone).
+    pub async fn previous_runs(
+        &self,
+        schedules: &[Uuid],
+    ) -> Result<Vec<(Uuid, Uuid, Option<String>)>> {
+        let mut out = Vec::new();
+        for chunk in schedules.chunks(500) {
+            let rows: Vec<(Uuid, Uuid, Option<String>)> = on_db!(&self.db, pool => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT f.schedule_id, f.run_id, r.status FROM schedule_firings f
+                     LEFT JOIN runs r ON r.id = f.run_id
+                     WHERE f.status = 'started' AND f.run_id IS NOT NULL AND f.due_ms =
+                         (SELECT MAX(g.due_ms) FROM schedule_firings g
+                          WHERE g.schedule_id = f.schedule_id AND g.status = 'started')
+                       AND f.schedule_id IN (",
+                );
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
     }
 
     /// Hands a pending firing back, to be tried again at `retry_ms`.
@@ -351,7 +423,6 @@ impl ScheduleRepo {
         Ok(())
     }
 
-    /// The run of a schedule's latest started firing, with its status
     /// (None when it is gone).
     pub async fn previous_run(&self, schedule: Uuid) -> Result<Option<(Uuid, Option<String>)>> {
         let row: Option<(Uuid, Option<String>)> = on_db!(&self.db, pool => sqlx::query_as(

@@ -483,6 +483,26 @@ impl WebhookService {
         Ok(n == 1)
     }
 
+    /// Whether an enabled subscription of `owner` (or a server-wide one)
+    /// wants `event_type` (false when that cannot be read).
+    pub async fn wanted(&self, owner: Option<Uuid>, event_type: &str) -> bool {
+        let subs: Result<Vec<Json<Vec<String>>>> = async {
+            Ok(on_db!(&self.db, pool => sqlx::query_scalar(
+                "SELECT events FROM webhook_subscriptions
+                 WHERE enabled AND (owner_id IS NULL OR owner_id = $1)",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?))
+        }
+        .await;
+        subs.map(|s| {
+            s.iter()
+                .any(|e| e.0.iter().any(|t| t == "*" || t == event_type))
+        })
+        .unwrap_or(false)
+    }
+
     /// Queues `event_type` (identified by `key`: an event queued twice is
     /// delivered once) for the enabled subscriptions that want it: those of
     /// `owner`, and the server-wide ones. Never fails its caller: a failure
