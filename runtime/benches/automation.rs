@@ -223,7 +223,7 @@ async fn main() {
             chrono::Utc::now().timestamp_millis() - due_ms < 1_200_000,
             "deliveries stalled at {n} of {expected}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     };
     let secs = ((last - first) as f64 / 1000.0).max(0.001);
     println!(
