@@ -169,39 +169,46 @@ impl WebhookService {
             Db::Sqlite(_) => "",
         };
         let due_now = "status = 'pending' AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)";
-        // What is in flight (on any node) is read once; the candidates are
-        // the oldest due deliveries of subscriptions and owners with room,
-        // ranked so that one subscription or owner takes only its share.
+        // What is in flight (on any node) is read once, and from it the
+        // subscriptions with no room (their own, or their owner's); the
+        // candidates are the oldest due deliveries of the others (read from
+        // the covering index alone), ranked so that one subscription or
+        // owner takes only its share.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
              WHERE id IN (
                SELECT w.id FROM webhook_deliveries w
                WHERE w.{due_now} AND w.id IN (
-                 WITH busy AS (
-                   SELECT o.subscription_id, COALESCE(os.owner_id, $5) AS owner
-                   FROM webhook_deliveries o JOIN webhook_subscriptions os ON os.id = o.subscription_id
-                   WHERE o.status = 'pending' AND o.lease_until >= $3
+                 WITH busy_subs AS (
+                   SELECT subscription_id, COUNT(*) AS n FROM webhook_deliveries
+                   WHERE status = 'pending' AND lease_until >= $3 GROUP BY subscription_id
                  ),
-                 busy_subs AS (SELECT subscription_id, COUNT(*) AS n FROM busy GROUP BY subscription_id),
-                 busy_owners AS (SELECT owner, COUNT(*) AS n FROM busy GROUP BY owner),
+                 busy_owners AS (
+                   SELECT COALESCE(s.owner_id, $5) AS owner, SUM(b.n) AS n
+                   FROM busy_subs b JOIN webhook_subscriptions s ON s.id = b.subscription_id
+                   GROUP BY COALESCE(s.owner_id, $5)
+                 ),
+                 closed AS (
+                   SELECT subscription_id AS id FROM busy_subs WHERE n >= {PER_SUBSCRIPTION}
+                   UNION
+                   SELECT s.id FROM webhook_subscriptions s
+                   WHERE COALESCE(s.owner_id, $5) IN (SELECT owner FROM busy_owners WHERE n >= {PER_OWNER})
+                 ),
                  due AS (
-                   SELECT d.id, d.subscription_id, COALESCE(s.owner_id, $5) AS owner, d.next_attempt_ms
-                   FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
-                   WHERE d.{due_now}
-                     AND d.subscription_id NOT IN
-                         (SELECT subscription_id FROM busy_subs WHERE n >= {PER_SUBSCRIPTION})
-                     AND COALESCE(s.owner_id, $5) NOT IN (SELECT owner FROM busy_owners WHERE n >= {PER_OWNER})
+                   SELECT d.id, d.subscription_id, d.next_attempt_ms FROM webhook_deliveries d
+                   WHERE d.{due_now} AND d.subscription_id NOT IN (SELECT id FROM closed)
                    ORDER BY d.next_attempt_ms LIMIT {CANDIDATES}
                  ),
                  ranked AS (
                    SELECT due.id, due.next_attempt_ms,
                           row_number() OVER (PARTITION BY due.subscription_id ORDER BY due.next_attempt_ms, due.id)
                               + COALESCE(bs.n, 0) AS per_sub,
-                          row_number() OVER (PARTITION BY due.owner ORDER BY due.next_attempt_ms, due.id)
+                          row_number() OVER (PARTITION BY COALESCE(s.owner_id, $5) ORDER BY due.next_attempt_ms, due.id)
                               + COALESCE(bo.n, 0) AS per_owner
                    FROM due
+                   JOIN webhook_subscriptions s ON s.id = due.subscription_id
                    LEFT JOIN busy_subs bs ON bs.subscription_id = due.subscription_id
-                   LEFT JOIN busy_owners bo ON bo.owner = due.owner
+                   LEFT JOIN busy_owners bo ON bo.owner = COALESCE(s.owner_id, $5)
                  )
                  SELECT id FROM ranked WHERE per_sub <= {PER_SUBSCRIPTION} AND per_owner <= {PER_OWNER}
                  ORDER BY next_attempt_ms LIMIT $4)
