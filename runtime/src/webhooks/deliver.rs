@@ -17,7 +17,6 @@ use uuid::Uuid;
 use super::{
     message_id, DeliveryRow, SubscriptionRow, WebhookService, DELIVERY_COLUMNS, SUB_COLUMNS,
 };
-use crate::db::Db;
 use crate::error::Result;
 use crate::on_db;
 
@@ -164,35 +163,28 @@ impl WebhookService {
             return Ok(());
         }
         let now = Utc::now().timestamp_millis();
-        let lock = match self.db {
-            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
-            Db::Sqlite(_) => "",
-        };
-        let due_now = "status = 'pending' AND next_attempt_ms <= $3 AND (lease_until IS NULL OR lease_until < $3)";
-        // What is in flight (on any node) is read once, and from it the
-        // subscriptions with no room (their own, or their owner's); the
-        // candidates are the oldest due deliveries of the others (read from
-        // the covering index alone), ranked so that one subscription or
-        // owner takes only its share.
-        let sql = format!(
-            "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2
-             WHERE id IN (
-               SELECT w.id FROM webhook_deliveries w
-               WHERE w.{due_now} AND w.id IN (
+        let due_now = "status = 'pending' AND next_attempt_ms <= $1 AND (lease_until IS NULL OR lease_until < $1)";
+        // First a read, which holds no lock while it looks: what is in
+        // flight (on any node), and from it the subscriptions with no room
+        // (their own, or their owner's); the candidates are the oldest due
+        // deliveries of the others (from the covering index alone), ranked
+        // so that one subscription or owner takes only its share.
+        let pick = format!(
+            "
                  WITH busy_subs AS (
                    SELECT subscription_id, COUNT(*) AS n FROM webhook_deliveries
-                   WHERE status = 'pending' AND lease_until >= $3 GROUP BY subscription_id
+                   WHERE status = 'pending' AND lease_until >= $1 GROUP BY subscription_id
                  ),
                  busy_owners AS (
-                   SELECT COALESCE(s.owner_id, $5) AS owner, SUM(b.n) AS n
+                   SELECT COALESCE(s.owner_id, $3) AS owner, SUM(b.n) AS n
                    FROM busy_subs b JOIN webhook_subscriptions s ON s.id = b.subscription_id
-                   GROUP BY COALESCE(s.owner_id, $5)
+                   GROUP BY COALESCE(s.owner_id, $3)
                  ),
                  closed AS (
                    SELECT subscription_id AS id FROM busy_subs WHERE n >= {PER_SUBSCRIPTION}
                    UNION
                    SELECT s.id FROM webhook_subscriptions s
-                   WHERE COALESCE(s.owner_id, $5) IN (SELECT owner FROM busy_owners WHERE n >= {PER_OWNER})
+                   WHERE COALESCE(s.owner_id, $3) IN (SELECT owner FROM busy_owners WHERE n >= {PER_OWNER})
                  ),
                  due AS (
                    SELECT d.id, d.subscription_id, d.next_attempt_ms FROM webhook_deliveries d
@@ -203,26 +195,43 @@ impl WebhookService {
                    SELECT due.id, due.next_attempt_ms,
                           row_number() OVER (PARTITION BY due.subscription_id ORDER BY due.next_attempt_ms, due.id)
                               + COALESCE(bs.n, 0) AS per_sub,
-                          row_number() OVER (PARTITION BY COALESCE(s.owner_id, $5) ORDER BY due.next_attempt_ms, due.id)
+                          row_number() OVER (PARTITION BY COALESCE(s.owner_id, $3) ORDER BY due.next_attempt_ms, due.id)
                               + COALESCE(bo.n, 0) AS per_owner
                    FROM due
                    JOIN webhook_subscriptions s ON s.id = due.subscription_id
                    LEFT JOIN busy_subs bs ON bs.subscription_id = due.subscription_id
-                   LEFT JOIN busy_owners bo ON bo.owner = COALESCE(s.owner_id, $5)
+                   LEFT JOIN busy_owners bo ON bo.owner = COALESCE(s.owner_id, $3)
                  )
                  SELECT id FROM ranked WHERE per_sub <= {PER_SUBSCRIPTION} AND per_owner <= {PER_OWNER}
-                 ORDER BY next_attempt_ms LIMIT $4)
-               {lock})
-             RETURNING {DELIVERY_COLUMNS}"
+                 ORDER BY next_attempt_ms LIMIT $2"
         );
-        let due: Vec<DeliveryRow> = on_db!(&self.db, pool => sqlx::query_as(&sql)
-            .bind(node)
-            .bind(now + self.lease_ms())
+        let picked: Vec<Uuid> = on_db!(&self.db, pool => sqlx::query_scalar(&pick)
             .bind(now)
             .bind(free)
             .bind(Uuid::nil())
             .fetch_all(pool)
             .await?);
+        if picked.is_empty() {
+            return Ok(());
+        }
+        // Then a short write by id: each lease is taken only if the
+        // delivery is still due and free (another node may have taken it
+        // since the read).
+        let due: Vec<DeliveryRow> = on_db!(&self.db, pool => {
+            let mut qb = sqlx::QueryBuilder::new("UPDATE webhook_deliveries SET lease_owner = ");
+            qb.push_bind(node)
+                .push(", lease_until = ")
+                .push_bind(now + self.lease_ms())
+                .push(" WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < ")
+                .push_bind(now)
+                .push(") AND id IN (");
+            let mut ids = qb.separated(", ");
+            for id in &picked {
+                ids.push_bind(*id);
+            }
+            qb.push(format!(") RETURNING {DELIVERY_COLUMNS}"));
+            qb.build_query_as().fetch_all(pool).await?
+        });
         for d in due {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 // Unreachable (only this task takes slots); the lease
