@@ -39,7 +39,8 @@ async fn list_schedules(
 /// (cron in a time zone, an interval, or once), each firing a durable run.
 #[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = [])),
     request_body = ScheduleInput,
-    responses((status = 201, body = ScheduleResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 201, body = ScheduleResponse), (status = 404, body = ErrorResponse),
+              (status = 422, body = ErrorResponse)))]
 async fn create_schedule(
     State(state): State<AppState>,
     principal: Principal,

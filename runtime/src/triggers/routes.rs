@@ -46,7 +46,8 @@ async fn list_triggers(
 /// answer carries its token (and signing secret), shown this once.
 #[utoipa::path(post, path = "/api/v1/triggers", tag = "triggers", security(("bearer" = [])),
     request_body = TriggerInput,
-    responses((status = 201, body = TriggerResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 201, body = TriggerResponse), (status = 404, body = ErrorResponse),
+              (status = 422, body = ErrorResponse)))]
 async fn create_trigger(
     State(state): State<AppState>,
     principal: Principal,
@@ -128,7 +129,9 @@ async fn list_trigger_deliveries(
     params(("id" = Uuid, Path), ("token" = Option<String>, Query, description = "The trigger's token")),
     request_body(content = String, description = "JSON or text", content_type = "application/json"),
     responses((status = 202, body = RunResponse), (status = 401, body = ErrorResponse),
-              (status = 413, body = ErrorResponse), (status = 429, body = ErrorResponse)))]
+              (status = 403, body = ErrorResponse), (status = 409, body = ErrorResponse),
+              (status = 413, body = ErrorResponse), (status = 422, body = ErrorResponse),
+              (status = 429, body = ErrorResponse)))]
 async fn fire_trigger(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
