@@ -33,30 +33,18 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// A receiver that answers 200 to every delivery, counting them.
 fn receiver() -> (String, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen = count.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/hook",
-                axum::routing::post(move || {
-                    let seen = seen.clone();
-                    async move {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                        "ok"
-                    }
-                }),
-            );
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let url = format!("http://{}/hook", vendor::serve_in_thread(app));
     (url, count)
 }
 

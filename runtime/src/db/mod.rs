@@ -176,6 +176,20 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Appends `(id, id, ...)`, each bound, to `qb` (after `... IN `).
+pub fn push_ids<'a, DB>(qb: &mut sqlx::QueryBuilder<'a, DB>, ids: &[uuid::Uuid])
+where
+    DB: sqlx::Database,
+    uuid::Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    qb.push("(");
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    qb.push(")");
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
 pub fn like_pattern(needle: &str) -> String {
     let mut out = String::with_capacity(needle.len() + 2);

@@ -348,12 +348,8 @@ impl ScheduleRepo {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let rows: Vec<ScheduleRow> = on_db!(&self.db, pool => {
-                let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM schedules WHERE id IN ("));
-                let mut list = qb.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                qb.push(")");
+                let mut qb = sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM schedules WHERE id IN "));
+                db::push_ids(&mut qb, chunk);
                 qb.build_query_as().fetch_all(pool).await?
             });
             out.extend(rows);
@@ -367,12 +363,8 @@ impl ScheduleRepo {
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
             let found: Vec<Uuid> = on_db!(&self.db, pool => {
-                let mut qb = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN ("));
-                let mut list = qb.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                qb.push(")");
+                let mut qb = sqlx::QueryBuilder::new(format!("SELECT id FROM {table} WHERE id IN "));
+                db::push_ids(&mut qb, chunk);
                 qb.build_query_scalar().fetch_all(pool).await?
             });
             out.extend(found);
@@ -395,13 +387,9 @@ impl ScheduleRepo {
                      WHERE f.status = 'started' AND f.run_id IS NOT NULL AND f.due_ms =
                          (SELECT MAX(g.due_ms) FROM schedule_firings g
                           WHERE g.schedule_id = f.schedule_id AND g.status = 'started')
-                       AND f.schedule_id IN (",
+                       AND f.schedule_id IN ",
                 );
-                let mut list = qb.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                qb.push(")");
+                db::push_ids(&mut qb, chunk);
                 qb.build_query_as().fetch_all(pool).await?
             });
             out.extend(rows);

@@ -224,12 +224,9 @@ impl WebhookService {
                 .push_bind(now + self.lease_ms())
                 .push(" WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < ")
                 .push_bind(now)
-                .push(") AND id IN (");
-            let mut ids = qb.separated(", ");
-            for id in &picked {
-                ids.push_bind(*id);
-            }
-            qb.push(format!(") RETURNING {DELIVERY_COLUMNS}"));
+                .push(") AND id IN ");
+            crate::db::push_ids(&mut qb, &picked);
+            qb.push(format!(" RETURNING {DELIVERY_COLUMNS}"));
             qb.build_query_as().fetch_all(pool).await?
         });
         for d in due {

@@ -25,6 +25,7 @@ use crate::common::{assert_error, Session, TestApp};
 use crate::dual_test;
 use crate::mcp::python;
 use crate::runs::with_vendor;
+use crate::vendor::serve_in_thread;
 
 fn configure(config: &mut Config) {
     with_vendor(config);
@@ -504,24 +505,10 @@ fn receiver(fail_first: usize, always_fail: bool) -> (String, Receiver) {
 }
 
 fn serve_receiver(r: Receiver) -> (String, Receiver) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let state = r.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/hook", axum::routing::post(receive))
-                .with_state(state);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (url, r)
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(r.clone());
+    (format!("http://{}/hook", serve_in_thread(app)), r)
 }
 
 impl Receiver {

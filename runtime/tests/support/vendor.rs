@@ -238,22 +238,29 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
 /// (ending in `/v1`).
 pub fn vendor() -> (String, Vendor) {
     let vendor = Vendor::default();
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(complete))
+        .with_state(vendor.clone());
+    let base = format!("http://{}/v1", serve_in_thread(app));
+    (base, vendor)
+}
+
+/// Serves `app` on a free loopback port from a thread and runtime of its
+/// own (so that the server under test cannot starve it); returns the
+/// address.
+pub fn serve_in_thread(app: axum::Router) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    let state = vendor.clone();
+    let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/v1/chat/completions", axum::routing::post(complete))
-                .with_state(state);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
         });
     });
-    (base, vendor)
+    addr
 }
