@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod conversations;
 pub mod crypto;
 pub mod db;

@@ -327,7 +327,7 @@ pub fn app(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
         .merge(crate::mcp::host::router(state.clone()))
         .route("/v1/{*rest}", axum::routing::any(crate::openai::not_found))
-        .fallback(middleware::not_found)
+        .fallback_service(console_service())
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -340,6 +340,24 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::trace())
         .layer(middleware::set_request_id())
         .with_state(state)
+}
+
+/// The web console, compressed (gzip or brotli, as the browser accepts), and
+/// the API's 404 for every other unknown path.
+fn console_service() -> Router {
+    async fn console_or_not_found(
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        headers: axum::http::HeaderMap,
+    ) -> axum::response::Response {
+        match crate::console::serve(&method, &uri, &headers) {
+            Some(response) => response,
+            None => middleware::not_found().await,
+        }
+    }
+    Router::new()
+        .fallback(console_or_not_found)
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets in-flight

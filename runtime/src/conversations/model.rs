@@ -80,6 +80,34 @@ pub struct ConversationResponse {
 pub struct ConversationFilter {
     /// Only conversations with this agent.
     pub agent_id: Option<Uuid>,
+    /// Only conversations whose title contains this text (case-insensitive
+    /// for ASCII letters; 1 to 200 characters).
+    #[param(min_length = 1, max_length = 200)]
+    pub q: Option<String>,
+}
+
+impl ConversationFilter {
+    /// The title search as a `LIKE` pattern (escape character `\`).
+    pub fn title_pattern(&self) -> Result<Option<String>> {
+        let Some(q) = self.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) else {
+            return Ok(None);
+        };
+        if q.chars().count() > 200 || q.chars().any(char::is_control) {
+            return Err(Error::invalid_field(
+                "q",
+                "must be at most 200 printable characters",
+            ));
+        }
+        let mut pattern = String::from("%");
+        for c in q.to_lowercase().chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        Ok(Some(pattern))
+    }
 }
 
 /// Who wrote a message.
@@ -205,13 +233,19 @@ pub struct MessageResponse {
     pub created_at: DateTime<Utc>,
 }
 
-/// `?after=&limit=` of the message list.
+/// `?after=&limit=` (or `?before=&limit=`) of the message list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MessageCursor {
     /// The `next_cursor` of the previous page; omit for the first page.
     #[param(pattern = r"^[0-9]{1,18}$")]
     pub after: Option<String>,
+    /// Reads backwards: the messages just before this `seq` (`latest`:
+    /// the newest messages), still oldest first within the page; then
+    /// `next_cursor` is the `before` of the page of older ones. Not with
+    /// `after`.
+    #[param(pattern = r"^([0-9]{1,18}|latest)$")]
+    pub before: Option<String>,
     /// Messages per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
@@ -222,9 +256,10 @@ pub struct MessageCursor {
 pub struct MessagePage {
     /// The messages.
     pub items: Vec<MessageResponse>,
-    /// Pass as `after` to read on; absent on the last page.
+    /// Pass as `after` to read on (as `before`, reading backwards); absent
+    /// on the last page.
     pub next_cursor: Option<String>,
-    /// Whether more messages follow.
+    /// Whether more messages follow (precede, reading backwards).
     pub has_more: bool,
 }
 
@@ -232,6 +267,8 @@ pub struct MessagePage {
 pub struct CursorRequest {
     /// Only messages with a greater `seq`.
     pub after_seq: i64,
+    /// Reading backwards: only messages with a smaller `seq`.
+    pub before_seq: Option<i64>,
     /// Page size.
     pub limit: u32,
 }
@@ -246,16 +283,31 @@ impl MessageCursor {
                 format!("must be between 1 and {MAX_MESSAGE_LIMIT}"),
             ));
         }
-        let after_seq = match &self.after {
-            None => 0,
-            Some(c) => (1..=18)
+        let seq = |field: &str, c: &str| {
+            (1..=18)
                 .contains(&c.len())
                 .then_some(c)
                 .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|c| c.parse::<i64>().ok())
-                .ok_or_else(|| Error::invalid_field("after", "is not a cursor from this API"))?,
+                .ok_or_else(|| Error::invalid_field(field, "is not a cursor from this API"))
         };
-        Ok(CursorRequest { after_seq, limit })
+        let after_seq = match &self.after {
+            None => 0,
+            Some(c) => seq("after", c)?,
+        };
+        let before_seq = match self.before.as_deref() {
+            None => None,
+            Some(_) if self.after.is_some() => {
+                return Err(Error::invalid_field("before", "cannot be used with after"))
+            }
+            Some("latest") => Some(i64::MAX),
+            Some(c) => Some(seq("before", c)?),
+        };
+        Ok(CursorRequest {
+            after_seq,
+            before_seq,
+            limit,
+        })
     }
 }
 
@@ -369,6 +421,7 @@ mod tests {
         let c = |after: Option<&str>, limit| {
             MessageCursor {
                 after: after.map(Into::into),
+                before: None,
                 limit,
             }
             .validate()

@@ -213,6 +213,7 @@ impl ConversationRepo {
         &self,
         owner: Option<Uuid>,
         agent: Option<Uuid>,
+        title: Option<String>,
         page: PageRequest,
     ) -> Result<(Vec<ConversationRow>, i64)> {
         on_db!(&self.db, pool, D => {
@@ -224,6 +225,11 @@ impl ConversationRepo {
                 }
                 if let Some(agent) = agent {
                     qb.push(" AND agent_id = ").push_bind(agent);
+                }
+                if let Some(title) = &title {
+                    qb.push(" AND LOWER(title) LIKE ")
+                        .push_bind(title.clone())
+                        .push(" ESCAPE '\\'");
                 }
             }
             select
@@ -430,6 +436,24 @@ impl ConversationRepo {
         Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
             .bind(conversation)
             .bind(after_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// The `limit` messages before `before_seq`, newest first.
+    pub async fn messages_before(
+        &self,
+        conversation: Uuid,
+        before_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql)
+            .bind(conversation)
+            .bind(before_seq)
             .bind(limit)
             .fetch_all(pool)
             .await?))

@@ -199,9 +199,10 @@ impl ConversationService {
     ) -> Result<Page<ConversationResponse>> {
         principal.require(Permission::ConversationRead)?;
         let page = page.validate()?;
+        let title = filter.title_pattern()?;
         let (rows, total) = self
             .repo
-            .list(principal.owner_scope(), filter.agent_id, page)
+            .list(principal.owner_scope(), filter.agent_id, title, page)
             .await?;
         Ok(page.wrap(rows, total).map(ConversationResponse::from))
     }
@@ -273,16 +274,33 @@ impl ConversationService {
         principal.require(Permission::ConversationRead)?;
         let cursor = cursor.validate()?;
         self.visible(principal, id).await?;
-        let mut rows = self
-            .repo
-            .messages(id, cursor.after_seq, cursor.limit as i64 + 1)
-            .await?;
-        let has_more = rows.len() > cursor.limit as usize;
-        rows.truncate(cursor.limit as usize);
-        let next_cursor = if has_more {
-            rows.last().map(|m| m.seq.to_string())
-        } else {
-            None
+        let limit = cursor.limit as usize;
+        let (rows, has_more, next_cursor) = match cursor.before_seq {
+            Some(before) => {
+                let mut rows = self
+                    .repo
+                    .messages_before(id, before, limit as i64 + 1)
+                    .await?;
+                let has_more = rows.len() > limit;
+                rows.truncate(limit);
+                rows.reverse();
+                let next = has_more
+                    .then(|| rows.first().map(|m| m.seq.to_string()))
+                    .flatten();
+                (rows, has_more, next)
+            }
+            None => {
+                let mut rows = self
+                    .repo
+                    .messages(id, cursor.after_seq, limit as i64 + 1)
+                    .await?;
+                let has_more = rows.len() > limit;
+                rows.truncate(limit);
+                let next = has_more
+                    .then(|| rows.last().map(|m| m.seq.to_string()))
+                    .flatten();
+                (rows, has_more, next)
+            }
         };
         Ok(MessagePage {
             items: rows.into_iter().map(MessageResponse::from).collect(),

@@ -212,7 +212,7 @@ async fn usage_report(
     Ok(Json(state.runs.usage().report(&principal, query).await?))
 }
 
-/// A user's usage limits (admins).
+/// A user's usage limits (admins; anyone for their own).
 #[utoipa::path(get, path = "/api/v1/users/{id}/usage-limits", tag = "runs", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")),
     responses((status = 200, body = UsageLimits), (status = 403, body = ErrorResponse)))]

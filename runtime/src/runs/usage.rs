@@ -335,9 +335,12 @@ impl UsageService {
         Ok(())
     }
 
-    /// A user's limits (admins).
+    /// A user's limits (admins; anyone for their own).
     pub async fn limits(&self, principal: &Principal, user: Uuid) -> Result<UsageLimits> {
-        principal.require(Permission::UserManage)?;
+        // Everyone may read their own limits (the console shows what is left).
+        if principal.user_id != user {
+            principal.require(Permission::UserManage)?;
+        }
         Ok(self.stored_limits(user).await?.unwrap_or_default())
     }
 

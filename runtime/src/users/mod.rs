@@ -7,6 +7,7 @@ pub mod model;
 pub mod repo;
 pub mod routes;
 pub mod service;
+pub mod session;
 pub mod throttle;
 
 pub use service::{TokenPolicy, UserService};

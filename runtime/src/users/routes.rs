@@ -19,6 +19,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
+        .routes(routes!(super::session::setup_status))
+        .routes(routes!(
+            super::session::create_session,
+            super::session::delete_session
+        ))
+        .routes(routes!(super::session::register_session))
+        .routes(routes!(super::session::refresh_session))
         .routes(routes!(me))
         .routes(routes!(change_password))
         .routes(routes!(list_users, create_user))

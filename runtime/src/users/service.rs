@@ -106,6 +106,11 @@ impl UserService {
         }
     }
 
+    /// Whether any account exists.
+    pub async fn any_user(&self) -> Result<bool> {
+        self.repo.any_user().await
+    }
+
     /// Self-registration. The very first user becomes admin; afterwards the
     /// registration setting decides, and new users get the `user` role.
     pub async fn register(&self, request: RegisterRequest) -> Result<TokenResponse> {

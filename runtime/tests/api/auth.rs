@@ -626,3 +626,294 @@ dual_test!(
         );
     }
 );
+
+/// The console's session: `POST /api/v1/auth/session` with the CSRF header.
+async fn session_call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut request = app.client.request(method, format!("{}{path}", app.base));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("orchestra_session={cookie}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, set_cookie, body)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("orchestra_session=")
+        .to_owned()
+}
+
+dual_test!(
+    console_sessions_keep_the_refresh_token_in_an_httponly_cookie,
+    |app: TestApp| async move {
+        let csrf = [("x-orchestra-csrf", "1")];
+        let (_, _, setup) =
+            session_call(&app, Method::GET, "/api/v1/auth/setup", None, &[], None).await;
+        assert_eq!(
+            setup,
+            json!({ "needs_admin": true, "registration": "closed" })
+        );
+
+        let credentials =
+            json!({ "email": "first@example.com", "password": "correct horse battery" });
+        // Without the CSRF header, or from another origin: refused, nothing stored.
+        let (status, cookie, body) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/register",
+            None,
+            &[],
+            Some(credentials.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, cookie, body["error"].clone()),
+            (StatusCode::FORBIDDEN, None, json!("csrf"))
+        );
+        let evil = [
+            ("x-orchestra-csrf", "1"),
+            ("origin", "https://evil.example"),
+        ];
+        let (status, _, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/register",
+            None,
+            &evil,
+            Some(credentials.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (_, _, setup) =
+            session_call(&app, Method::GET, "/api/v1/auth/setup", None, &[], None).await;
+        assert_eq!(
+            setup["needs_admin"], true,
+            "a refused request created no account"
+        );
+
+        // The first account, from the console: the admin, signed in.
+        let (status, set_cookie, body) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/register",
+            None,
+            &csrf,
+            Some(credentials.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["user"]["role"], "admin");
+        assert!(
+            body.get("refresh_token").is_none(),
+            "the page never sees the refresh token"
+        );
+        let set_cookie = set_cookie.expect("a cookie");
+        for attribute in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/api/v1/auth/session",
+            "Max-Age=",
+        ] {
+            assert!(set_cookie.contains(attribute), "{set_cookie}");
+        }
+        assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+        let first = cookie_value(&set_cookie);
+        let (status, _) = app
+            .get("/api/v1/users/me", body["access_token"].as_str().unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // Behind a TLS proxy the cookie is Secure.
+        let tls = [("x-orchestra-csrf", "1"), ("x-forwarded-proto", "https")];
+        let (status, set_cookie, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session",
+            None,
+            &tls,
+            Some(credentials.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(set_cookie.unwrap().ends_with("; Secure"));
+
+        // Refresh: a new access token and a rotated cookie; the old cookie,
+        // replayed, ends the session.
+        let (status, _, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(&first),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "the CSRF header is required");
+        let (status, set_cookie, body) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(&first),
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let second = cookie_value(&set_cookie.unwrap());
+        assert_ne!(first, second);
+        assert!(body["access_token"].is_string());
+        let (status, set_cookie, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(&first),
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            set_cookie.unwrap().contains("Max-Age=0"),
+            "a dead session's cookie is cleared"
+        );
+        let (status, _, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(&second),
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "the replay revoked the whole session"
+        );
+
+        // Sign out: the session's tokens are revoked and the cookie cleared.
+        let (_, set_cookie, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session",
+            None,
+            &csrf,
+            Some(credentials),
+        )
+        .await;
+        let third = cookie_value(&set_cookie.unwrap());
+        let (status, set_cookie, _) = session_call(
+            &app,
+            Method::DELETE,
+            "/api/v1/auth/session",
+            Some(&third),
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(set_cookie.unwrap().contains("Max-Age=0"));
+        let (status, _, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(&third),
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, _) = session_call(
+            &app,
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            None,
+            &csrf,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no cookie, no session");
+    }
+);
+
+dual_test!(
+    the_console_is_served_at_the_root_with_its_security_headers,
+    |app: TestApp| async move {
+        for path in ["/", "/chat/123", "/agents"] {
+            let response = app
+                .client
+                .get(format!("{}{path}", app.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let h = response.headers().clone();
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(
+                csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+                "{csp}"
+            );
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert_eq!(h["referrer-policy"], "no-referrer");
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains("/assets/app.js") && !text.contains("<script>"),
+                "no inline script"
+            );
+        }
+        // Compressed when the browser accepts it; revalidated by ETag.
+        let response = app
+            .client
+            .get(format!("{}/assets/vendor/marked.js", app.base))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-encoding"], "gzip");
+        let etag = response.headers()["etag"].clone();
+        let again = app
+            .client
+            .get(format!("{}/assets/vendor/marked.js", app.base))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        // The API's paths keep their JSON 404.
+        let (status, body) = app
+            .call(Method::GET, "/api/v1/nothing-here", None, None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "not_found");
+        let response = app
+            .client
+            .get(format!("{}/assets/missing.js", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+);

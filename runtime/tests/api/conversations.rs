@@ -209,3 +209,109 @@ dual_test!(
         assert_error(&long_title, StatusCode::BAD_REQUEST, "validation_error");
     }
 );
+
+dual_test!(
+    conversations_are_searched_by_title_and_messages_read_backwards,
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let other = app.add_user(&admin, "other@example.com", "user").await;
+        let agent = app.agent(&admin, "chat").await;
+        for title in [
+            "Trip to Lyon",
+            "Budget 100% done",
+            "lyon again",
+            "under_score",
+        ] {
+            let (status, _) = app
+                .post(
+                    "/api/v1/conversations",
+                    &admin.token,
+                    json!({ "agent_id": agent, "title": title }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let titles = |page: &serde_json::Value| -> Vec<String> {
+            let mut t: Vec<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["title"].as_str().unwrap().to_owned())
+                .collect();
+            t.sort();
+            t
+        };
+        let (_, page) = app.get("/api/v1/conversations?q=LYON", &admin.token).await;
+        assert_eq!(titles(&page), ["Trip to Lyon", "lyon again"]);
+        assert_eq!(page["total"], 2);
+        // LIKE's wildcards are plain characters here.
+        let (_, page) = app
+            .get("/api/v1/conversations?q=100%25", &admin.token)
+            .await;
+        assert_eq!(titles(&page), ["Budget 100% done"]);
+        let (_, page) = app.get("/api/v1/conversations?q=_", &admin.token).await;
+        assert_eq!(titles(&page), ["under_score"]);
+        let (_, page) = app.get("/api/v1/conversations?q=lyon", &other.token).await;
+        assert_eq!(page["total"], 0, "another user's titles are not searched");
+        let long = "x".repeat(201);
+        assert_error(
+            &app.get(&format!("/api/v1/conversations?q={long}"), &admin.token)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+        );
+
+        // 7 messages read backwards 3 at a time: 5-7, 2-4, 1.
+        let id = app.conversation(&admin, &agent).await;
+        for i in 1..=7 {
+            let (status, _) = app
+                .post(
+                    &format!("/api/v1/conversations/{id}/messages"),
+                    &admin.token,
+                    json!({ "role": "user", "content": format!("m{i}") }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let seqs = |page: &serde_json::Value| -> Vec<i64> {
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_i64().unwrap())
+                .collect()
+        };
+        let path = format!("/api/v1/conversations/{id}/messages");
+        let (_, page) = app
+            .get(&format!("{path}?before=latest&limit=3"), &admin.token)
+            .await;
+        assert_eq!(seqs(&page), [5, 6, 7]);
+        assert_eq!(
+            (page["has_more"].clone(), page["next_cursor"].clone()),
+            (json!(true), json!("5"))
+        );
+        let (_, page) = app
+            .get(&format!("{path}?before=5&limit=3"), &admin.token)
+            .await;
+        assert_eq!(seqs(&page), [2, 3, 4]);
+        let (_, page) = app
+            .get(&format!("{path}?before=2&limit=3"), &admin.token)
+            .await;
+        assert_eq!(seqs(&page), [1]);
+        assert_eq!(
+            (page["has_more"].clone(), page["next_cursor"].clone()),
+            (json!(false), json!(null))
+        );
+        assert_error(
+            &app.get(&format!("{path}?before=3&after=1"), &admin.token)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+        );
+        assert_error(
+            &app.get(&format!("{path}?before=soon"), &admin.token).await,
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+        );
+    }
+);

@@ -10,6 +10,7 @@ mod vendor;
 mod agents;
 mod auth;
 mod automation;
+mod console;
 mod conversations;
 mod egress;
 mod errors;

