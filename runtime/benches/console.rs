@@ -265,4 +265,5 @@ async fn main() {
 
     let _ = b.close().await;
     let _ = driver.kill();
+    let _ = driver.wait();
 }

@@ -75,7 +75,7 @@ function DayChart({ lines, days }) {
           <rect class="bar-out" x=${i * w + w * 0.1} width=${w * 0.8} y=${40 - hin - hout} height=${hout} /></g>`;
       })}
     </svg>
-    <figcaption><span class="key-in">input</span> <span class="key-out">output</span> · ${series[0].key} to ${series[series.length - 1].key} · peak ${number(max)} tokens</figcaption>
+    <figcaption><span class="key-in">input</span> <span class="key-out">output</span> · ${series[0].key} to ${series[series.length - 1].key} · peak ${number(Math.max(...series.map((s) => s.total_tokens)))} tokens a day</figcaption>
   </figure>`;
 }
 
