@@ -246,15 +246,14 @@ async fn main() {
     let open = t.elapsed();
     js("window.__long = 0; new PerformanceObserver(l => { for (const e of l.getEntries()) window.__long = Math.max(window.__long, e.duration); }).observe({ type: 'longtask' }); return true".into()).await;
     let t = Instant::now();
-    for page in 1..=10 {
-        js("document.querySelector('.messages').scrollTop = 0; document.querySelector('.messages').dispatchEvent(new Event('scroll')); return true".into()).await;
-        let want = format!(
-            "return document.querySelectorAll('.message').length >= {}",
-            50 * (page + 1)
-        );
+    for _ in 1..=10 {
+        let first = js("return document.querySelector('.message')?.dataset.id".into()).await;
+        js("const m = document.querySelector('.messages'); m.scrollTop = 0; m.dispatchEvent(new Event('scroll')); return true".into()).await;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while js(want.clone()).await.as_bool() != Some(true) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while js("return document.querySelector('.message')?.dataset.id".into()).await == first
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let paging = t.elapsed();

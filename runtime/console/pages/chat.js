@@ -5,6 +5,7 @@ import * as api from '../lib/api.js';
 import { renderMarkdown, highlightWithin } from '../lib/markdown.js';
 
 const PAGE = 50;
+const WINDOW = 300;
 const FINAL = ['completed', 'failed', 'cancelled'];
 
 export function Chat({ id }) {
@@ -86,6 +87,8 @@ function Thread({ id, agents, tools, onTouched }) {
   const [conv, setConv] = useState(null);
   const [messages, setMessages] = useState([]);
   const [older, setOlder] = useState(null); // cursor of older messages
+  const [newer, setNewer] = useState(null); // cursor of newer ones, when the window left them
+  const busy = useRef(false);
   const [runs, setRuns] = useState(new Map());
   const [live, setLive] = useState(null); // { run, text, calls: Map, lastSeq }
   const [error, setError] = useState(null);
@@ -160,8 +163,13 @@ function Thread({ id, agents, tools, onTouched }) {
     setMessages((ms) => {
       const stored = new Map(page.items.map((m) => [m.id, m]));
       const kept = ms.filter((m) => !stored.has(m.id) && m.seq !== Infinity);
-      return [...kept, ...page.items];
+      const all = [...kept, ...page.items];
+      if (all.length <= WINDOW) return all;
+      const windowed = all.slice(-WINDOW);
+      setOlder(String(windowed[0].seq));
+      return windowed;
     });
+    setNewer(null);
     setLive((l) => (l && l.run.id === runId && FINAL.includes(l.run.status) ? null : l));
     setLive((l) => (l && l.run.id === runId ? { ...l, text: '', calls: new Map() } : l));
     onTouched();
@@ -196,19 +204,53 @@ function Thread({ id, agents, tools, onTouched }) {
     if (el && stick.current) el.scrollTop = el.scrollHeight;
   }, [messages, live]);
 
+  // The messages in the page are a window of at most WINDOW of them, paged
+  // in by cursor as the reader scrolls: up reads older ones (and drops the
+  // newest beyond the window), down reads newer ones again.
+  const anchor = () => {
+    const el = scroller.current;
+    const top = el.getBoundingClientRect().top;
+    const first = [...el.querySelectorAll('[data-id]')].find((m) => m.getBoundingClientRect().bottom > top);
+    return first && { id: first.dataset.id, offset: first.getBoundingClientRect().top - top };
+  };
+  const restore = (mark) => requestAnimationFrame(() => {
+    const el = scroller.current;
+    const node = mark && el.querySelector(`[data-id="${mark.id}"]`);
+    if (node) el.scrollTop += node.getBoundingClientRect().top - el.getBoundingClientRect().top - mark.offset;
+  });
   const onScroll = async (e) => {
     const el = e.currentTarget;
-    stick.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
-    if (el.scrollTop < 200 && older && !onScroll.busy) {
-      onScroll.busy = true;
-      try {
-        const before = el.scrollHeight;
+    stick.current = !newer && el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+    if (busy.current) return;
+    const nearTop = el.scrollTop < 300 && older;
+    const nearBottom = el.scrollHeight - el.scrollTop - el.clientHeight < 300 && newer;
+    if (!nearTop && !nearBottom) return;
+    busy.current = true;
+    const mark = anchor();
+    try {
+      if (nearTop) {
         const page = await api.get(`/api/v1/conversations/${id}/messages?before=${older}&limit=${PAGE}`);
-        setMessages((ms) => [...page.items, ...ms]);
         setOlder(page.has_more ? page.next_cursor : null);
-        requestAnimationFrame(() => { el.scrollTop += el.scrollHeight - before; });
-      } catch (err) { setError(err); } finally { onScroll.busy = false; }
-    }
+        setMessages((ms) => {
+          const all = [...page.items, ...ms];
+          if (all.length <= WINDOW) return all;
+          const kept = all.slice(0, WINDOW);
+          setNewer(String(kept[kept.length - 1].seq));
+          return kept;
+        });
+      } else {
+        const page = await api.get(`/api/v1/conversations/${id}/messages?after=${newer}&limit=${PAGE}`);
+        setNewer(page.has_more ? page.next_cursor : null);
+        setMessages((ms) => {
+          const all = [...ms, ...page.items];
+          if (all.length <= WINDOW) return all;
+          const kept = all.slice(all.length - WINDOW);
+          setOlder(String(kept[0].seq));
+          return kept;
+        });
+      }
+      restore(mark);
+    } catch (err) { setError(err); } finally { busy.current = false; }
   };
 
   const send = async (text) => {
@@ -250,6 +292,7 @@ function Thread({ id, agents, tools, onTouched }) {
   }, [running, live]);
 
   const results = useMemo(() => callsOf(messages), [messages]);
+  const shownCalls = useMemo(() => new Set(messages.flatMap((m) => m.content.filter((p) => p.type === 'tool_call').map((p) => p.id))), [messages]);
   const lastRunOf = useMemo(() => {
     const last = new Map();
     messages.forEach((m, i) => { const r = m.metadata?.run_id; if (r && m.role === 'assistant') last.set(r, i); });
@@ -269,9 +312,10 @@ function Thread({ id, agents, tools, onTouched }) {
     </header>
     <div class="messages" ref=${scroller} onScroll=${onScroll} role="log" aria-label="Messages">
       ${older ? html`<p class="muted center">Scroll up for older messages</p>` : null}
-      ${messages.map((m, i) => html`<${Message} key=${m.id} message=${m} results=${results} toolInfo=${toolInfo}
+      ${messages.map((m, i) => html`<${Message} key=${m.id} id=${m.id} message=${m} results=${results} toolInfo=${toolInfo} liveCalls=${live?.calls}
           footer=${m.metadata?.run_id && lastRunOf.get(m.metadata.run_id) === i && !(live && live.run.id === m.metadata.run_id && running) ? runs.get(m.metadata.run_id) : null} />`)}
-      ${live ? html`<${LiveRun} live=${live} toolInfo=${toolInfo} results=${results} />` : null}
+      ${newer ? html`<p class="muted center">Scroll down for newer messages</p>` : null}
+      ${live ? html`<${LiveRun} live=${live} toolInfo=${toolInfo} shown=${shownCalls} />` : null}
       ${showFailure ? html`<div class="note error run-failed" role="alert">
           <strong>${failed.status === 'cancelled' ? 'The run was stopped.' : 'The run failed.'}</strong>
           ${failed.error ? html` <code>${failed.error.code}</code> ${failed.error.message}` : null}
@@ -299,19 +343,35 @@ function Markdown({ text }) {
   return html`<div class="md" ref=${ref} dangerouslySetInnerHTML=${{ __html: htmlText }}></div>`;
 }
 
-function Message({ message, results, toolInfo, footer }) {
+/** A call's result: stored, or as the live run reported it. */
+function resultOf(callId, results, liveCalls) {
+  const stored = results.get(callId);
+  if (stored) return { result: stored };
+  const c = liveCalls?.get(callId);
+  if (!c) return { result: null };
+  return {
+    result: c.done ? { content: typeof c.result === 'string' ? c.result : pretty(c.result), is_error: c.is_error } : null,
+    running: !c.done,
+    duration: c.duration_ms,
+  };
+}
+
+function Message({ id, message, results, toolInfo, footer, liveCalls }) {
   const { role, content } = message;
-  if (role === 'tool') return null; // shown inside the call's card
+  if (role === 'tool') return html`<span data-id=${id} hidden></span>`; // shown inside the call's card
   const text = content.filter((p) => p.type === 'text').map((p) => p.text).join('\n\n');
   const calls = content.filter((p) => p.type === 'tool_call');
   const images = content.filter((p) => p.type === 'image');
-  return html`<article class=${'message ' + role}>
+  return html`<article class=${'message ' + role} data-id=${id}>
     <header><span class="who">${role === 'user' ? 'You' : role === 'assistant' ? 'Agent' : role}</span>
       ${text ? html`<${CopyButton} text=${text} />` : null}</header>
     ${text ? (role === 'user' ? html`<p class="plain">${text}</p>` : html`<${Markdown} text=${text} />`) : null}
     ${images.map((p) => html`<p class="muted">[image${p.url.startsWith('data:') ? '' : ': ' + p.url}]</p>`)}
-    ${calls.length ? html`<div class="calls">${calls.map((c) => html`<${ToolCard} key=${c.id}
-        call=${{ call_id: c.id, name: c.name, arguments: c.arguments }} result=${results.get(c.id)} info=${toolInfo.get(c.name)} />`)}</div>` : null}
+    ${calls.length ? html`<div class="calls">${calls.map((c) => {
+        const r = resultOf(c.id, results, liveCalls);
+        return html`<${ToolCard} key=${c.id} call=${{ call_id: c.id, name: c.name, arguments: c.arguments }}
+          result=${r.result} running=${r.running} duration=${r.duration} info=${toolInfo.get(c.name)} />`;
+      })}</div>` : null}
     ${footer ? html`<${RunFooter} run=${footer} />` : null}
   </article>`;
 }
@@ -323,8 +383,9 @@ function RunFooter({ run }) {
   </footer>`;
 }
 
-function LiveRun({ live, toolInfo, results }) {
-  const calls = [...live.calls.values()].filter((c) => !results.has(c.call_id) || !c.done);
+function LiveRun({ live, toolInfo, shown }) {
+  // Calls of a message already in the list show in that message's cards.
+  const calls = [...live.calls.values()].filter((c) => !shown.has(c.call_id));
   const status = live.run.status;
   return html`<article class="message assistant live" aria-busy=${!FINAL.includes(status)}>
     <header><span class="who">Agent</span> <span class="status">${status === 'queued' ? 'queued' : status === 'requires_action' ? 'waiting for your approval' : status === 'running' ? 'answering…' : status}</span></header>

@@ -741,3 +741,58 @@ async fn console_admin_pages_plugins_mcp_keys_and_a_viewer_without_write_control
         .await;
     phone.screenshot("phone-menu").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_long_conversations_are_read_in_a_window_of_pages() {
+    let _one = BROWSER_LOCK.lock().await;
+    let app = app().await;
+    let admin = app.register("admin@example.com").await;
+    let agent = agent_with(&app, &admin, "Archive", json!({})).await;
+    let id = app.conversation(&admin, &agent).await;
+    for i in 1..=420 {
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                &admin.token,
+                json!({ "role": if i % 2 == 1 { "user" } else { "assistant" }, "content": format!("Message {i}") }),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let Some(b) = Browser::open(&app.base, 1280, 860).await else {
+        return;
+    };
+    b.sign_in("admin@example.com").await;
+    b.goto(&format!("/chat/{id}")).await;
+    b.wait_text("Message 420").await;
+    let shown = "return document.querySelectorAll('.message').length";
+    assert_eq!(b.js(shown).await, json!(50), "the newest page first");
+
+    // Up to the first message: never more than the window in the page.
+    let mut most = 0;
+    for _ in 0..40 {
+        b.js("const m = document.querySelector('.messages'); m.scrollTop = 0; m.dispatchEvent(new Event('scroll')); return true").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        most = most.max(b.js(shown).await.as_i64().unwrap());
+        if b.text().await.contains("Message 1\n") {
+            break;
+        }
+    }
+    b.wait_text("Message 1\n").await;
+    assert!(most <= 300, "at most 300 messages in the page, saw {most}");
+    assert!(
+        !b.text().await.contains("Message 420"),
+        "the newest left the window"
+    );
+
+    // And back down to the newest.
+    for _ in 0..40 {
+        b.js("const m = document.querySelector('.messages'); m.scrollTop = m.scrollHeight; m.dispatchEvent(new Event('scroll')); return true").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if b.text().await.contains("Message 420") {
+            break;
+        }
+    }
+    b.wait_text("Message 420").await;
+    assert!(b.js(shown).await.as_i64().unwrap() <= 300);
+}
