@@ -18,6 +18,7 @@ function Users() {
   const [page, setPage] = useState(1);
   const list = useLoad(() => api.get('/api/v1/users' + api.qs({ page, page_size: 50 })), [page]);
   const [creating, setCreating] = useState(false);
+  const [resetting, setResetting] = useState(null);
   const [error, setError] = useState(null);
   const update = async (u, body) => {
     setError(null);
@@ -34,7 +35,8 @@ function Users() {
           <option value="admin">admin</option><option value="user">user</option><option value="viewer">viewer</option></select></td>
         <td>${u.is_active ? 'active' : html`<span class="badge error">disabled</span>`}</td>
         <td>${u.last_login_at ? when(u.last_login_at) : 'never'}</td>
-        <td class="row"><button type="button" class="small" onClick=${() => update(u, { is_active: !u.is_active })}>${u.is_active ? 'Disable' : 'Enable'}</button></td>
+        <td class="row"><button type="button" class="small" onClick=${() => update(u, { is_active: !u.is_active })}>${u.is_active ? 'Disable' : 'Enable'}</button>
+          <button type="button" class="small" onClick=${() => setResetting(u)}>Reset password</button></td>
       </tr>`)}
     </tbody></table>
     ${list.data && (page > 1 || list.data.has_more) ? html`<div class="pager">
@@ -42,7 +44,27 @@ function Users() {
       <span>Page ${page} of ${Math.ceil(list.data.total / 50)}</span>
       <button type="button" class="small" disabled=${!list.data.has_more} onClick=${() => setPage(page + 1)}>Next</button></div>` : null}
     ${creating ? html`<${CreateUser} onClose=${() => setCreating(false)} onDone=${() => { setCreating(false); list.reload(); }} />` : null}
+    ${resetting ? html`<${ResetPassword} user=${resetting} onClose=${() => setResetting(null)} />` : null}
   </div>`;
+}
+
+function ResetPassword({ user, onClose }) {
+  const [password, setPassword] = useState('');
+  const [error, setError] = useState(null);
+  const [done, setDone] = useState(false);
+  const submit = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try { await api.post(`/api/v1/users/${user.id}/password`, { password }); setDone(true); } catch (err) { setError(err); }
+  };
+  return html`<${Modal} title=${'Reset the password of ' + user.email} onClose=${onClose}>
+    <form onSubmit=${submit}>
+      <${Field} label="New password" hint="8 characters or more. Every session of the user ends."><input type="password" required minlength="8" autocomplete="new-password" value=${password} onInput=${(e) => setPassword(e.target.value)} /></${Field}>
+      <${ErrorNote} error=${error} />
+      ${done ? html`<div class="note ok" role="status">Password set; the user's sessions have ended.</div>` : null}
+      <div class="row end"><button type="button" onClick=${onClose}>${done ? 'Close' : 'Cancel'}</button>${done ? null : html`<button type="submit" class="primary">Set password</button>`}</div>
+    </form>
+  </${Modal}>`;
 }
 
 function CreateUser({ onClose, onDone }) {

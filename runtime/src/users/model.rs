@@ -329,6 +329,15 @@ pub struct TokenResponse {
     pub user: UserResponse,
 }
 
+/// `POST /api/v1/users/{id}/password` (admin)
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The new password: 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
+    pub password: String,
+}
+
 /// `POST /api/v1/users` (admin)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(list_users, create_user))
         .routes(routes!(get_user, update_user))
+        .routes(routes!(reset_password))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(delete_api_key))
 }
@@ -159,6 +160,22 @@ async fn update_user(
     Ok(Json(
         state.users.update_user(&principal, id, request).await?,
     ))
+}
+
+/// Set a user's password (admin); every session and access token of the
+/// user ends at once.
+#[utoipa::path(post, path = "/api/v1/users/{id}/password", tag = "users", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id")), request_body = ResetPasswordRequest,
+    responses((status = 204), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
+async fn reset_password(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(request): Json<ResetPasswordRequest>,
+) -> Result<StatusCode> {
+    state.users.reset_password(&principal, id, request).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List the caller's API keys (never their secrets).

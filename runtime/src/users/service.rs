@@ -244,17 +244,41 @@ impl UserService {
             .get_by_email(email.as_str())
             .await?
             .ok_or(Error::NotFound("user"))?;
+        self.set_password_of(row.id, password, None, "cli").await
+    }
+
+    /// An admin sets a user's password; every session of the user ends.
+    pub async fn reset_password(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        request: ResetPasswordRequest,
+    ) -> Result<()> {
+        principal.require(Permission::UserManage)?;
+        let password = Password::parse(request.password, "password")?;
+        let row = self.repo.get(id).await?.ok_or(Error::NotFound("user"))?;
+        self.set_password_of(row.id, password, Some(principal.user_id), "api")
+            .await
+    }
+
+    async fn set_password_of(
+        &self,
+        user: Uuid,
+        password: Password,
+        actor: Option<Uuid>,
+        via: &str,
+    ) -> Result<()> {
         let hash = credentials::hash_password(password.expose().to_owned()).await?;
         let now = db::now();
-        self.repo.set_password(row.id, &hash, now).await?;
-        self.repo.revoke_user_tokens(row.id, now).await?;
+        self.repo.set_password(user, &hash, now).await?;
+        self.repo.revoke_user_tokens(user, now).await?;
         self.cache.clear();
         self.audit
             .record(
-                None,
+                actor,
                 "user.password_reset",
-                Some(("user", row.id)),
-                json!({ "via": "cli" }),
+                Some(("user", user)),
+                json!({ "via": via }),
             )
             .await;
         Ok(())

@@ -917,3 +917,66 @@ dual_test!(
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 );
+
+dual_test!(
+    admins_reset_a_users_password_and_end_its_sessions,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let path = format!("/api/v1/users/{}/password", user.user_id);
+        // Not for users, not too short, not for a missing account.
+        assert_error(
+            &app.post(&path, &user.token, json!({ "password": "a new password" }))
+                .await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        assert_error(
+            &app.post(&path, &admin.token, json!({ "password": "short" }))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+        );
+        assert_error(
+            &app.post(
+                &format!("/api/v1/users/{}/password", uuid::Uuid::new_v4()),
+                &admin.token,
+                json!({ "password": "a new password" }),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        let (status, _) = app
+            .post(&path, &admin.token, json!({ "password": "a new password" }))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        // The user's tokens stop working; the old password too; the new one works.
+        let (status, _) = app.get("/api/v1/users/me", &user.token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": user.refresh })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(json!({ "email": "user@example.com", "password": "correct horse battery" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let session = app.login_with("user@example.com", "a new password").await;
+        assert!(!session.token.is_empty());
+        let (_, log) = app
+            .get("/api/v1/audit-log?action=user.password_reset", &admin.token)
+            .await;
+        assert_eq!(log["items"][0]["actor_id"], admin.user_id.as_str());
+        assert_eq!(log["items"][0]["details"]["via"], "api");
+    }
+);
