@@ -61,6 +61,11 @@ fn free_port() -> u16 {
 impl Browser {
     /// A headless Chromium at `width` x `height`, or `None` without one.
     async fn open(base: &str, width: u32, height: u32) -> Option<Browser> {
+        Self::open_with(base, width, height, false).await
+    }
+
+    /// As `open`, with the system's dark theme when `dark`.
+    async fn open_with(base: &str, width: u32, height: u32, dark: bool) -> Option<Browser> {
         let driver_path = chromedriver()?;
         let port = free_port();
         let driver = Command::new(driver_path)
@@ -80,6 +85,12 @@ impl Browser {
                      "--disable-extensions", "--no-first-run", "--force-color-profile=srgb",
                      format!("--window-size={width},{height}")],
         });
+        if dark {
+            options["args"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("--force-dark-mode"));
+        }
         if width < 500 {
             // A phone: headless windows are at least 500 px wide, so the
             // viewport is emulated (as a browser's device mode does).
@@ -463,7 +474,7 @@ async fn console_approvals_accept_edit_reject_stop_and_resume_after_a_reload() {
         json!({ "require_approval": ["calculator__evaluate", "text__regex_replace"] }),
     )
     .await;
-    let Some(b) = Browser::open(&app.base, 1280, 860).await else {
+    let Some(b) = Browser::open_with(&app.base, 1280, 860, true).await else {
         return;
     };
     b.sign_in("admin@example.com").await;
