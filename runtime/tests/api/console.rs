@@ -596,11 +596,43 @@ async fn console_admin_pages_plugins_mcp_keys_and_a_viewer_without_write_control
     let admin = app.register("admin@example.com").await;
     let viewer = app.add_user(&admin, "viewer@example.com", "viewer").await;
     let agent = agent_with(&app, &admin, "Shared", json!({})).await;
-    let _ = agent;
     let Some(b) = Browser::open(&app.base, 1280, 860).await else {
         return;
     };
     b.sign_in("admin@example.com").await;
+
+    // A concurrent change to an agent open in the editor: shown as such,
+    // with a way to reload it.
+    b.goto(&format!("/agents/{agent}")).await;
+    b.css("textarea.instructions").await;
+    let (status, _) = app
+        .patch(
+            &format!("/api/v1/agents/{agent}"),
+            &admin.token,
+            json!({ "name": "Renamed elsewhere" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    b.css("textarea.instructions")
+        .await
+        .send_keys(" Be brief.")
+        .await
+        .unwrap();
+    b.click("Save").await;
+    b.wait_text("Someone else changed this agent").await;
+    b.click("Reload their version").await;
+    b.until(
+        "the other version",
+        "return document.querySelector('main h1').textContent === 'Renamed elsewhere'",
+    )
+    .await;
+    let (_, stored) = app
+        .get(&format!("/api/v1/agents/{agent}"), &admin.token)
+        .await;
+    assert_eq!(
+        stored["instructions"], "Be helpful.",
+        "the stale edit was not saved"
+    );
 
     // A plugin uploaded from a file.
     let wasm = crate::support::template_wasm();
