@@ -29,14 +29,14 @@ function Users() {
     <${ErrorNote} error=${error || list.error} />
     <table class="table"><thead><tr><th>User</th><th>Role</th><th>Status</th><th>Last sign-in</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
       ${(list.data?.items || []).map((u) => html`<tr key=${u.id}>
-        <td>${u.display_name || ''}<br /><small class="muted">${u.email}</small></td>
+        <td>${u.display_name ? html`${u.display_name}<br /><small class="muted">${u.email}</small>` : u.email}</td>
         <td><label class="sr-only" for=${'role-' + u.id}>Role of ${u.email}</label>
           <select id=${'role-' + u.id} value=${u.role} onChange=${(e) => update(u, { role: e.target.value })}>
           <option value="admin">admin</option><option value="user">user</option><option value="viewer">viewer</option></select></td>
         <td>${u.is_active ? 'active' : html`<span class="badge error">disabled</span>`}</td>
         <td>${u.last_login_at ? when(u.last_login_at) : 'never'}</td>
-        <td class="row"><button type="button" class="small" onClick=${() => update(u, { is_active: !u.is_active })}>${u.is_active ? 'Disable' : 'Enable'}</button>
-          <button type="button" class="small" onClick=${() => setResetting(u)}>Reset password</button></td>
+        <td><div class="row"><button type="button" class="small" onClick=${() => update(u, { is_active: !u.is_active })}>${u.is_active ? 'Disable' : 'Enable'}</button>
+          <button type="button" class="small" onClick=${() => setResetting(u)}>Reset password</button></div></td>
       </tr>`)}
     </tbody></table>
     ${list.data && (page > 1 || list.data.has_more) ? html`<div class="pager">

@@ -28,12 +28,12 @@ export function McpServers() {
         <td>${s.status.tool_count}</td>
         <td><small class="mono">${s.transport === 'stdio' ? [s.command, ...s.args].join(' ') : s.url}</small></td>
         <td>${s.owner_id ? 'personal' : 'server-wide'}</td>
-        <td class="row">
+        <td><div class="row">
           ${canWrite(user) && (s.owner_id === user.id || isAdmin(user)) ? html`
             <${Action} kind="small" run=${async () => { await api.post(`/api/v1/mcp-servers/${s.id}/restart`); list.reload(); }}>Restart</${Action}>
             <button type="button" class="small" onClick=${() => setEditing(s)}>Edit</button>
             <${Action} kind="small danger" confirm=${`Delete the MCP server ${s.name}?`} run=${async () => { await api.del('/api/v1/mcp-servers/' + s.id); list.reload(); }}>Delete</${Action}>` : null}
-        </td>
+        </div></td>
       </tr>`)}
       </tbody>
     </table>
