@@ -634,6 +634,33 @@ async fn console_admin_pages_plugins_mcp_keys_and_a_viewer_without_write_control
         "the stale edit was not saved"
     );
 
+    // A provider added from the console, and its connection tested.
+    let vendor_url = app.config.env_providers[0].base_url.clone();
+    b.goto("/models").await;
+    b.click("Add a provider").await;
+    b.fill("Name", "local").await;
+    b.fill("Base URL", &vendor_url).await;
+    b.fill("API key", "sk-local").await;
+    b.js("document.querySelector('dialog[open] button[type=submit]').click(); return true")
+        .await;
+    b.until("the new provider", "return !document.querySelector('dialog[open]') && [...document.querySelectorAll('.card h2')].some(h => h.textContent.startsWith('local'))").await;
+    b.js("const card = [...document.querySelectorAll('.card')].find(c => c.querySelector('h2')?.textContent.startsWith('local'));
+          [...card.querySelectorAll('button')].find(x => x.textContent === 'Test connection').click(); return true").await;
+    b.wait_text("Reachable: 2 models: gpt-4o, gpt-4o-mini")
+        .await;
+    let (_, providers) = app.get("/api/v1/providers", &admin.token).await;
+    let local = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "local")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (local["has_api_key"].clone(), local.get("api_key").is_none()),
+        (json!(true), true)
+    );
+
     // A plugin uploaded from a file.
     let wasm = crate::support::template_wasm();
     let dir = tempfile::tempdir().unwrap();
