@@ -736,12 +736,16 @@ async fn console_admin_pages_plugins_mcp_keys_and_a_viewer_without_write_control
         ("/usage", ""),
         ("/admin/users", "admin"),
         ("/admin/audit", "audit"),
+        ("/admin/settings", ""),
+        ("/account", ""),
+        ("/mcp-servers", ""),
+        ("/tools/secrets", ""),
     ] {
         b.goto(path).await;
         b.css("main h1").await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         if !name.is_empty() {
-            // The usage page is shown with runs, by the approvals test.
+            // Pages without a name here are shown elsewhere (usage with runs).
             b.screenshot(name).await;
         }
         let violations = b.accessibility_violations().await;
