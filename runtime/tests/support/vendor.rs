@@ -103,12 +103,34 @@ fn tool_answer(calls: &[(&str, &str, Value)]) -> Vec<String> {
 }
 
 fn sse(chunks: Vec<String>, pause: Duration) -> Response {
-    let stream = futures_util::stream::iter(chunks).then(move |c| async move {
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        Ok::<_, std::convert::Infallible>(Bytes::from(c))
-    });
+    sse_marked(chunks, pause, None)
+}
+
+/// A stream of `chunks`, `pause` before each; when the first word goes out
+/// (the second chunk), the time is added to `first_word` (ms since the epoch).
+fn sse_marked(
+    chunks: Vec<String>,
+    pause: Duration,
+    first_word: Option<Arc<Mutex<Vec<u128>>>>,
+) -> Response {
+    let stream = futures_util::stream::iter(chunks)
+        .enumerate()
+        .then(move |(i, c)| {
+            let first_word = first_word.clone();
+            async move {
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                if let (1, Some(marks)) = (i, first_word) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis();
+                    marks.lock().unwrap().push(now);
+                }
+                Ok::<_, std::convert::Infallible>(Bytes::from(c))
+            }
+        });
     Response::builder()
         .status(200)
         .header("content-type", "text/event-stream")
@@ -169,30 +191,11 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
             text_answer(&format!("The answers are {}.", results.join(" and "))),
             pause,
         ),
-        "slow" => {
-            let marks = vendor.first_word_ms.clone();
-            let stream = futures_util::stream::iter(text_answer(&"tick ".repeat(40)))
-                .enumerate()
-                .then(move |(i, c)| {
-                    let marks = marks.clone();
-                    async move {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if i == 1 {
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .unwrap()
-                                .as_millis();
-                            marks.lock().unwrap().push(now);
-                        }
-                        Ok::<_, std::convert::Infallible>(Bytes::from(c))
-                    }
-                });
-            Response::builder()
-                .status(200)
-                .header("content-type", "text/event-stream")
-                .body(Body::from_stream(stream))
-                .unwrap()
-        }
+        "slow" => sse_marked(
+            text_answer(&"tick ".repeat(40)),
+            Duration::from_millis(100),
+            Some(vendor.first_word_ms.clone()),
+        ),
         "loop" => sse(
             tool_answer(&[(
                 &format!("call_{steps}"),
