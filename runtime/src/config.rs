@@ -247,9 +247,10 @@ pub struct McpConfig {
     /// Keep MCP sessions (`Mcp-Session-Id`) in this node's memory. Off (the
     /// default), every `/mcp` request stands alone and any node of a cluster
     /// answers it, with a plain JSON response when the call sends no
-    /// progress; a client cancels a call by closing its request. On, a
-    /// session is bound to the node that created it (clients must stick to
-    /// it) and `notifications/cancelled` is honoured.
+    /// progress; a client cancels a call by closing its request or with
+    /// `notifications/cancelled` (honoured by the node that runs the call).
+    /// On, a session is bound to the node that created it (clients must
+    /// stick to it).
     pub sessions: bool,
     /// Offer each of the caller's agents as a tool over `/mcp`.
     pub expose_agents: bool,

@@ -27,6 +27,7 @@ use rmcp::{RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use super::framing::{frame, CallCancel, Framing};
 use crate::agents::model::{AgentFilter, AgentResponse};
 use crate::conversations::model::{ContentInput, ContentPart, ConversationInput};
 use crate::error::Error;
@@ -416,6 +417,16 @@ impl Drop for CancelRun {
     }
 }
 
+/// The answer to a call the client cancelled (-32800, as LSP numbers it;
+/// MCP clients have forgotten the request by then).
+fn cancelled() -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode(-32800),
+        "cancelled by the client",
+        None,
+    )
+}
+
 fn unknown_tool(name: &str) -> ErrorData {
     ErrorData::invalid_params(format!("unknown tool: {name}"), None)
 }
@@ -522,13 +533,21 @@ impl ServerHandler for McpHost {
             .meta
             .get_progress_token()
             .map(|token| (context.peer.clone(), token));
+        // In stand-alone mode, the framing layer's token for this call.
+        let standalone = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<CallCancel>())
+            .cloned()
+            .unwrap_or_default();
         let call = self.call(&principal, &request.name, arguments, progress);
         // A `notifications/cancelled` from the client drops the call: the
         // plugin instance is stopped, a bridged call is cancelled upstream,
         // an agent's run is cancelled.
         tokio::select! {
             result = call => result.map(CallToolResponse::from),
-            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the client", None)),
+            _ = context.ct.cancelled() => Err(cancelled()),
+            _ = standalone.0.cancelled() => Err(cancelled()),
         }
     }
 }
@@ -599,8 +618,10 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    let framing = Framing::new(state.config.http.body_limit_bytes, mcp.sessions);
     axum::Router::new()
         .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(framing, frame))
         .layer(axum::middleware::from_fn_with_state(
             state.users.clone(),
             authenticate,

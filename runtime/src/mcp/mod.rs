@@ -9,6 +9,7 @@
 //! whose tools only they see.
 
 pub mod bridge;
+pub mod framing;
 pub mod host;
 pub mod routes;
 

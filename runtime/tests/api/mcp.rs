@@ -775,3 +775,193 @@ async fn orchestra_bridges_its_own_stdio_server_without_starting_copies_of_itsel
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A raw JSON-RPC POST to `/mcp` with `revision` (when given) as the
+/// `MCP-Protocol-Version` header.
+async fn post_mcp(
+    app: &TestApp,
+    key: &str,
+    revision: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let mut request = app
+        .client
+        .post(format!("{}/mcp", app.base))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(revision) = revision {
+        request = request.header("mcp-protocol-version", revision);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_mcp_answers_parse_errors_batches_per_revision_and_cancellations() {
+    let app = spawn_app_with(Backend::Sqlite, with_vendor_only)
+        .await
+        .unwrap();
+    let (admin, user) = app.admin_and_user().await;
+    app.agent(&user, "Talker").await;
+    let (_, key) = app.api_key(&user, "mcp").await;
+    let (_, other_key) = app.api_key(&admin, "other").await;
+
+    // Not JSON: the JSON-RPC parse error, id null.
+    let (status, body) = post_mcp(&app, &key, None, "{\"jsonrpc\": \"2.0\", \"id\": 1,").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], -32700, "{body}");
+    assert_eq!(body["id"], Value::Null, "{body}");
+    // Still authenticated first.
+    let (status, _) = post_mcp(&app, "wrong", None, "not json").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A batch under 2025-03-26 (and without a header, which means it): each
+    // request answered, in one array; notifications get no answer.
+    let batch = json!([
+        { "jsonrpc": "2.0", "id": 1, "method": "ping" },
+        { "jsonrpc": "2.0", "method": "notifications/initialized" },
+        { "jsonrpc": "2.0", "id": "two", "method": "tools/list" },
+        { "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+          "params": { "name": "calculator__evaluate", "arguments": { "expression": "6*7" } } },
+        { "jsonrpc": "2.0", "id": 4, "method": "no/such/method" },
+    ]);
+    for revision in [Some("2025-03-26"), None] {
+        let (status, body) = post_mcp(&app, &key, revision, batch.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answers = body.as_array().unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(answers.len(), 4, "{body}");
+        let by_id = |id: Value| answers.iter().find(|a| a["id"] == id).unwrap().clone();
+        assert!(by_id(json!(1))["result"].is_object(), "{body}");
+        let tools = by_id(json!("two"));
+        assert!(tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "agent__talker"));
+        let call = by_id(json!(3));
+        assert!(
+            call["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("42"),
+            "{call}"
+        );
+        assert_eq!(by_id(json!(4))["error"]["code"], -32601, "{body}");
+    }
+    // Only notifications: 202 and no body.
+    let (status, _) = post_mcp(
+        &app,
+        &key,
+        Some("2025-03-26"),
+        json!([{ "jsonrpc": "2.0", "method": "notifications/initialized" }]).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Empty, and initialize inside a batch: refused.
+    let (status, body) = post_mcp(&app, &key, Some("2025-03-26"), "[]").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!(-32600))
+    );
+    let (_, body) = post_mcp(
+        &app,
+        &key,
+        Some("2025-03-26"),
+        json!([{ "jsonrpc": "2.0", "id": 9, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": { "name": "raw", "version": "1" } } }])
+        .to_string(),
+    )
+    .await;
+    assert_eq!(body[0]["error"]["code"], -32600, "{body}");
+    // Later revisions removed batches.
+    for revision in ["2025-06-18", "2025-11-25"] {
+        let (status, body) = post_mcp(&app, &key, Some(revision), batch.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], -32600, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(revision));
+    }
+
+    // Cancellation without a session: "slow" streams for about 4 s.
+    let call = {
+        let (app_client, base, key) = (app.client.clone(), app.base.clone(), key.clone());
+        tokio::spawn(async move {
+            let response = app_client
+                .post(format!("{base}/mcp"))
+                .bearer_auth(&key)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .json(&json!({ "jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                    "params": { "name": "agent__talker", "arguments": { "message": "slow" } } }))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    let run_status = |app: &TestApp, token: String| {
+        let app_client = app.client.clone();
+        let base = app.base.clone();
+        async move {
+            let conversations: Value = app_client
+                .get(format!("{base}/api/v1/conversations"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let Some(id) = conversations["items"][0]["id"].as_str() else {
+                return String::new();
+            };
+            let runs: Value = app_client
+                .get(format!("{base}/api/v1/conversations/{id}/runs"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            runs["items"][0]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run_status(&app, user.token.clone()).await != "running" {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancel = json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": { "requestId": 77, "reason": "changed my mind" } })
+    .to_string();
+    // Another caller's cancellation of the same request id touches nothing.
+    let (status, _) = post_mcp(&app, &other_key, Some("2025-06-18"), cancel.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run_status(&app, user.token.clone()).await, "running");
+    // The caller's own ends the call and its run.
+    let (status, _) = post_mcp(&app, &key, Some("2025-06-18"), cancel).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let answer = tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .expect("the cancelled call answered at once")
+        .unwrap();
+    assert_eq!(answer["id"], 77, "{answer}");
+    assert_eq!(answer["error"]["code"], -32800, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run_status(&app, user.token.clone()).await != "cancelled" {
+        assert!(Instant::now() < deadline, "the run was not cancelled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
