@@ -11,6 +11,7 @@ import { Models } from './pages/models.js';
 import { Account } from './pages/account.js';
 import { Usage } from './pages/usage.js';
 import { Admin } from './pages/admin.js';
+import { Consent } from './pages/consent.js';
 
 const NAV = [
   ['/chat', 'Chat'],
@@ -56,6 +57,10 @@ function App() {
   const user = session;
   const r = route(path);
   const signOut = async () => { await api.signOut(); setSession(null); navigate('/', true); };
+  // An application's request for approval: a page of its own, no shell.
+  if (path === '/oauth/consent') {
+    return html`<${Consent} user=${user} signOut=${async () => { await api.signOut(); setSession(null); }} />`;
+  }
   const ctx = { user, setUser: setSession, signOut };
   const nav = user.role === 'admin' ? [...NAV, ['/admin', 'Admin']] : NAV;
   const current = '/' + (path.split('/')[1] || 'chat');

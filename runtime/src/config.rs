@@ -42,6 +42,8 @@ pub struct Config {
     pub runs: RunsConfig,
     /// MCP: bridged servers and the `/mcp` endpoint.
     pub mcp: McpConfig,
+    /// Orchestra as the OAuth authorization server of `/mcp`.
+    pub oauth: OAuthConfig,
     /// Where endpoints that users configure for themselves may connect
     /// (`ORCHESTRA_EGRESS__ALLOW_PRIVATE_USER_ENDPOINTS`).
     pub egress: EgressConfig,
@@ -384,6 +386,45 @@ impl Default for McpConfig {
     }
 }
 
+/// Orchestra as the OAuth 2.1 authorization server of `/mcp` (the MCP
+/// authorization specification, revision 2025-11-25).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OAuthConfig {
+    /// The address clients reach this server at (`https://orchestra.example.com`):
+    /// the issuer, and the `/mcp` resource tokens are bound to. Unset, each
+    /// request's `Host` (and `X-Forwarded-Proto`) gives it; set it behind a
+    /// proxy.
+    pub public_url: Option<String>,
+    /// Accept dynamic client registration (RFC 7591) at `/oauth/register`.
+    pub dynamic_registration: bool,
+    /// Seconds an access token lives.
+    pub access_token_ttl_secs: u64,
+    /// Seconds a refresh token lives (each use replaces it).
+    pub refresh_token_ttl_secs: u64,
+    /// Seconds between the user's approval and the code's exchange.
+    pub code_ttl_secs: u64,
+    /// Seconds the user has to sign in and approve a client.
+    pub consent_ttl_secs: u64,
+    /// Registered clients that no user has approved yet, at most; older
+    /// ones are removed after a day.
+    pub max_unapproved_clients: i64,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            public_url: None,
+            dynamic_registration: true,
+            access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            code_ttl_secs: 60,
+            consent_ttl_secs: 600,
+            max_unapproved_clients: 10_000,
+        }
+    }
+}
+
 /// Connection pool settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -464,6 +505,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             runs: RunsConfig::default(),
             mcp: McpConfig::default(),
+            oauth: OAuthConfig::default(),
             egress: EgressConfig::default(),
             openai: OpenAiConfig::default(),
             schedules: SchedulesConfig::default(),
@@ -567,6 +609,22 @@ impl Config {
             || self.webhooks.retry_ms.len() > 50
         {
             bail!("webhooks: poll_ms, concurrency and timeout_secs must be at least 1, and retry_ms at most 50 waits");
+        }
+        let oauth = &self.oauth;
+        if oauth.access_token_ttl_secs == 0
+            || oauth.refresh_token_ttl_secs == 0
+            || oauth.code_ttl_secs == 0
+            || oauth.consent_ttl_secs == 0
+        {
+            bail!("oauth: token, code and consent lifetimes must be at least 1 second");
+        }
+        if let Some(url) = &oauth.public_url {
+            let parsed = url::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if parsed.is_none_or(|u| u.query().is_some() || u.fragment().is_some()) {
+                bail!("oauth.public_url (ORCHESTRA_OAUTH__PUBLIC_URL): an http(s) URL without query or fragment, such as https://orchestra.example.com");
+            }
         }
         if self.triggers.max_body_bytes == 0 || self.triggers.default_rate_per_minute <= 0 {
             bail!("triggers: max_body_bytes and default_rate_per_minute must be at least 1");

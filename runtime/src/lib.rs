@@ -19,6 +19,7 @@ pub mod http;
 pub mod keys;
 pub mod mcp;
 pub mod models;
+pub mod oauth;
 pub mod openai;
 pub mod pagination;
 pub mod plugins;

@@ -189,7 +189,14 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         key: keys.encryption_key,
         config: config.triggers.clone(),
     });
+    let oauth = crate::oauth::OAuthService::new(
+        db.clone(),
+        audit.clone(),
+        users.clone(),
+        config.oauth.clone(),
+    );
     AppState {
+        oauth,
         schedules,
         triggers,
         webhooks,
@@ -226,6 +233,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(crate::models::routes::router())
         .merge(crate::runs::routes::router())
         .merge(crate::mcp::routes::router())
+        .merge(crate::oauth::routes::router())
         .merge(crate::schedules::routes::router())
         .merge(crate::triggers::routes::router())
         .merge(crate::webhooks::routes::router())
@@ -326,6 +334,7 @@ pub fn app(state: AppState) -> Router {
     router
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi))
         .merge(crate::mcp::host::router(state.clone()))
+        .merge(crate::oauth::routes::protocol_router())
         .route("/v1/{*rest}", axum::routing::any(crate::openai::not_found))
         .fallback_service(console_service())
         .method_not_allowed_fallback(middleware::method_not_allowed)

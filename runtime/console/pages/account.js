@@ -10,6 +10,7 @@ export function Account() {
     <div class="card"><h2>${user.display_name || user.email}</h2>
       <p class="muted">${user.email} · ${user.role}${user.last_login_at ? ' · last sign-in ' + when(user.last_login_at) : ''}</p></div>
     <${ApiKeys} />
+    <${ConnectedApps} />
     <${Password} />
   </section>`;
 }
@@ -45,6 +46,24 @@ function ApiKeys() {
       </tr>`)}
     </tbody></table>
     ${list.data && !list.data.items.length ? html`<p class="muted">No key yet.</p>` : null}
+  </section>`;
+}
+
+function ConnectedApps() {
+  const list = useLoad(() => api.get('/api/v1/oauth/grants'), []);
+  return html`<section class="card" data-testid="connected-apps">
+    <h2>Connected applications</h2>
+    <p class="muted">MCP clients you approved to use <code>${location.origin}/mcp</code> as you. Revoking one stops it at once.</p>
+    <${ErrorNote} error=${list.error} />
+    <table class="table"><thead><tr><th>Application</th><th>May</th><th>Approved</th><th>Last used</th><th><span class="sr-only">Actions</span></th></tr></thead><tbody>
+      ${(list.data || []).map((g) => html`<tr key=${g.id}>
+        <td>${g.client.name}${g.client.client_uri ? html`<br /><small class="muted mono">${g.client.client_uri}</small>` : null}</td>
+        <td>${g.scopes.map((s) => html`<code key=${s}>${s}</code> `)}</td>
+        <td>${when(g.created_at)}</td><td>${g.last_used_at ? when(g.last_used_at) : 'never'}</td>
+        <td><${Action} kind="small danger" label=${'Revoke ' + g.client.name} confirm=${`Revoke ${g.client.name}? It stops working at once and must be approved again.`} run=${async () => { await api.del('/api/v1/oauth/grants/' + g.id); list.reload(); }}>Revoke</${Action}></td>
+      </tr>`)}
+    </tbody></table>
+    ${list.data && !list.data.length ? html`<p class="muted">No application yet. MCP clients that support sign-in ask for your approval here when they connect.</p>` : null}
   </section>`;
 }
 

@@ -54,6 +54,8 @@ pub struct AppState {
     pub runs: RunService,
     /// Bridged MCP servers.
     pub mcp: McpService,
+    /// The OAuth authorization server of `/mcp`.
+    pub oauth: crate::oauth::OAuthService,
     /// Schedules of agents' runs.
     pub schedules: crate::schedules::ScheduleService,
     /// Inbound triggers.

@@ -27,6 +27,9 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::host::PublicBase;
+use crate::oauth::model::{GrantedScopes, Scope};
+
 /// The one protocol revision whose clients may send batches.
 const BATCH_REVISION: &str = "2025-03-26";
 
@@ -148,6 +151,19 @@ pub async fn frame(State(framing): State<Framing>, request: Request, next: Next)
                     .await;
             }
             let id = object.get("id").filter(|id| !id.is_null());
+            if let (Some("tools/call"), Some(scopes)) =
+                (method, parts.extensions.get::<GrantedScopes>())
+            {
+                let name = object
+                    .get("params")
+                    .and_then(|p| p.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let needed = super::host::required_scope(name);
+                if !scopes.allows(needed) {
+                    return insufficient_scope(&parts, id.cloned(), needed);
+                }
+            }
             let (Some("tools/call"), Some(id)) = (method, id) else {
                 return next
                     .run(Request::from_parts(parts, Body::from(bytes)))
@@ -190,6 +206,38 @@ pub async fn frame(State(framing): State<Framing>, request: Request, next: Next)
                 .await
         }
     }
+}
+
+/// 403 for a token without the scope a call needs, with the challenge
+/// that lets the client ask the user for more (step-up authorization).
+fn insufficient_scope(parts: &http::request::Parts, id: Option<Value>, needed: Scope) -> Response {
+    let message = format!("insufficient scope: this call needs {}", needed.as_str());
+    let mut response = jsonrpc_error(
+        StatusCode::FORBIDDEN,
+        id.unwrap_or(Value::Null),
+        -32600,
+        &message,
+    );
+    if let Some(PublicBase(base)) = parts.extensions.get::<PublicBase>() {
+        let granted = parts
+            .extensions
+            .get::<GrantedScopes>()
+            .map(|g| g.0.clone())
+            .unwrap_or_default();
+        let mut wanted = granted;
+        wanted.push(needed);
+        let value = crate::oauth::challenge(
+            base,
+            Some(("insufficient_scope", &message)),
+            Some(&Scope::join(&wanted)),
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
+        }
+    }
+    response
 }
 
 /// Serves a batch element by element, as revision 2025-03-26 says, or

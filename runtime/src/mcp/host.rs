@@ -32,12 +32,12 @@ use crate::agents::model::{AgentFilter, AgentResponse};
 use crate::conversations::model::{ContentInput, ContentPart, ConversationInput};
 use crate::error::Error;
 use crate::http::AppState;
+use crate::oauth::model::{GrantedScopes, Scope};
 use crate::pagination::PageParams;
 use crate::runs::model::{RunInput, RunStatus};
 use crate::sandbox::ToolError;
 use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
 use crate::users::model::{Permission, Principal};
-use crate::users::UserService;
 
 /// The namespace of agent tools (`agent__<name>`); no plugin or MCP server
 /// may take it.
@@ -76,17 +76,39 @@ impl McpHost {
             .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
     }
 
-    /// The caller's catalogue as MCP tools (agent tools included).
-    pub async fn tools(&self, principal: &Principal) -> Result<Vec<Tool>, Error> {
-        let mut tools: Vec<Tool> = self
-            .state
-            .tools
-            .list(principal)?
-            .into_iter()
-            .filter(|t| self.exposed(t, principal))
-            .map(mcp_tool)
-            .collect();
-        if self.state.config.mcp.expose_agents && principal.require(Permission::AgentRead).is_ok() {
+    /// The OAuth scopes of the request's token (`None`: not an OAuth
+    /// token, the role alone decides).
+    fn scopes(context: &RequestContext<RoleServer>) -> Option<GrantedScopes> {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<GrantedScopes>())
+            .cloned()
+    }
+
+    /// The caller's catalogue as MCP tools (agent tools included), as far
+    /// as `scopes` let the client see.
+    pub async fn tools(
+        &self,
+        principal: &Principal,
+        scopes: Option<&GrantedScopes>,
+    ) -> Result<Vec<Tool>, Error> {
+        let allows = |scope| scopes.is_none_or(|s| s.allows(scope));
+        let mut tools: Vec<Tool> = if allows(Scope::ToolsRead) {
+            self.state
+                .tools
+                .list(principal)?
+                .into_iter()
+                .filter(|t| self.exposed(t, principal))
+                .map(mcp_tool)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if self.state.config.mcp.expose_agents
+            && allows(Scope::AgentsRun)
+            && principal.require(Permission::AgentRead).is_ok()
+        {
             for (name, agent) in self.agent_tools(principal).await? {
                 tools.push(agent_tool(name, &agent));
             }
@@ -176,6 +198,7 @@ impl McpHost {
     pub async fn call(
         &self,
         principal: &Principal,
+        scopes: Option<&GrantedScopes>,
         name: &str,
         arguments: Value,
         progress: Option<(rmcp::Peer<RoleServer>, rmcp::model::ProgressToken)>,
@@ -183,6 +206,16 @@ impl McpHost {
         principal
             .require(Permission::ToolInvoke)
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
+        let needed = required_scope(name);
+        if scopes.is_some_and(|s| !s.allows(needed)) {
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "insufficient scope: calling {name} needs {}",
+                    needed.as_str()
+                ),
+                None,
+            ));
+        }
         if name.starts_with(&format!("{AGENT_NAMESPACE}{SEPARATOR}")) {
             return self.call_agent(principal, name, arguments, progress).await;
         }
@@ -417,6 +450,15 @@ impl Drop for CancelRun {
     }
 }
 
+/// The OAuth scope a call of tool `name` needs.
+pub fn required_scope(name: &str) -> Scope {
+    if name.starts_with(&format!("{AGENT_NAMESPACE}{SEPARATOR}")) {
+        Scope::AgentsRun
+    } else {
+        Scope::ToolsCall
+    }
+}
+
 /// The answer to a call the client cancelled (-32800, as LSP numbers it;
 /// MCP clients have forgotten the request by then).
 fn cancelled() -> ErrorData {
@@ -516,7 +558,7 @@ impl ServerHandler for McpHost {
     ) -> Result<ListToolsResult, ErrorData> {
         let principal = self.principal(&context)?;
         let tools = self
-            .tools(&principal)
+            .tools(&principal, Self::scopes(&context).as_ref())
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(ListToolsResult::with_all_items(tools))
@@ -540,7 +582,14 @@ impl ServerHandler for McpHost {
             .and_then(|parts| parts.extensions.get::<CallCancel>())
             .cloned()
             .unwrap_or_default();
-        let call = self.call(&principal, &request.name, arguments, progress);
+        let scopes = Self::scopes(&context);
+        let call = self.call(
+            &principal,
+            scopes.as_ref(),
+            &request.name,
+            arguments,
+            progress,
+        );
         // A `notifications/cancelled` from the client drops the call: the
         // plugin instance is stopped, a bridged call is cancelled upstream,
         // an agent's run is cancelled.
@@ -552,10 +601,13 @@ impl ServerHandler for McpHost {
     }
 }
 
-/// Authenticates `/mcp` requests: a missing or bad credential gets 401 with
-/// `WWW-Authenticate: Bearer`; the principal rides in the request.
+/// Authenticates `/mcp` requests: API keys, the API's access tokens, and
+/// the OAuth access tokens of MCP clients (bound to this `/mcp` and to
+/// their scopes, which ride in the request as [`GrantedScopes`]). A missing
+/// or bad credential gets 401 with a `WWW-Authenticate: Bearer` challenge
+/// that points at the Protected Resource Metadata (RFC 9728).
 pub async fn authenticate(
-    State(users): State<UserService>,
+    State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -570,27 +622,56 @@ pub async fn authenticate(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
-    let outcome = match token {
-        Some(token) => users.authenticate(&token).await,
-        None => Err(Error::Unauthorized(
+    let base = crate::oauth::public_base(state.oauth.config(), request.headers());
+    let outcome = match (&token, &base) {
+        (Some(token), Ok(base)) if token.starts_with(crate::oauth::TOKEN_PREFIX) => state
+            .oauth
+            .authenticate(token, &format!("{base}{}", crate::oauth::RESOURCE_PATH))
+            .await
+            .map(|(principal, scopes)| (principal, Some(scopes))),
+        (Some(token), _) => state.users.authenticate(token).await.map(|p| (p, None)),
+        (None, _) => Err(Error::Unauthorized(
             "expected Authorization: Bearer <API key or access token>".to_owned(),
         )),
     };
     match outcome {
-        Ok(principal) => {
+        Ok((principal, scopes)) => {
             request.extensions_mut().insert(principal);
+            if let Some(scopes) = scopes {
+                request.extensions_mut().insert(scopes);
+            }
+            if let Ok(base) = base {
+                request.extensions_mut().insert(PublicBase(base));
+            }
             next.run(request).await
         }
         Err(error) => {
+            let described = match &error {
+                Error::Unauthorized(m) if token.is_some() => Some(("invalid_token", m.clone())),
+                _ => None,
+            };
             let mut response = error.into_response();
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"orchestra\""),
-            );
+            let value = match &base {
+                Ok(base) => crate::oauth::challenge(
+                    base,
+                    described.as_ref().map(|(e, m)| (*e, m.as_str())),
+                    None,
+                ),
+                Err(_) => "Bearer realm=\"orchestra\"".to_owned(),
+            };
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, value);
+            }
             response
         }
     }
 }
+
+/// The server's public base URL, as the request gave it (for challenges).
+#[derive(Clone, Debug)]
+pub struct PublicBase(pub String);
 
 /// The `/mcp` service: Streamable HTTP with sessions, the configured host
 /// and origin checks, and per-request authentication.
@@ -623,7 +704,7 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(framing, frame))
         .layer(axum::middleware::from_fn_with_state(
-            state.users.clone(),
+            state.clone(),
             authenticate,
         ))
 }

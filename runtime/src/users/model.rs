@@ -136,6 +136,8 @@ pub enum AuthMethod {
     ApiKey(Uuid),
     /// No request: the owner's own schedule or trigger acting for them.
     Owner,
+    /// An OAuth access token of an MCP client, by the user's grant.
+    OAuth(Uuid),
 }
 
 /// The authenticated caller of a request.

@@ -464,6 +464,11 @@ impl UserService {
     /// caller, checking that the account is active right now.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal> {
         let now = db::now();
+        if bearer.starts_with(crate::oauth::TOKEN_PREFIX) {
+            return Err(Error::Unauthorized(
+                "this token was issued to an MCP client and is valid at /mcp only".to_owned(),
+            ));
+        }
         if !bearer.starts_with(API_KEY_PREFIX) {
             let claims = self.jwt.verify(bearer)?;
             let user_id = claims.sub;
@@ -531,6 +536,18 @@ impl UserService {
             .await?
             .ok_or_else(|| Error::Unauthorized("the account no longer exists".to_owned()))?;
         Self::principal(id, &user.role, user.is_active, AuthMethod::Owner)
+    }
+
+    /// The principal of user `id` through their OAuth grant `grant` (an MCP
+    /// client's access token): their role now, refused when the account is
+    /// disabled or gone.
+    pub async fn through_grant(&self, id: Uuid, grant: Uuid) -> Result<Principal> {
+        let user = self
+            .repo
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("the account no longer exists".to_owned()))?;
+        Self::principal(id, &user.role, user.is_active, AuthMethod::OAuth(grant))
     }
 
     fn principal(

@@ -17,6 +17,7 @@ mod errors;
 mod hardening;
 mod mcp;
 mod models;
+mod oauth;
 mod openai;
 mod plugins;
 mod runs;
