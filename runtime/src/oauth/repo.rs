@@ -213,8 +213,9 @@ impl OAuthRepo {
         )
     }
 
-    /// Records the user's approval: the grant, and the request's code
-    /// (valid until `code_expires`). False, storing nothing, when the
+    /// Records the user's approval: the grant (replacing the user's earlier
+    /// grant to the same client), and the request's code (valid until
+    /// `code_expires`). False, storing nothing, when the
     /// request was already decided or has lapsed.
     pub async fn approve(
         &self,
@@ -253,6 +254,28 @@ impl OAuthRepo {
             .rows_affected()
                 == 1;
             if won {
+                // One live grant per user and client: a new approval (a
+                // step-up to more scopes) replaces the one before.
+                sqlx::query(
+                    "UPDATE oauth_tokens SET revoked_at = $4 WHERE revoked_at IS NULL AND grant_id IN
+                     (SELECT id FROM oauth_grants WHERE user_id = $1 AND client_id = $2 AND id <> $3)",
+                )
+                .bind(grant.user_id)
+                .bind(grant.client_id)
+                .bind(grant.id)
+                .bind(grant.now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE oauth_grants SET revoked_at = $4
+                     WHERE user_id = $1 AND client_id = $2 AND id <> $3 AND revoked_at IS NULL",
+                )
+                .bind(grant.user_id)
+                .bind(grant.client_id)
+                .bind(grant.id)
+                .bind(grant.now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
             Ok(won)

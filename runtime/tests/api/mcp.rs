@@ -965,3 +965,122 @@ async fn standalone_mcp_answers_parse_errors_batches_per_revision_and_cancellati
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+dual_test!(
+    a_remote_client_of_the_official_sdk_connects_through_the_oauth_flow,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+        // Short-lived access tokens: the client must refresh during the run.
+        config.oauth.access_token_ttl_secs = 2;
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let user = app.register("remote@example.com").await;
+        app.agent(&user, "Helper").await;
+        let url = format!("{}/mcp", app.base);
+        let mut child = tokio::process::Command::new(&python)
+            .arg(fixture("oauth_client.py"))
+            .args(["--url", &url, "--email", "remote@example.com"])
+            .args([
+                "--password",
+                "correct horse battery",
+                "--first-scopes",
+                "tools:read tools:call",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the SDK's OAuth client");
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            let plan = json!({ "calls": [
+                { "name": "calculator__evaluate", "arguments": { "expression": "6*7" } },
+                // Needs agents:run, which the first approval left out: the
+                // client steps up and the user approves again.
+                { "name": "agent__helper", "arguments": { "message": "hello" } },
+                // The access token has expired by now: the client refreshes.
+                { "name": "calculator__evaluate", "arguments": { "expression": "2+3" }, "sleep": 3 },
+            ] });
+            stdin.write_all(plan.to_string().as_bytes()).await.unwrap();
+        }
+        let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+            .await
+            .expect("the SDK client finished")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "client failed: {}\n{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+
+        // First approval: the client named itself; only two scopes granted.
+        let approvals = report["approvals"].as_array().unwrap();
+        assert_eq!(approvals.len(), 2, "{report}");
+        assert_eq!(approvals[0]["client"], "SDK OAuth test client");
+        assert_eq!(approvals[0]["resource"], url.as_str());
+        assert_eq!(approvals[0]["granted"], json!(["tools:read", "tools:call"]));
+        assert!(
+            approvals[1]["granted"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("agents:run")),
+            "{report}"
+        );
+        // Listed under the first grant: tools, no agents.
+        let tools: Vec<&str> = report["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(tools.contains(&"calculator__evaluate"), "{tools:?}");
+        assert!(!tools.iter().any(|t| t.starts_with("agent__")), "{tools:?}");
+        let calls = &report["calls"];
+        assert!(calls[0]["text"].as_str().unwrap().contains("42"), "{calls}");
+        assert_eq!(
+            calls[1]["structured"]["answer"], "Hello from the model.",
+            "{calls}"
+        );
+        assert!(
+            calls[2]["text"].as_str().is_some_and(|t| t.contains('5')),
+            "{calls}"
+        );
+        // Tokens: the first grant's, the step-up's, then a refresh that
+        // rotated the refresh token.
+        let tokens = report["tokens"].as_array().unwrap();
+        assert!(tokens.len() >= 3, "{tokens:?}");
+        let (before, last) = (&tokens[tokens.len() - 2], &tokens[tokens.len() - 1]);
+        assert_ne!(before["refresh_token"], last["refresh_token"]);
+        assert!(last["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("omcp_at_"));
+
+        // The user sees one connected client (the step-up replaced the
+        // first grant), revokes it, and its token stops working.
+        let (_, grants) = app.get("/api/v1/oauth/grants", &user.token).await;
+        let grants = grants.as_array().unwrap();
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        assert_eq!(grants[0]["client"]["id"], report["client_id"]);
+        let id = grants[0]["id"].as_str().unwrap();
+        let (status, _) = app
+            .delete(&format!("/api/v1/oauth/grants/{id}"), &user.token)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let refused = app
+            .client
+            .post(&url)
+            .bearer_auth(last["access_token"].as_str().unwrap())
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    }
+);

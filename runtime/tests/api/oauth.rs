@@ -586,7 +586,9 @@ dual_test!(
         );
 
         // Everything is in the audit log.
-        let (_, audit) = app.get("/api/v1/audit-log?page_size=100", &admin.token).await;
+        let (_, audit) = app
+            .get("/api/v1/audit-log?page_size=100", &admin.token)
+            .await;
         let actions: Vec<&str> = audit["items"]
             .as_array()
             .unwrap()
