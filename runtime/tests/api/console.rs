@@ -870,3 +870,139 @@ async fn console_long_conversations_are_read_in_a_window_of_pages() {
     b.wait_text("Message 420").await;
     assert!(b.js(shown).await.as_i64().unwrap() <= 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_consent_page_approves_an_mcp_client_and_the_account_page_revokes_it() {
+    let _one = BROWSER_LOCK.lock().await;
+    let app = app().await;
+    let user = app.register("owner@example.com").await;
+    // A client registers itself and sends the user's browser to authorize,
+    // coming back to a loopback page (the console's own "not found").
+    let redirect = format!("{}/oauth-callback", app.base);
+    let (status, client) = app
+        .call(
+            reqwest::Method::POST,
+            "/oauth/register",
+            None,
+            Some(
+                json!({ "redirect_uris": [redirect], "client_name": "Desk Assistant",
+                         "client_uri": "https://assistant.example" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{client}");
+    let client_id = client["client_id"].as_str().unwrap();
+    let verifier = "a-verifier-of-enough-length-0123456789-abcdefghijklmnop";
+    let challenge = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()))
+    };
+    let authorize = format!(
+        "/oauth/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=xyz\
+         &code_challenge={challenge}&code_challenge_method=S256&scope=tools%3Aread%20tools%3Acall%20agents%3Arun",
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>()
+    );
+
+    for (width, height, name) in [(390, 844, "consent-phone"), (1280, 860, "consent")] {
+        let Some(b) = Browser::open(&app.base, width, height).await else {
+            return;
+        };
+        // Not signed in: the sign-in page first, then the request.
+        b.goto(&authorize).await;
+        b.fill("Email", "owner@example.com").await;
+        b.fill("Password", PASSWORD).await;
+        b.click("Sign in").await;
+        b.wait_text("Desk Assistant wants to use Orchestra as you")
+            .await;
+        assert!(b.text().await.contains("cannot verify the name"));
+        let shown = b
+            .css("[data-testid=consent-redirect]")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(shown, app.base.trim_start_matches("http://"));
+        b.screenshot(name).await;
+        if width < 500 {
+            let overflow = b
+                .js("return document.documentElement.scrollWidth > window.innerWidth")
+                .await;
+            assert_eq!(overflow, json!(false), "no horizontal scrolling on a phone");
+            // Deny on the phone: back to the client with access_denied.
+            b.click("Deny").await;
+            b.until(
+                "the redirect",
+                "return location.pathname === '/oauth-callback' && location.search",
+            )
+            .await;
+            let url = b.js("return location.href").await;
+            assert!(
+                url.as_str().unwrap().contains("error=access_denied"),
+                "{url}"
+            );
+            continue;
+        }
+        let violations = b.accessibility_violations().await;
+        assert!(violations.is_empty(), "consent page: {violations:?}");
+        // Grant less than asked: no agents.
+        b.css("input[name='agents:run']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        b.click("Approve").await;
+        let url = b
+            .until(
+                "the redirect with the code",
+                "return location.pathname === '/oauth-callback' && location.href",
+            )
+            .await;
+        let back: std::collections::HashMap<String, String> =
+            url::Url::parse(url.as_str().unwrap())
+                .unwrap()
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        assert_eq!(back["state"], "xyz");
+        let response = app
+            .client
+            .post(format!("{}/oauth/token", app.base))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", back["code"].as_str()),
+                ("redirect_uri", redirect.as_str()),
+                ("client_id", client_id),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let tokens: Value = response.json().await.unwrap();
+        assert_eq!(tokens["scope"], "tools:read tools:call", "{tokens}");
+
+        // The account page lists it; revoking it there ends its tokens.
+        b.goto("/account").await;
+        b.wait_text("Desk Assistant").await;
+        b.screenshot("account-connected-apps").await;
+        b.js("window.confirm = () => true; return true").await;
+        b.css("button[aria-label='Revoke Desk Assistant']")
+            .await
+            .click()
+            .await
+            .unwrap();
+        b.wait_text("No application yet").await;
+        let (status, _) = app
+            .call(
+                reqwest::Method::POST,
+                "/mcp",
+                Some(tokens["access_token"].as_str().unwrap()),
+                Some(json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (_, grants) = app.get("/api/v1/oauth/grants", &user.token).await;
+    assert_eq!(grants, json!([]));
+}
