@@ -158,6 +158,9 @@ struct BridgedTool {
     /// The name the server knows it by.
     remote: String,
     info: ToolInfo,
+    /// The server's own description (title, annotations, icons, `_meta`),
+    /// under the catalogue name: what `/mcp` serves again.
+    original: Tool,
 }
 
 struct State {
@@ -295,6 +298,16 @@ impl Server {
             .iter()
             .find(|t| t.info.name == full)
             .map(|t| t.info.clone())
+    }
+
+    /// Tool `full` (its catalogue name) as the server described it.
+    pub fn mcp_tool(&self, full: &str) -> Option<Tool> {
+        self.tools
+            .read()
+            .ok()?
+            .iter()
+            .find(|t| t.info.name == full)
+            .map(|t| t.original.clone())
     }
 
     fn remote_name(&self, full: &str) -> Option<String> {
@@ -532,7 +545,10 @@ impl Server {
             }
             let hints = tool.annotations.clone().unwrap_or_default();
             let read_only = hints.read_only_hint.unwrap_or(false);
+            let mut original = tool.clone();
+            original.name = name.clone().into();
             out.push(BridgedTool {
+                original,
                 remote: tool.name.to_string(),
                 info: ToolInfo {
                     name,
@@ -705,8 +721,20 @@ impl Server {
         }
     }
 
-    /// Calls tool `full` (its catalogue name) with `arguments`.
+    /// Calls tool `full` (its catalogue name) with `arguments`: the result
+    /// as the catalogue gives it to runs and the API.
     pub async fn call(self: &Arc<Self>, full: &str, arguments: &Value) -> Result<Value, ToolError> {
+        self.result(self.call_raw(full, arguments).await?)
+    }
+
+    /// Calls tool `full` with `arguments`: the server's result as it sent
+    /// it (typed content blocks, `structuredContent`, `isError`, `_meta`),
+    /// within the size cap.
+    pub async fn call_raw(
+        self: &Arc<Self>,
+        full: &str,
+        arguments: &Value,
+    ) -> Result<CallToolResult, ToolError> {
         let peer = self.peer().await?;
         let remote = self
             .remote_name(full)
@@ -726,7 +754,16 @@ impl Server {
         let outcome = tokio::time::timeout(self.def.timeout, peer.call_tool(params)).await;
         match outcome {
             Err(_) => Err(ToolError::Timeout(self.def.timeout.as_millis() as u64)),
-            Ok(Ok(result)) => self.result(result),
+            Ok(Ok(result)) => {
+                let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
+                if size > self.def.max_result_bytes {
+                    return Err(ToolError::InvalidOutput(format!(
+                        "the result is {size} bytes, over the {} byte cap",
+                        self.def.max_result_bytes
+                    )));
+                }
+                Ok(result)
+            }
             Ok(Err(ServiceError::McpError(error))) if error.code == ErrorCode::INVALID_PARAMS => {
                 Err(ToolError::InvalidArguments(error.message.to_string()))
             }
@@ -746,13 +783,6 @@ impl Server {
     /// A tool result as the catalogue returns it: the structured content
     /// when there is one, else the text (one block) or the content blocks.
     fn result(&self, result: CallToolResult) -> Result<Value, ToolError> {
-        let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
-        if size > self.def.max_result_bytes {
-            return Err(ToolError::InvalidOutput(format!(
-                "the result is {size} bytes, over the {} byte cap",
-                self.def.max_result_bytes
-            )));
-        }
         let text = || {
             let texts: Vec<&str> = result
                 .content

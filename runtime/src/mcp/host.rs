@@ -100,7 +100,15 @@ impl McpHost {
                 .list(principal)?
                 .into_iter()
                 .filter(|t| self.exposed(t, principal))
-                .map(mcp_tool)
+                .map(|t| match t.source {
+                    // A bridged tool as its server described it.
+                    ToolSource::Mcp { .. } => self
+                        .state
+                        .tools
+                        .mcp_tool(&t.name, Some(principal.user_id))
+                        .unwrap_or_else(|| mcp_tool(t)),
+                    ToolSource::Plugin { .. } => mcp_tool(t),
+                })
                 .collect()
         } else {
             Vec::new()
@@ -225,6 +233,25 @@ impl McpHost {
             .info(name, Some(principal.user_id))
             .filter(|t| self.exposed(t, principal))
             .ok_or_else(|| unknown_tool(name))?;
+        if matches!(info.source, ToolSource::Mcp { .. }) {
+            // Served again as the server sent it: typed content blocks
+            // (images, audio, resource links, embedded resources) with
+            // their annotations and `_meta`, structured content, isError.
+            if let Some(outcome) = self
+                .state
+                .tools
+                .call_mcp(name, &arguments, Some(principal.user_id))
+                .await
+            {
+                return Ok(match outcome {
+                    Ok(result) => result,
+                    Err(ToolError::UnknownTool(_)) => return Err(unknown_tool(name)),
+                    Err(error) => {
+                        CallToolResult::error(vec![ContentBlock::text(error.to_string())])
+                    }
+                });
+            }
+        }
         let outcome = self
             .state
             .tools

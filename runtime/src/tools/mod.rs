@@ -310,6 +310,27 @@ impl ToolCatalogue {
         entry.plugin.call_with(&tool, arguments, &ctx).await
     }
 
+    /// Calls bridged tool `name` for `/mcp`, which serves the server's
+    /// result again as it came; `None` when `name` is not a bridged tool.
+    pub async fn call_mcp(
+        &self,
+        name: &str,
+        arguments: &Value,
+        user: Option<uuid::Uuid>,
+    ) -> Option<std::result::Result<rmcp::model::CallToolResult, ToolError>> {
+        if self.resolve(name).is_some() {
+            return None;
+        }
+        let server = self.bridged(name, user)?;
+        Some(server.call_raw(name, arguments).await)
+    }
+
+    /// Bridged tool `name` as its server described it (under its catalogue
+    /// name).
+    pub fn mcp_tool(&self, name: &str, user: Option<uuid::Uuid>) -> Option<rmcp::model::Tool> {
+        self.bridged(name, user)?.mcp_tool(name)
+    }
+
     /// Runs a tool directly (the API's invoke endpoint), audited.
     pub async fn invoke(
         &self,

@@ -155,7 +155,7 @@ dual_test!(
         );
         let server = register(&app, &admin, body).await;
         assert_eq!(server["status"]["state"], "running", "{server}");
-        assert_eq!(server["status"]["tool_count"], 7, "{server}");
+        assert_eq!(server["status"]["tool_count"], 8, "{server}");
         assert!(!server.to_string().contains("s3cret-value"));
         assert_eq!(
             server["env"]["FIXTURE_TOKEN"],
@@ -212,6 +212,63 @@ dual_test!(
             StatusCode::NOT_FOUND,
             "not_found",
         );
+
+        // Over /mcp, a bridged tool is served as its server described it,
+        // and its result as the server sent it: typed blocks, annotations,
+        // `_meta`, not a JSON string.
+        let (_, key) = app.api_key(&user, "mcp").await;
+        let rpc = |method: &str, params: Value| {
+            let request = app
+                .client
+                .post(format!("{}/mcp", app.base))
+                .bearer_auth(&key)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }));
+            async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+        };
+        let listed = rpc("tools/list", json!({})).await;
+        let media = listed["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "fx__media")
+            .unwrap_or_else(|| panic!("{listed}"))
+            .clone();
+        assert_eq!(media["title"], "Media sampler", "{media}");
+        assert_eq!(
+            media["icons"][0]["src"], "https://example.com/icon.png",
+            "{media}"
+        );
+        assert_eq!(media["_meta"]["example.com/origin"], "fixture", "{media}");
+        assert_eq!(media["annotations"]["openWorldHint"], false, "{media}");
+        let called = rpc(
+            "tools/call",
+            json!({ "name": "fx__media", "arguments": {} }),
+        )
+        .await;
+        let result = &called["result"];
+        let kinds: Vec<&str> = result["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{called}"))
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["text", "image", "audio", "resource_link", "resource"],
+            "{called}"
+        );
+        let content = &result["content"];
+        assert_eq!(content[1]["mimeType"], "image/png");
+        assert!(content[1]["data"].as_str().unwrap().starts_with("iVBOR"));
+        assert_eq!(content[1]["annotations"]["audience"], json!(["user"]));
+        assert_eq!(content[2]["mimeType"], "audio/wav");
+        assert_eq!(content[3]["uri"], "file:///reports/q3.pdf");
+        assert_eq!(content[3]["title"], "Q3 report");
+        assert_eq!(content[4]["resource"]["text"], "the memo");
+        assert_eq!(content[4]["_meta"]["example.com/kind"], "memo");
+        assert_eq!(result["_meta"]["example.com/trace"], "t-1", "{called}");
 
         // An agent calls the bridged tool in a run.
         let answer = agent_answer(
