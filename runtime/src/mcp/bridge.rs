@@ -76,6 +76,8 @@ pub enum Transport {
         headers: BTreeMap<String, String>,
         /// A bearer token (decrypted).
         bearer_token: Option<String>,
+        /// The store of its OAuth tokens, when it signs in with OAuth.
+        oauth: Option<crate::mcp::connect::CredentialsStore>,
     },
 }
 
@@ -99,6 +101,10 @@ impl StartMode {
         }
     }
 }
+
+/// Why a server that signs in with OAuth does not start.
+pub const NEEDS_CONNECTION: &str =
+    "not connected: this server needs OAuth sign-in; connect it (again) from the MCP servers page";
 
 /// A bridged server as the bridge runs it.
 #[derive(Clone)]
@@ -474,6 +480,7 @@ impl Server {
                 url,
                 headers,
                 bearer_token,
+                oauth,
             } => {
                 crate::mcp::install_crypto();
                 let mut custom = std::collections::HashMap::new();
@@ -489,7 +496,33 @@ impl Server {
                 if let Some(token) = bearer_token {
                     config = config.auth_header(token.clone());
                 }
-                let served = if self.restricted {
+                let served = if let Some(store) = oauth {
+                    if self.restricted {
+                        crate::egress::check_user_url_str(url)?;
+                    }
+                    let mut manager = crate::mcp::connect::manager(url, self.restricted)
+                        .await
+                        .map_err(|e| format!("OAuth: {e}"))?;
+                    manager.set_credential_store(store.clone());
+                    match manager.initialize_from_store().await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(NEEDS_CONNECTION.to_owned()),
+                        Err(e) => return Err(format!("OAuth: {e}")),
+                    }
+                    let mut builder = reqwest13::Client::builder();
+                    if self.restricted {
+                        builder = crate::egress::restrict13(builder);
+                    }
+                    let client = builder
+                        .build()
+                        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+                    handler
+                        .serve(StreamableHttpClientTransport::with_client(
+                            rmcp::transport::auth::AuthClient::new(client, manager),
+                            config,
+                        ))
+                        .await
+                } else if self.restricted {
                     // Checked when saved, and again here: the operator may
                     // have disallowed private addresses since.
                     crate::egress::check_user_url_str(url)?;
@@ -752,6 +785,23 @@ impl Server {
         // Dropping the call (timeout, run cancelled) sends
         // notifications/cancelled to the server.
         let outcome = tokio::time::timeout(self.def.timeout, peer.call_tool(params)).await;
+        if let (
+            Ok(Err(e)),
+            Transport::Http {
+                oauth: Some(store), ..
+            },
+        ) = (&outcome, &self.def.transport)
+        {
+            // A connection whose tokens the provider stopped accepting
+            // says so, rather than a transport error.
+            use rmcp::transport::auth::CredentialStore as _;
+            if !matches!(e, ServiceError::McpError(_)) && matches!(store.load().await, Ok(None)) {
+                return Err(ToolError::Unavailable(format!(
+                    "the MCP server {} is {NEEDS_CONNECTION}",
+                    self.def.name
+                )));
+            }
+        }
         match outcome {
             Err(_) => Err(ToolError::Timeout(self.def.timeout.as_millis() as u64)),
             Ok(Ok(result)) => {

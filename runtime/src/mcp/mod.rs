@@ -9,6 +9,7 @@
 //! whose tools only they see.
 
 pub mod bridge;
+pub mod connect;
 pub mod framing;
 pub mod host;
 pub mod routes;
@@ -94,6 +95,10 @@ pub struct CreateMcpServerRequest {
     pub headers: BTreeMap<String, String>,
     /// http: sent as `Authorization: Bearer ...`; stored encrypted.
     pub bearer_token: Option<String>,
+    /// http: the server needs OAuth sign-in; connect it with
+    /// `POST /api/v1/mcp-servers/{id}/oauth` (not with `bearer_token`).
+    #[serde(default)]
+    pub oauth: bool,
     /// `lazy` (default: on first call) or `boot` (when Orchestra starts).
     #[serde(default = "default_start")]
     pub start: StartMode,
@@ -132,6 +137,8 @@ pub struct UpdateMcpServerRequest {
     #[serde(default, deserialize_with = "crate::schema::present")]
     #[schema(value_type = Option<String>)]
     pub bearer_token: Option<Option<String>>,
+    /// http: whether the server needs OAuth sign-in.
+    pub oauth: Option<bool>,
     /// New start mode.
     pub start: Option<StartMode>,
     /// Offer its tools over `/mcp`.
@@ -168,6 +175,11 @@ pub struct McpServerResponse {
     pub header_names: Vec<String>,
     /// http: whether a bearer token is set.
     pub has_bearer_token: bool,
+    /// http: whether the server needs OAuth sign-in.
+    pub oauth: bool,
+    /// The OAuth connection of a server that needs one (to those who may
+    /// change the server).
+    pub oauth_connection: Option<connect::OAuthConnection>,
     /// When it starts.
     pub start: StartMode,
     /// Whether its tools are offered over `/mcp`.
@@ -206,6 +218,7 @@ struct Row {
     enabled: bool,
     timeout_secs: Option<i64>,
     max_result_bytes: Option<i64>,
+    oauth: bool,
     tools: Json<Vec<rmcp::model::Tool>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -213,7 +226,7 @@ struct Row {
 
 const COLUMNS: &str = "id, name, owner_id, transport, command, args, env, url, header_names, \
      secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, \
-     max_result_bytes, tools, created_at, updated_at";
+     max_result_bytes, oauth, tools, created_at, updated_at";
 
 /// The nonce and ciphertext of an HTTP server's secrets, if it has any.
 type Sealed = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -320,6 +333,7 @@ impl McpService {
                 url: row.url.clone().unwrap_or_default(),
                 headers: secrets.headers,
                 bearer_token: secrets.bearer_token,
+                oauth: row.oauth.then(|| self.credentials(row.id)),
             }
         };
         Ok(bridge::ServerDef {
@@ -355,9 +369,14 @@ impl McpService {
     /// last error are for those who may change it; others (users and
     /// viewers, for a server-wide server) see its name, tools and a coarse
     /// state.
-    fn response(&self, principal: &Principal, row: Row) -> McpServerResponse {
+    fn response(
+        &self,
+        principal: &Principal,
+        row: Row,
+        connections: &std::collections::HashMap<Uuid, connect::OAuthConnection>,
+    ) -> McpServerResponse {
         let manages = Self::check_manage(principal, &row).is_ok();
-        let mut response = self.full_response(row);
+        let mut response = self.full_response(row, connections);
         if !manages {
             response.command = None;
             response.args = Vec::new();
@@ -365,6 +384,7 @@ impl McpService {
             response.url = None;
             response.header_names = Vec::new();
             response.has_bearer_token = false;
+            response.oauth_connection = None;
             response.status.last_error = response
                 .status
                 .last_error
@@ -374,7 +394,21 @@ impl McpService {
         response
     }
 
-    fn full_response(&self, row: Row) -> McpServerResponse {
+    fn full_response(
+        &self,
+        row: Row,
+        connections: &std::collections::HashMap<Uuid, connect::OAuthConnection>,
+    ) -> McpServerResponse {
+        let oauth_connection = row.oauth.then(|| {
+            connections
+                .get(&row.id)
+                .cloned()
+                .unwrap_or(connect::OAuthConnection {
+                    state: "not_connected".to_owned(),
+                    connected_by: None,
+                    updated_at: None,
+                })
+        });
         let server = self.bridge.server(row.owner_id, &row.name);
         let status = server.as_ref().map(|s| s.status()).unwrap_or(ServerStatus {
             state: bridge::ServerState::Stopped,
@@ -387,6 +421,13 @@ impl McpService {
         let tools = server
             .map(|s| s.tools().into_iter().map(|t| t.name).collect())
             .unwrap_or_default();
+        let mut status = status;
+        if oauth_connection
+            .as_ref()
+            .is_some_and(|c| c.state != "connected")
+        {
+            status.last_error = Some(bridge::NEEDS_CONNECTION.to_owned());
+        }
         McpServerResponse {
             id: row.id,
             timeout_secs: self.timeout_of(&row),
@@ -404,6 +445,8 @@ impl McpService {
             url: row.url,
             header_names: row.header_names.0,
             has_bearer_token: self.has_bearer(row.id, &row.secret_nonce, &row.secret_ciphertext),
+            oauth: row.oauth,
+            oauth_connection,
             start: if row.start_mode == "boot" {
                 StartMode::Boot
             } else {
@@ -503,14 +546,15 @@ impl McpService {
         )?;
         checked.check_reach(self.bridge.restricts(owner))?;
         check_limits(request.timeout_secs, request.max_result_bytes)?;
+        check_oauth(request.oauth, &checked)?;
         let id = Uuid::now_v7();
         let (nonce, ciphertext) = self.seal(id, &checked)?;
         let now = db::now();
         let inserted = on_db!(&self.db, pool => sqlx::query(
             "INSERT INTO mcp_servers (id, name, owner_id, transport, command, args, env, url, header_names,
                  secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, max_result_bytes,
-                 tools, created_by, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)
+                 tools, created_by, created_at, updated_at, oauth)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $20)
              ON CONFLICT DO NOTHING",
         )
         .bind(id)
@@ -532,6 +576,7 @@ impl McpService {
         .bind(Json(Vec::<rmcp::model::Tool>::new()))
         .bind(principal.user_id)
         .bind(now)
+        .bind(request.oauth)
         .execute(pool)
         .await?
         .rows_affected());
@@ -559,7 +604,11 @@ impl McpService {
         let row = self.row(id).await?.ok_or(Error::NotFound("MCP server"))?;
         self.activate(&row).await?;
         // Only those who may change a server get here.
-        Ok(self.full_response(self.row(id).await?.ok_or(Error::NotFound("MCP server"))?))
+        let connections = self.oauth_connections().await?;
+        Ok(self.full_response(
+            self.row(id).await?.ok_or(Error::NotFound("MCP server"))?,
+            &connections,
+        ))
     }
 
     /// Puts `row` into the bridge (or takes it out when disabled) and, when
@@ -632,16 +681,19 @@ impl McpService {
         ))
         .fetch_all(pool)
         .await?);
+        let connections = self.oauth_connections().await?;
         Ok(rows
             .into_iter()
             .filter(|row| Self::visible(principal, row))
-            .map(|row| self.response(principal, row))
+            .map(|row| self.response(principal, row, &connections))
             .collect())
     }
 
     /// One server, with its status.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<McpServerResponse> {
-        Ok(self.response(principal, self.visible_row(principal, id).await?))
+        let row = self.visible_row(principal, id).await?;
+        let connections = self.oauth_connections().await?;
+        Ok(self.response(principal, row, &connections))
     }
 
     /// Changes a server and restarts its connection.
@@ -679,6 +731,8 @@ impl McpService {
             request.bearer_token.unwrap_or(old.bearer_token),
         )?;
         checked.check_reach(self.bridge.restricts(row.owner_id))?;
+        let oauth = request.oauth.unwrap_or(row.oauth);
+        check_oauth(oauth, &checked)?;
         let timeout = request.timeout_secs.or(row.timeout_secs.map(|t| t as u64));
         let cap = request
             .max_result_bytes
@@ -688,7 +742,7 @@ impl McpService {
         on_db!(&self.db, pool => sqlx::query(
             "UPDATE mcp_servers SET command = $2, args = $3, env = $4, url = $5, header_names = $6,
                  secret_nonce = $7, secret_ciphertext = $8, start_mode = $9, expose = $10, enabled = $11,
-                 timeout_secs = $12, max_result_bytes = $13, updated_at = $14
+                 timeout_secs = $12, max_result_bytes = $13, updated_at = $14, oauth = $15
              WHERE id = $1",
         )
         .bind(id)
@@ -705,6 +759,7 @@ impl McpService {
         .bind(timeout.map(|t| t as i64))
         .bind(cap.map(|t| t as i64))
         .bind(db::now())
+        .bind(oauth)
         .execute(pool)
         .await?
         .rows_affected());
@@ -865,6 +920,23 @@ impl Checked {
             }
         }
     }
+}
+
+/// OAuth is for HTTP servers, instead of a static bearer token.
+fn check_oauth(oauth: bool, checked: &Checked) -> Result<()> {
+    if oauth && checked.url.is_none() {
+        return Err(Error::invalid_field(
+            "oauth",
+            "only HTTP servers sign in with OAuth",
+        ));
+    }
+    if oauth && checked.bearer_token.is_some() {
+        return Err(Error::invalid_field(
+            "oauth",
+            "a server signs in with OAuth or uses a bearer_token, not both",
+        ));
+    }
+    Ok(())
 }
 
 fn check_limits(timeout_secs: Option<u64>, max_result_bytes: Option<u64>) -> Result<()> {

@@ -6,6 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::connect::{ConnectResponse, FinishConnectRequest};
 use super::{CreateMcpServerRequest, McpServerResponse, UpdateMcpServerRequest};
 use crate::error::{ErrorResponse, Result};
 use crate::http::extract::{Json, Path};
@@ -18,6 +19,54 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_servers, create_server))
         .routes(routes!(get_server, update_server, delete_server))
         .routes(routes!(restart_server))
+        .routes(routes!(connect_server, disconnect_server))
+        .routes(routes!(finish_connect))
+}
+
+/// Starts connecting a server that signs in with OAuth: answers with the
+/// authorization server's page to send the browser to. It comes back to
+/// the console's `/mcp-servers/oauth-callback`.
+#[utoipa::path(post, path = "/api/v1/mcp-servers/{id}/oauth", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = ConnectResponse), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+async fn connect_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ConnectResponse>> {
+    let base = crate::oauth::public_base(state.oauth.config(), &headers)?;
+    Ok(Json(state.mcp.connect(&principal, id, &base).await?))
+}
+
+/// Forgets a server's OAuth tokens; it stops until connected again.
+#[utoipa::path(delete, path = "/api/v1/mcp-servers/{id}/oauth", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = McpServerResponse), (status = 403, body = ErrorResponse),
+              (status = 404, body = ErrorResponse)))]
+async fn disconnect_server(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<McpServerResponse>> {
+    Ok(Json(state.mcp.disconnect(&principal, id).await?))
+}
+
+/// Finishes connecting: the code and state the authorization server sent
+/// back to the console. Only the user who started it, from the console.
+#[utoipa::path(post, path = "/api/v1/mcp-servers/oauth/callback", tag = "mcp", security(("bearer" = [])),
+    request_body = FinishConnectRequest,
+    responses((status = 200, body = McpServerResponse), (status = 400, body = ErrorResponse),
+              (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+async fn finish_connect(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(request): Json<FinishConnectRequest>,
+) -> Result<Json<McpServerResponse>> {
+    Ok(Json(state.mcp.finish_connect(&principal, request).await?))
 }
 
 /// The MCP servers you may use: server-wide ones and your own (admins see

@@ -1141,3 +1141,275 @@ dual_test!(
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     }
 );
+
+/// Starts the OAuth-protected fixture (its own authorization server) on a
+/// free port, with access tokens living `ttl` seconds.
+async fn oauth_fixture(python: &Path, ttl: u64) -> (tokio::process::Child, u16) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let child = tokio::process::Command::new(python)
+        .arg(fixture("oauth_server.py"))
+        .args(["--port", &port.to_string(), "--token-ttl", &ttl.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the OAuth fixture");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the OAuth fixture did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, port)
+}
+
+/// Connects server `id` as `session` does from the console: asks for the
+/// authorization URL, lets "the browser" follow it (the fixture approves at
+/// once and redirects back to the console), and hands code and state back.
+async fn connect_oauth(app: &TestApp, session: &Session, id: &str) -> (StatusCode, Value) {
+    let (status, started) = app
+        .post(
+            &format!("/api/v1/mcp-servers/{id}/oauth"),
+            &session.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let url = started["authorization_url"].as_str().unwrap();
+    let query: std::collections::HashMap<String, String> = url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(query["code_challenge_method"], "S256", "{url}");
+    assert!(query["resource"].ends_with("/mcp"), "{url}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = browser.get(url).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    let back = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        back.starts_with(&format!("{}/mcp-servers/oauth-callback?", app.base)),
+        "{back}"
+    );
+    let params: std::collections::HashMap<String, String> = url::Url::parse(&back)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    app.post(
+        "/api/v1/mcp-servers/oauth/callback",
+        &session.token,
+        json!({ "state": params["state"], "code": params["code"] }),
+    )
+    .await
+}
+
+dual_test!(
+    an_oauth_protected_server_is_usable_by_agents_after_one_connect,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+        config.egress.allow_private_user_endpoints = true;
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        // Access tokens live 2 s: the bridge must refresh them.
+        let (_child, port) = oauth_fixture(&python, 2).await;
+        let base = format!("http://127.0.0.1:{port}");
+
+        // A bearer token and OAuth together make no sense.
+        let (status, _) = app
+            .post(
+                "/api/v1/mcp-servers",
+                &user.token,
+                json!({ "name": "files", "transport": "http", "url": format!("{base}/mcp"),
+                        "oauth": true, "bearer_token": "x" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, server) = app
+            .post(
+                "/api/v1/mcp-servers",
+                &user.token,
+                json!({ "name": "files", "transport": "http", "url": format!("{base}/mcp"), "oauth": true }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{server}");
+        let id = server["id"].as_str().unwrap().to_owned();
+        // Not connected yet: a clear state, not a silent failure.
+        assert_eq!(
+            server["oauth_connection"]["state"], "not_connected",
+            "{server}"
+        );
+        assert!(
+            server["status"]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not connected"),
+            "{server}"
+        );
+
+        // One connect: discovery, registration, PKCE, the browser's trip,
+        // the code exchanged by the user who started it, and only them.
+        // A code obtained under someone else's authorization is refused:
+        // states are bound to the user who started them (here an admin,
+        // who may manage the server), so nobody can attach their account
+        // at the provider to another user's server.
+        let (status, theirs) = app
+            .post(
+                &format!("/api/v1/mcp-servers/{id}/oauth"),
+                &admin.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{theirs}");
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let back = browser
+            .get(theirs["authorization_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let back = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+        let params: std::collections::HashMap<String, String> = back
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let (status, refused) = app
+            .post(
+                "/api/v1/mcp-servers/oauth/callback",
+                &user.token,
+                json!({ "state": params["state"], "code": params["code"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+        let (status, _) = app
+            .post(
+                "/api/v1/mcp-servers/oauth/callback",
+                &user.token,
+                json!({ "state": "made-up", "code": "x" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, connected) = connect_oauth(&app, &user, &id).await;
+        assert_eq!(status, StatusCode::OK, "{connected}");
+        assert_eq!(
+            connected["oauth_connection"]["state"], "connected",
+            "{connected}"
+        );
+        assert_eq!(connected["status"]["state"], "running", "{connected}");
+        assert_eq!(connected["tools"], json!(["files__whoami"]), "{connected}");
+        let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        assert!(
+            result["result"].to_string().contains("alice via"),
+            "{result}"
+        );
+
+        // An agent uses it.
+        let answer = agent_answer(
+            &app,
+            &user,
+            json!(["files__whoami"]),
+            "call files__whoami {}",
+        )
+        .await;
+        assert!(answer.contains("alice"), "{answer}");
+
+        // The access token expires; the bridge refreshes it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        let stats: Value = app
+            .client
+            .get(format!("{base}/test/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(stats["refreshes"].as_u64() >= Some(1), "{stats}");
+        assert_eq!(stats["code_exchanges"], 1, "{stats}");
+
+        // The provider revokes everything: the connection is shown as
+        // expired, calls fail with the reason, and connecting again fixes it.
+        let _ = app
+            .client
+            .post(format!("{base}/test/revoke-all"))
+            .send()
+            .await
+            .unwrap();
+        let (status, failed) = invoke(&app, &user.token, "files__whoami", json!({})).await;
+        assert!(
+            status.is_client_error() || status.is_server_error(),
+            "{status} {failed}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let expired = loop {
+            let (_, server) = app
+                .get(&format!("/api/v1/mcp-servers/{id}"), &user.token)
+                .await;
+            if server["oauth_connection"]["state"] == "expired" {
+                break server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never shown as expired: {server}"
+            );
+            let _ = invoke(&app, &user.token, "files__whoami", json!({})).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Calls say why, and the status tells the owner to connect again.
+        let (_, failed) = invoke(&app, &user.token, "files__whoami", json!({})).await;
+        assert!(
+            failed["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("connect"),
+            "{failed}"
+        );
+        assert!(
+            expired["status"]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("connect it"),
+            "{expired}"
+        );
+        let (status, reconnected) = connect_oauth(&app, &user, &id).await;
+        assert_eq!(status, StatusCode::OK, "{reconnected}");
+        assert_eq!(reconnected["oauth_connection"]["state"], "connected");
+        let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+
+        // Tokens are stored sealed: nothing readable in the database.
+        let stats: Value = app
+            .client
+            .get(format!("{base}/test/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["code_exchanges"], 2, "{stats}");
+        let (_, audit) = app
+            .get("/api/v1/audit-log?page_size=100", &admin.token)
+            .await;
+        let actions = audit.to_string();
+        assert!(actions.contains("mcp_server.oauth.connect"), "{actions}");
+    }
+);
