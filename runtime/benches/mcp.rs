@@ -243,6 +243,7 @@ fn stdio_request(name: &str, key: &str, data_dir: &std::path::Path) -> CreateMcp
         url: None,
         headers: Default::default(),
         bearer_token: None,
+        oauth: false,
         start: StartMode::Lazy,
         expose: true,
         enabled: true,
