@@ -6,7 +6,7 @@ import { SignIn } from './pages/signin.js';
 import { Chat } from './pages/chat.js';
 import { Agents, AgentEditor } from './pages/agents.js';
 import { Tools } from './pages/tools.js';
-import { McpServers } from './pages/mcp.js';
+import { McpServers, OAuthCallback } from './pages/mcp.js';
 import { Models } from './pages/models.js';
 import { Account } from './pages/account.js';
 import { Usage } from './pages/usage.js';
@@ -29,7 +29,7 @@ function route(path) {
     case undefined: case 'chat': return { page: 'chat', id: parts[1] };
     case 'agents': return parts[1] ? { page: 'agent', id: parts[1] } : { page: 'agents' };
     case 'tools': return { page: 'tools', tab: parts[1] };
-    case 'mcp-servers': return { page: 'mcp' };
+    case 'mcp-servers': return parts[1] === 'oauth-callback' ? { page: 'mcp-callback' } : { page: 'mcp' };
     case 'models': return { page: 'models' };
     case 'usage': return { page: 'usage' };
     case 'account': return { page: 'account' };
@@ -72,6 +72,7 @@ function App() {
     case 'agent': page = html`<${AgentEditor} id=${r.id} />`; break;
     case 'tools': page = html`<${Tools} tab=${r.tab} />`; break;
     case 'mcp': page = html`<${McpServers} />`; break;
+    case 'mcp-callback': page = html`<${OAuthCallback} />`; break;
     case 'models': page = html`<${Models} />`; break;
     case 'usage': page = html`<${Usage} />`; break;
     case 'account': page = html`<${Account} />`; break;

@@ -1,12 +1,42 @@
 // MCP servers: live status, add, edit, restart, delete; and how to reach
 // this server's own /mcp endpoint from Claude Desktop or Cursor.
 
-import { html, useState, useEffect, useSession, useLoad, ErrorNote, PageHeader, Field, Action, Modal, pretty, isAdmin, canWrite, when, CopyButton, Link } from '../lib/ui.js';
+import { html, useState, useEffect, useSession, useLoad, ErrorNote, PageHeader, Field, Action, Modal, pretty, isAdmin, canWrite, when, CopyButton, Link, navigate } from '../lib/ui.js';
 import * as api from '../lib/api.js';
+
+/** Sends the browser to a server's sign-in page (it comes back to `OAuthCallback`). */
+async function connectServer(id) {
+  const started = await api.post(`/api/v1/mcp-servers/${id}/oauth`);
+  location.assign(started.authorization_url);
+}
+
+/**
+ * Where an MCP server's authorization server sends the browser back: the
+ * code and state go to the API with this user's session, then back to the
+ * list.
+ */
+export function OAuthCallback() {
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    const q = new URLSearchParams(location.search);
+    if (q.get('error')) {
+      setError({ message: 'The server refused: ' + (q.get('error_description') || q.get('error')), code: q.get('error') });
+      return;
+    }
+    api.post('/api/v1/mcp-servers/oauth/callback', { state: q.get('state') || '', code: q.get('code') || '', iss: q.get('iss') || undefined })
+      .then((server) => navigate('/mcp-servers?connected=' + encodeURIComponent(server.name), true), setError);
+  }, []);
+  return html`<section class="page">
+    <${PageHeader} title="Connecting an MCP server" />
+    ${error ? html`<${ErrorNote} error=${error} /><p><${Link} href="/mcp-servers">Back to MCP servers</${Link}></p>` : html`<p class="muted">Finishing the connection…</p>`}
+  </section>`;
+}
 
 export function McpServers() {
   const { user } = useSession();
   const list = useLoad(() => api.get('/api/v1/mcp-servers'), []);
+  const connected = new URLSearchParams(location.search).get('connected');
+  const [connectError, setConnectError] = useState(null);
   const [editing, setEditing] = useState(null);
   // Status changes on its own (starts, crashes, retries): refresh it.
   useEffect(() => { const t = setInterval(() => list.reload(), 5000); return () => clearInterval(t); }, [list.reload]);
@@ -15,7 +45,8 @@ export function McpServers() {
     <${PageHeader} title="MCP servers">
       ${canWrite(user) ? html`<button type="button" class="primary" onClick=${() => setEditing({})}>Add a server</button>` : null}
     </${PageHeader}>
-    <${ErrorNote} error=${list.error} onRetry=${list.reload} />
+    <${ErrorNote} error=${list.error || connectError} onRetry=${list.error ? list.reload : undefined} />
+    ${connected ? html`<div class="note ok" role="status">Connected <strong>${connected}</strong>.</div>` : null}
     <table class="table mcp-table">
       <thead><tr><th>Name</th><th>State</th><th>Tools</th><th>Transport</th><th>Scope</th><th><span class="sr-only">Actions</span></th></tr></thead>
       <tbody>
@@ -24,11 +55,15 @@ export function McpServers() {
         <td><span class=${'badge state-' + s.status.state}>${s.status.state}</span>
           ${s.status.last_error ? html`<br /><small class="bad">${s.status.last_error}</small>` : null}
           ${s.status.retry_at ? html`<br /><small class="muted">retry ${when(s.status.retry_at)}</small>` : null}
-          ${s.status.restarts ? html`<br /><small class="muted">${s.status.restarts} restart${s.status.restarts === 1 ? '' : 's'}</small>` : null}</td>
+          ${s.status.restarts ? html`<br /><small class="muted">${s.status.restarts} restart${s.status.restarts === 1 ? '' : 's'}</small>` : null}
+          ${s.oauth_connection ? html`<br /><span class=${'badge oauth-' + s.oauth_connection.state} data-testid="oauth-state">${{ connected: 'signed in', expired: 'sign-in expired', not_connected: 'not signed in' }[s.oauth_connection.state] || s.oauth_connection.state}</span>` : null}</td>
         <td>${s.status.tool_count}</td>
         <td><small class="mono">${s.transport === 'stdio' ? [s.command, ...s.args].join(' ') : s.url}</small></td>
         <td>${s.owner_id ? 'personal' : 'server-wide'}</td>
         <td><div class="row">
+          ${canWrite(user) && (s.owner_id === user.id || isAdmin(user)) && s.oauth_connection ? html`
+            <${Action} kind=${s.oauth_connection.state === 'connected' ? 'small' : 'small primary'} label=${(s.oauth_connection.state === 'connected' ? 'Reconnect ' : 'Connect ') + s.name}
+              run=${async () => { setConnectError(null); try { await connectServer(s.id); } catch (err) { setConnectError(err); } }}>${s.oauth_connection.state === 'connected' ? 'Reconnect' : 'Connect'}</${Action}>` : null}
           ${canWrite(user) && (s.owner_id === user.id || isAdmin(user)) ? html`
             <${Action} kind="small" run=${async () => { await api.post(`/api/v1/mcp-servers/${s.id}/restart`); list.reload(); }}>Restart</${Action}>
             <button type="button" class="small" onClick=${() => setEditing(s)}>Edit</button>
@@ -49,7 +84,7 @@ function ServerForm({ server, onClose, onDone }) {
   const [form, setForm] = useState({
     name: server.name || '', transport: server.transport || (isAdmin(user) ? 'stdio' : 'http'),
     command: server.command || '', args: (server.args || []).join('\n'), url: server.url || '',
-    bearer_token: '', env: pretty(server.env || {}), headers: '{}', expose: server.expose ?? true,
+    bearer_token: '', oauth: !!server.oauth, env: pretty(server.env || {}), headers: '{}', expose: server.expose ?? true,
     enabled: server.enabled ?? true, personal: !!server.owner_id, timeout_secs: server.timeout_secs || '',
   });
   const [error, setError] = useState(null);
@@ -66,7 +101,8 @@ function ServerForm({ server, onClose, onDone }) {
         body.env = JSON.parse(form.env || '{}');
       } else {
         body.url = form.url;
-        if (form.bearer_token) body.bearer_token = form.bearer_token;
+        body.oauth = form.oauth;
+        if (form.bearer_token && !form.oauth) body.bearer_token = form.bearer_token;
         const headers = JSON.parse(form.headers || '{}');
         if (Object.keys(headers).length) body.headers = headers;
       }
@@ -89,7 +125,8 @@ function ServerForm({ server, onClose, onDone }) {
         <${Field} label="Environment (JSON)" hint='Values are text, or {"secret": "NAME"} to pass a stored secret.'><textarea class="code" rows="3" value=${form.env} onInput=${set('env')}></textarea></${Field}>`
       : html`
         <${Field} label="URL"><input type="url" required value=${form.url} onInput=${set('url')} placeholder="https://example.com/mcp" /></${Field}>
-        <${Field} label="Bearer token" hint=${server.has_bearer_token ? 'One is set; leave empty to keep it.' : 'Optional; stored encrypted.'}><input type="password" autocomplete="off" value=${form.bearer_token} onInput=${set('bearer_token')} /></${Field}>
+        <label class="check"><input type="checkbox" checked=${form.oauth} onChange=${set('oauth')} /> Sign in with OAuth (the server asks for it; you connect it after adding it)</label>
+        ${form.oauth ? null : html`<${Field} label="Bearer token" hint=${server.has_bearer_token ? 'One is set; leave empty to keep it.' : 'Optional; stored encrypted.'}><input type="password" autocomplete="off" value=${form.bearer_token} onInput=${set('bearer_token')} /></${Field}>`}
         <${Field} label="Extra headers (JSON)" hint="Stored encrypted; only their names are shown."><textarea class="code" rows="2" value=${form.headers} onInput=${set('headers')}></textarea></${Field}>`}
       <div class="grid3">
         <${Field} label="Timeout per call (s)"><input type="number" min="1" value=${form.timeout_secs} onInput=${set('timeout_secs')} /></${Field}>
@@ -109,7 +146,7 @@ function Connect() {
   const cursor = pretty({ mcpServers: { orchestra: { url, headers: { Authorization: 'Bearer orc_...' } } } });
   return html`<section class="card connect">
     <h2>Use Orchestra's tools from another MCP client</h2>
-    <p>This server speaks MCP at <code>${url}</code> <${CopyButton} text=${url} />, with an <${Link} href="/account">API key</${Link}> as a bearer token. Your tools and agents are offered there.</p>
+    <p>This server speaks MCP at <code>${url}</code> <${CopyButton} text=${url} />. Clients that sign in (the MCP authorization flow) need only that URL: you approve them here, and see them under <${Link} href="/account">Account</${Link}>. Others use an <${Link} href="/account">API key</${Link}> as a bearer token. Your tools and agents are offered there.</p>
     <div class="grid2">
       <div><h3>Claude Desktop</h3><pre>${claude}</pre><${CopyButton} text=${claude} label="Copy configuration" /></div>
       <div><h3>Cursor</h3><pre>${cursor}</pre><${CopyButton} text=${cursor} label="Copy configuration" /></div>

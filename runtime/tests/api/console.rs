@@ -1006,3 +1006,75 @@ async fn console_consent_page_approves_an_mcp_client_and_the_account_page_revoke
     let (_, grants) = app.get("/api/v1/oauth/grants", &user.token).await;
     assert_eq!(grants, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_connects_an_oauth_protected_mcp_server_in_one_click() {
+    let _one = BROWSER_LOCK.lock().await;
+    let Some(python) = crate::mcp::python() else {
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        with_vendor(config);
+        // The provider listens on loopback, which users' endpoints may
+        // reach only where the operator allows it.
+        config.egress.allow_private_user_endpoints = true;
+    })
+    .await
+    .unwrap();
+    let admin = app.register("admin@example.com").await;
+    let user = app.add_user(&admin, "user@example.com", "user").await;
+    let (_provider, port) = crate::mcp::oauth_fixture(&python, 3600).await;
+    let Some(b) = Browser::open(&app.base, 1280, 860).await else {
+        return;
+    };
+    b.sign_in("user@example.com").await;
+    b.goto("/mcp-servers").await;
+    b.click("Add a server").await;
+    b.fill("Name", "files").await;
+    b.fill("URL", &format!("http://127.0.0.1:{port}/mcp")).await;
+    b.client
+        .find(Locator::XPath(
+            "//label[contains(., 'Sign in with OAuth')]/input",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.click("Add").await;
+    b.wait_text("not signed in").await;
+    // One click: to the provider, which approves, and back.
+    b.css("button[aria-label='Connect files']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("Connected files").await;
+    b.until(
+        "the signed-in badge",
+        "return document.querySelector('[data-testid=oauth-state]')?.textContent === 'signed in'",
+    )
+    .await;
+    b.screenshot("mcp-oauth-connected").await;
+    drop(b);
+    let Some(phone) = Browser::open(&app.base, 390, 844).await else {
+        return;
+    };
+    phone.sign_in("user@example.com").await;
+    phone.goto("/mcp-servers").await;
+    phone.wait_text("signed in").await;
+    let overflow = phone
+        .js("return document.documentElement.scrollWidth > window.innerWidth")
+        .await;
+    assert_eq!(overflow, json!(false), "no horizontal scrolling on a phone");
+    phone.screenshot("mcp-oauth-connected-phone").await;
+    let (status, result) = app
+        .post(
+            "/api/v1/tools/files__whoami/invoke",
+            &user.token,
+            json!({ "arguments": {} }),
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert!(result["result"].to_string().contains("alice"), "{result}");
+}

@@ -1144,7 +1144,7 @@ dual_test!(
 
 /// Starts the OAuth-protected fixture (its own authorization server) on a
 /// free port, with access tokens living `ttl` seconds.
-async fn oauth_fixture(python: &Path, ttl: u64) -> (tokio::process::Child, u16) {
+pub async fn oauth_fixture(python: &Path, ttl: u64) -> (tokio::process::Child, u16) {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
