@@ -398,6 +398,13 @@ pub struct OAuthConfig {
     pub public_url: Option<String>,
     /// Accept dynamic client registration (RFC 7591) at `/oauth/register`.
     pub dynamic_registration: bool,
+    /// Accept client IDs that are HTTPS URLs of client metadata documents
+    /// (fetched from public addresses, cached for an hour).
+    pub client_metadata_documents: bool,
+    /// Also fetch client metadata documents over plain http (development
+    /// and tests only; private addresses still need
+    /// `egress.allow_private_user_endpoints`).
+    pub allow_http_metadata_documents: bool,
     /// Seconds an access token lives.
     pub access_token_ttl_secs: u64,
     /// Seconds a refresh token lives (each use replaces it).
@@ -416,6 +423,8 @@ impl Default for OAuthConfig {
         OAuthConfig {
             public_url: None,
             dynamic_registration: true,
+            client_metadata_documents: true,
+            allow_http_metadata_documents: false,
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             code_ttl_secs: 60,

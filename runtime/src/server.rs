@@ -194,6 +194,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         audit.clone(),
         users.clone(),
         config.oauth.clone(),
+        config.egress,
     );
     AppState {
         oauth,

@@ -46,7 +46,7 @@ export function Consent({ user, signOut }) {
       <p>Signed in as <strong>${user.email}</strong>. <button type="button" class="link" onClick=${signOut}>Not you?</button></p>
       ${r.client.kind === 'registered'
         ? html`<p class="note">The application named itself; this server cannot verify the name. Approve only if you started this connection, and check where it sends you back:</p>`
-        : null}
+        : html`<p class="note ok">The application is identified by its own web address, <strong class="mono">${(() => { try { return new URL(r.client.id).host; } catch { return r.client.id; } })()}</strong>.</p>`}
       <dl class="facts">
         <dt>Sends you back to</dt><dd class="mono" data-testid="consent-redirect">${target}</dd>
         ${r.client.client_uri ? html`<dt>Its home page</dt><dd class="mono">${r.client.client_uri}</dd>` : null}

@@ -240,6 +240,29 @@ fn digest_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Largest client metadata document read.
+const MAX_METADATA_DOCUMENT: usize = 16 * 1024;
+
+/// How long a fetched client metadata document is trusted.
+const METADATA_DOCUMENT_TTL_MINUTES: i64 = 60;
+
+/// Whether `client_id` names a client metadata document (an http(s) URL).
+fn is_url_client_id(client_id: &str) -> bool {
+    client_id.starts_with("https://") || client_id.starts_with("http://")
+}
+
+/// A client metadata document, as far as it is read.
+#[derive(serde::Deserialize)]
+struct MetadataDocument {
+    client_id: String,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    client_name: Option<String>,
+    client_uri: Option<String>,
+    token_endpoint_auth_method: Option<String>,
+    scope: Option<String>,
+}
+
 /// The OAuth authorization server.
 #[derive(Clone)]
 pub struct OAuthService {
@@ -247,22 +270,166 @@ pub struct OAuthService {
     audit: AuditService,
     users: UserService,
     config: OAuthConfig,
+    egress: crate::config::EgressConfig,
 }
 
 impl OAuthService {
-    /// The service over `db`.
+    /// The service over `db`; client metadata documents are fetched as
+    /// `egress` allows users' endpoints to be reached.
     pub fn new(
         db: Db,
         audit: AuditService,
         users: UserService,
         config: OAuthConfig,
+        egress: crate::config::EgressConfig,
     ) -> OAuthService {
         OAuthService {
             repo: OAuthRepo::new(db),
             audit,
             users,
             config,
+            egress,
         }
+    }
+
+    /// The client whose id is the URL of its metadata document: fetched
+    /// (from public addresses, no redirects, 16 KiB, 5 s) and checked, or
+    /// read from the last hour's copy. `Ok(None)` when `client_id` is not a
+    /// URL.
+    async fn metadata_client(
+        &self,
+        client_id: &str,
+    ) -> std::result::Result<Option<ClientRow>, String> {
+        if !is_url_client_id(client_id) {
+            return Ok(None);
+        }
+        if !self.config.client_metadata_documents {
+            return Err("This server does not accept clients identified by a URL.".to_owned());
+        }
+        let url =
+            url::Url::parse(client_id).map_err(|e| format!("The client id is not a URL: {e}."))?;
+        let scheme_ok = url.scheme() == "https"
+            || (url.scheme() == "http" && self.config.allow_http_metadata_documents);
+        if !scheme_ok
+            || url.path() == "/"
+            || url.fragment().is_some()
+            || client_id.len() > MAX_FIELD
+        {
+            return Err(
+                "A client id that is a URL must be https, with a path and no fragment.".to_owned(),
+            );
+        }
+        let now = db::now();
+        if let Some(row) = self
+            .repo
+            .client(client_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let fresh = row
+                .fetched_at
+                .is_some_and(|at| at > now - Duration::minutes(METADATA_DOCUMENT_TTL_MINUTES));
+            if row.kind == "metadata_document" && fresh {
+                return Ok(Some(row));
+            }
+        }
+        let client = if self.egress.allow_private_user_endpoints {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| e.to_string())?
+        } else {
+            crate::egress::plugin_client(&[])
+        };
+        let refused =
+            |why: String| format!("The client's metadata document could not be used: {why}.");
+        let mut response = client
+            .get(url.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(refused(format!("it answered {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| refused(e.to_string()))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_METADATA_DOCUMENT {
+                return Err(refused(format!(
+                    "it is larger than {MAX_METADATA_DOCUMENT} bytes"
+                )));
+            }
+        }
+        let document: MetadataDocument =
+            serde_json::from_slice(&body).map_err(|e| refused(e.to_string()))?;
+        if document.client_id != client_id {
+            return Err(refused("its client_id is not its own URL".to_owned()));
+        }
+        if document.redirect_uris.is_empty() || document.redirect_uris.len() > MAX_REDIRECT_URIS {
+            return Err(refused(format!(
+                "it needs 1 to {MAX_REDIRECT_URIS} redirect_uris"
+            )));
+        }
+        for uri in &document.redirect_uris {
+            check_redirect_uri(uri).map_err(refused)?;
+        }
+        if document
+            .token_endpoint_auth_method
+            .as_deref()
+            .is_some_and(|m| m != "none")
+        {
+            return Err(refused(
+                "only public clients (token_endpoint_auth_method none) are supported".to_owned(),
+            ));
+        }
+        let name = document
+            .client_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(url.host_str().unwrap_or("MCP client"))
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect::<String>();
+        let client_uri = document.client_uri.filter(|u| {
+            u.len() <= MAX_FIELD
+                && url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "https" | "http"))
+        });
+        let scope = document.scope.as_deref().and_then(|s| {
+            let known: Vec<Scope> = s
+                .split_ascii_whitespace()
+                .filter_map(Scope::parse)
+                .collect();
+            (!known.is_empty()).then(|| Scope::join(&known))
+        });
+        let row = ClientRow {
+            id: client_id.to_owned(),
+            kind: "metadata_document".to_owned(),
+            name,
+            client_uri,
+            redirect_uris: Json(document.redirect_uris),
+            scopes: scope,
+            auth_method: "none".to_owned(),
+            secret_hash: None,
+            created_at: now,
+            fetched_at: Some(now),
+        };
+        self.repo
+            .upsert_client(&row)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.audit
+            .record(
+                None,
+                "oauth.client.metadata_document",
+                None,
+                json!({ "client_id": client_id, "name": row.name, "redirect_uris": row.redirect_uris.0 }),
+            )
+            .await;
+        Ok(Some(row))
     }
 
     /// The configuration.
@@ -296,7 +463,7 @@ impl OAuthService {
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
             "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
-            "client_id_metadata_document_supported": false,
+            "client_id_metadata_document_supported": self.config.client_metadata_documents,
             "service_documentation": format!("{base}/docs"),
         });
         if self.config.dynamic_registration {
@@ -443,12 +610,15 @@ impl OAuthService {
             .client_id
             .as_deref()
             .ok_or("The request names no client (client_id is missing).")?;
-        let client = self
-            .repo
-            .client(client_id)
-            .await
-            .map_err(|e| format!("The server could not read the client: {e}"))?
-            .ok_or("This client is not registered with this server.")?;
+        let client = match self.metadata_client(client_id).await? {
+            Some(client) => client,
+            None => self
+                .repo
+                .client(client_id)
+                .await
+                .map_err(|e| format!("The server could not read the client: {e}"))?
+                .ok_or("This client is not registered with this server.")?,
+        };
         let redirect_uri =
             match &params.redirect_uri {
                 Some(uri) if client.redirect_uris.0.iter().any(|r| r == uri) => uri.clone(),

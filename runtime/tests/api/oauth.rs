@@ -710,6 +710,20 @@ dual_test!(
         let (status, body) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"], "access_denied");
+        // Plain-http client metadata documents are refused by default.
+        let (_, challenge) = pkce();
+        let (status, _) = authorize(
+            &app,
+            &[
+                ("response_type", "code"),
+                ("client_id", "http://127.0.0.1:9/client.json"),
+                ("redirect_uri", REDIRECT),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
         let asm: Value = app
             .client
             .get(format!(
@@ -723,5 +737,122 @@ dual_test!(
             .await
             .unwrap();
         assert!(asm.get("registration_endpoint").is_none());
+    }
+);
+
+/// Serves `documents` (path → JSON) on a loopback port: client metadata
+/// documents, as a client's own web site would.
+async fn document_server(documents: Vec<(&'static str, Value)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut router = axum::Router::new();
+    for (path, document) in documents {
+        let document =
+            serde_json::from_str::<Value>(&document.to_string().replace("{base}", &base)).unwrap();
+        router = router.route(
+            path,
+            axum::routing::get(move || async move { axum::Json(document) }),
+        );
+    }
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+dual_test!(
+    clients_identified_by_their_metadata_document_url_are_authorized,
+    |config: &mut orchestra::config::Config| {
+        // The documents are served over http on loopback in this test.
+        config.oauth.allow_http_metadata_documents = true;
+        config.egress.allow_private_user_endpoints = true;
+    },
+    |app: TestApp| async move {
+        let user = app.register("doc@example.com").await;
+        let docs = document_server(vec![
+            ("/client.json", json!({ "client_id": "{base}/client.json", "client_name": "Doc Client",
+                                     "client_uri": "https://doc.example", "redirect_uris": [REDIRECT] })),
+            ("/impostor.json", json!({ "client_id": "{base}/client.json", "redirect_uris": [REDIRECT] })),
+            ("/evil.json", json!({ "client_id": "{base}/evil.json", "redirect_uris": ["javascript:alert(1)"] })),
+            ("/secret.json", json!({ "client_id": "{base}/secret.json", "redirect_uris": [REDIRECT],
+                                     "token_endpoint_auth_method": "client_secret_basic" })),
+        ])
+        .await;
+        let asm: Value = app
+            .client
+            .get(format!(
+                "{}/.well-known/oauth-authorization-server",
+                app.base
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(asm["client_id_metadata_document_supported"], true);
+
+        // Documents that are not their own, or unsafe, stop the request.
+        for bad in ["impostor", "evil", "secret", "missing"] {
+            let (_, challenge) = pkce();
+            let (status, _) = authorize(
+                &app,
+                &[
+                    ("response_type", "code"),
+                    ("client_id", &format!("{docs}/{bad}.json")),
+                    ("redirect_uri", REDIRECT),
+                    ("code_challenge", &challenge),
+                    ("code_challenge_method", "S256"),
+                ],
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+
+        // The client's URL is its id; no registration.
+        let client_id = format!("{docs}/client.json");
+        let (verifier, challenge) = pkce();
+        let (status, location) = authorize(
+            &app,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", REDIRECT),
+                ("state", "s"),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{location}");
+        let request = location.strip_prefix("/oauth/consent?request=").unwrap();
+        let (_, pending) = app
+            .get(&format!("/api/v1/oauth/requests/{request}"), &user.token)
+            .await;
+        assert_eq!(pending["client"]["kind"], "metadata_document", "{pending}");
+        assert_eq!(pending["client"]["name"], "Doc Client");
+        assert_eq!(pending["client"]["id"], client_id.as_str());
+        let (_, outcome) = app
+            .post(
+                &format!("/api/v1/oauth/requests/{request}"),
+                &user.token,
+                json!({ "approve": true }),
+            )
+            .await;
+        let code = query_of(outcome["redirect_to"].as_str().unwrap())["code"].clone();
+        let (status, tokens) = token(
+            &app,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", &client_id),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        assert!(tokens["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("omcp_at_"));
     }
 );
