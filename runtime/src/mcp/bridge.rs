@@ -830,6 +830,122 @@ impl Server {
         }
     }
 
+    /// Runs one request of `what` on the server, within its timeout, with
+    /// errors as tool errors.
+    async fn request<T>(
+        self: &Arc<Self>,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ToolError> {
+        match tokio::time::timeout(self.def.timeout, request).await {
+            Err(_) => Err(ToolError::Timeout(self.def.timeout.as_millis() as u64)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(ServiceError::McpError(error))) if error.code == ErrorCode::INVALID_PARAMS => {
+                Err(ToolError::InvalidArguments(error.message.to_string()))
+            }
+            Ok(Err(ServiceError::McpError(error))) => {
+                Err(ToolError::Failed(format!("{what}: {}", error.message)))
+            }
+            Ok(Err(other)) => Err(ToolError::Unavailable(format!(
+                "the MCP server {} failed {what}: {other}",
+                self.def.name
+            ))),
+        }
+    }
+
+    /// What the server offers besides tools, from its `initialize` answer:
+    /// (resources, prompts).
+    async fn offers(self: &Arc<Self>) -> Result<(Peer<RoleClient>, bool, bool), ToolError> {
+        let peer = self.peer().await?;
+        let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
+        let resources = capabilities.as_ref().is_some_and(|c| c.resources.is_some());
+        let prompts = capabilities.as_ref().is_some_and(|c| c.prompts.is_some());
+        Ok((peer, resources, prompts))
+    }
+
+    /// Its resources and resource templates (none when it offers none).
+    pub async fn resources(
+        self: &Arc<Self>,
+    ) -> Result<
+        (
+            Vec<rmcp::model::Resource>,
+            Vec<rmcp::model::ResourceTemplate>,
+        ),
+        ToolError,
+    > {
+        let (peer, resources, _) = self.offers().await?;
+        if !resources {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let listed = self
+            .request("resources/list", peer.list_all_resources())
+            .await?;
+        // Templates are optional even where resources are offered.
+        let templates = self
+            .request(
+                "resources/templates/list",
+                peer.list_all_resource_templates(),
+            )
+            .await
+            .unwrap_or_default();
+        Ok((listed, templates))
+    }
+
+    /// Reads resource `uri` (as the server names it).
+    pub async fn read_resource(
+        self: &Arc<Self>,
+        uri: &str,
+    ) -> Result<rmcp::model::ReadResourceResult, ToolError> {
+        let (peer, resources, _) = self.offers().await?;
+        if !resources {
+            return Err(ToolError::InvalidArguments(format!(
+                "the MCP server {} offers no resources",
+                self.def.name
+            )));
+        }
+        let params = rmcp::model::ReadResourceRequestParams::new(uri);
+        let result = self
+            .request("resources/read", peer.read_resource(params))
+            .await?;
+        let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
+        if size > self.def.max_result_bytes {
+            return Err(ToolError::InvalidOutput(format!(
+                "the resource is {size} bytes, over the {} byte cap",
+                self.def.max_result_bytes
+            )));
+        }
+        Ok(result)
+    }
+
+    /// Its prompts (none when it offers none).
+    pub async fn prompts(self: &Arc<Self>) -> Result<Vec<rmcp::model::Prompt>, ToolError> {
+        let (peer, _, prompts) = self.offers().await?;
+        if !prompts {
+            return Ok(Vec::new());
+        }
+        self.request("prompts/list", peer.list_all_prompts()).await
+    }
+
+    /// Prompt `name` (as the server names it) with `arguments`.
+    pub async fn get_prompt(
+        self: &Arc<Self>,
+        name: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<rmcp::model::GetPromptResult, ToolError> {
+        let (peer, _, prompts) = self.offers().await?;
+        if !prompts {
+            return Err(ToolError::InvalidArguments(format!(
+                "the MCP server {} offers no prompts",
+                self.def.name
+            )));
+        }
+        let mut params = rmcp::model::GetPromptRequestParams::new(name);
+        if let Some(arguments) = arguments {
+            params = params.with_arguments(arguments);
+        }
+        self.request("prompts/get", peer.get_prompt(params)).await
+    }
+
     /// A tool result as the catalogue returns it: the structured content
     /// when there is one, else the text (one block) or the content blocks.
     fn result(&self, result: CallToolResult) -> Result<Value, ToolError> {

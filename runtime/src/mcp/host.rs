@@ -568,14 +568,83 @@ fn tool_result(value: Value, structured: bool) -> CallToolResult {
     }
 }
 
+/// Where the resources of bridged servers live on `/mcp`:
+/// `orchestra://mcp/<server>/<the server's own URI>`.
+pub const RESOURCE_PREFIX: &str = "orchestra://mcp/";
+
+/// The server and its own URI of a namespaced resource URI.
+fn split_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix(RESOURCE_PREFIX)?.split_once('/')
+}
+
+/// Rewrites the `uri` of each of `contents` into `server`'s namespace.
+fn namespace_contents(server: &str, result: rmcp::model::ReadResourceResult) -> Value {
+    let mut value = serde_json::to_value(result).unwrap_or(Value::Null);
+    if let Some(contents) = value.get_mut("contents").and_then(Value::as_array_mut) {
+        for content in contents {
+            if let Some(uri) = content.get("uri").and_then(Value::as_str) {
+                content["uri"] = json!(format!("{RESOURCE_PREFIX}{server}/{uri}"));
+            }
+        }
+    }
+    value
+}
+
+impl McpHost {
+    /// The bridged servers whose resources and prompts the caller sees on
+    /// `/mcp`: those they may use that are exposed, when the token may see
+    /// tools.
+    fn offering(
+        &self,
+        principal: &Principal,
+        scopes: Option<&GrantedScopes>,
+    ) -> Vec<Arc<crate::mcp::bridge::Server>> {
+        if scopes.is_some_and(|s| !s.allows(Scope::ToolsRead))
+            || principal.require(Permission::ToolRead).is_err()
+        {
+            return Vec::new();
+        }
+        self.state
+            .tools
+            .bridged_servers(Some(principal.user_id))
+            .into_iter()
+            .filter(|s| s.def().expose)
+            .collect()
+    }
+
+    fn offering_named(
+        &self,
+        principal: &Principal,
+        scopes: Option<&GrantedScopes>,
+        name: &str,
+    ) -> Option<Arc<crate::mcp::bridge::Server>> {
+        self.offering(principal, scopes)
+            .into_iter()
+            .find(|s| s.def().name == name)
+    }
+}
+
+fn offer_error(error: ToolError) -> ErrorData {
+    match error {
+        ToolError::InvalidArguments(m) => ErrorData::invalid_params(m, None),
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
 impl ServerHandler for McpHost {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("orchestra", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Orchestra's tools: sandboxed WebAssembly plugins, bridged MCP servers, and your \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("orchestra", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Orchestra's tools: sandboxed WebAssembly plugins, bridged MCP servers, and your \
              agents (agent__<name>), each of which runs a conversation turn.",
-            )
+        )
     }
 
     async fn list_tools(
@@ -589,6 +658,121 @@ impl ServerHandler for McpHost {
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        let principal = self.principal(&context)?;
+        let servers = self.offering(&principal, Self::scopes(&context).as_ref());
+        let listed = futures_util::future::join_all(servers.iter().map(|s| s.resources())).await;
+        let mut resources = Vec::new();
+        for (server, outcome) in servers.iter().zip(listed) {
+            let name = &server.def().name;
+            match outcome {
+                Ok((found, _)) => resources.extend(found.into_iter().map(|mut r| {
+                    r.uri = format!("{RESOURCE_PREFIX}{name}/{}", r.uri);
+                    r.name = format!("{name}{SEPARATOR}{}", r.name);
+                    r
+                })),
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "resources/list of a bridged server failed")
+                }
+            }
+        }
+        Ok(rmcp::model::ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        let principal = self.principal(&context)?;
+        let servers = self.offering(&principal, Self::scopes(&context).as_ref());
+        let listed = futures_util::future::join_all(servers.iter().map(|s| s.resources())).await;
+        let mut templates = Vec::new();
+        for (server, outcome) in servers.iter().zip(listed) {
+            let name = &server.def().name;
+            if let Ok((_, found)) = outcome {
+                templates.extend(found.into_iter().map(|mut t| {
+                    t.uri_template = format!("{RESOURCE_PREFIX}{name}/{}", t.uri_template);
+                    t.name = format!("{name}{SEPARATOR}{}", t.name);
+                    t
+                }));
+            }
+        }
+        Ok(rmcp::model::ListResourceTemplatesResult::with_all_items(
+            templates,
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        let principal = self.principal(&context)?;
+        let unknown = || {
+            ErrorData::resource_not_found(
+                format!("unknown resource: {}", request.uri),
+                Some(json!({ "uri": request.uri })),
+            )
+        };
+        let (name, uri) = split_uri(&request.uri).ok_or_else(unknown)?;
+        let server = self
+            .offering_named(&principal, Self::scopes(&context).as_ref(), name)
+            .ok_or_else(unknown)?;
+        let result = server.read_resource(uri).await.map_err(offer_error)?;
+        let value = namespace_contents(name, result);
+        let result: rmcp::model::ReadResourceResult = serde_json::from_value(value)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        Ok(result.into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        let principal = self.principal(&context)?;
+        let servers = self.offering(&principal, Self::scopes(&context).as_ref());
+        let listed = futures_util::future::join_all(servers.iter().map(|s| s.prompts())).await;
+        let mut prompts = Vec::new();
+        for (server, outcome) in servers.iter().zip(listed) {
+            let name = &server.def().name;
+            match outcome {
+                Ok(found) => prompts.extend(found.into_iter().map(|mut p| {
+                    p.name = format!("{name}{SEPARATOR}{}", p.name);
+                    p
+                })),
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "prompts/list of a bridged server failed")
+                }
+            }
+        }
+        Ok(rmcp::model::ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        let principal = self.principal(&context)?;
+        let unknown =
+            || ErrorData::invalid_params(format!("unknown prompt: {}", request.name), None);
+        let (name, prompt) = request.name.split_once(SEPARATOR).ok_or_else(unknown)?;
+        let server = self
+            .offering_named(&principal, Self::scopes(&context).as_ref(), name)
+            .ok_or_else(unknown)?;
+        let result = server
+            .get_prompt(prompt, request.arguments.clone())
+            .await
+            .map_err(offer_error)?;
+        Ok(result.into())
     }
 
     async fn call_tool(

@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod connect;
 pub mod framing;
 pub mod host;
+pub mod offers;
 pub mod routes;
 
 use std::collections::BTreeMap;

@@ -7,9 +7,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::connect::{ConnectResponse, FinishConnectRequest};
+use super::offers::{GetPromptRequest, McpResources, ReadQuery};
 use super::{CreateMcpServerRequest, McpServerResponse, UpdateMcpServerRequest};
 use crate::error::{ErrorResponse, Result};
-use crate::http::extract::{Json, Path};
+use crate::http::extract::{Json, Path, Query};
 use crate::http::AppState;
 use crate::users::model::Principal;
 
@@ -21,6 +22,67 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(restart_server))
         .routes(routes!(connect_server, disconnect_server))
         .routes(routes!(finish_connect))
+        .routes(routes!(list_resources))
+        .routes(routes!(read_resource))
+        .routes(routes!(list_prompts))
+        .routes(routes!(get_prompt))
+}
+
+/// A server's resources and resource templates, as it lists them.
+#[utoipa::path(get, path = "/api/v1/mcp-servers/{id}/resources", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = McpResources), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+async fn list_resources(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<McpResources>> {
+    Ok(Json(state.mcp.resources(&principal, id).await?))
+}
+
+/// Reads one of a server's resources (`contents`: text or base64 blobs).
+#[utoipa::path(get, path = "/api/v1/mcp-servers/{id}/resources/read", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ReadQuery),
+    responses((status = 200, body = Object), (status = 404, body = ErrorResponse),
+              (status = 422, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+async fn read_resource(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(
+        state.mcp.read_resource(&principal, id, &query.uri).await?,
+    ))
+}
+
+/// A server's prompts, with their arguments.
+#[utoipa::path(get, path = "/api/v1/mcp-servers/{id}/prompts", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+async fn list_prompts(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<serde_json::Value>>> {
+    Ok(Json(state.mcp.prompts(&principal, id).await?))
+}
+
+/// One of a server's prompts, filled in with `arguments`: its messages.
+#[utoipa::path(post, path = "/api/v1/mcp-servers/{id}/prompts/get", tag = "mcp", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = GetPromptRequest,
+    responses((status = 200, body = Object), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)))]
+async fn get_prompt(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(request): Json<GetPromptRequest>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(state.mcp.get_prompt(&principal, id, request).await?))
 }
 
 /// Starts connecting a server that signs in with OAuth: answers with the

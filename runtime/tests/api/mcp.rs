@@ -270,6 +270,126 @@ dual_test!(
         assert_eq!(content[4]["_meta"]["example.com/kind"], "memo");
         assert_eq!(result["_meta"]["example.com/trace"], "t-1", "{called}");
 
+        // Resources and prompts, over the REST API ...
+        let id = server["id"].as_str().unwrap();
+        let (status, offered) = app
+            .get(&format!("/api/v1/mcp-servers/{id}/resources"), &user.token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{offered}");
+        let uris: Vec<&str> = offered["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap())
+            .collect();
+        assert!(
+            uris.contains(&"memo://one") && uris.contains(&"logo://png"),
+            "{offered}"
+        );
+        assert_eq!(
+            offered["resource_templates"][0]["uriTemplate"], "notes://{name}",
+            "{offered}"
+        );
+        let (status, read) = app
+            .get(
+                &format!("/api/v1/mcp-servers/{id}/resources/read?uri=notes%3A%2F%2Fabc"),
+                &user.token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{read}");
+        assert_eq!(read["contents"][0]["text"], "note abc", "{read}");
+        let (status, prompts) = app
+            .get(&format!("/api/v1/mcp-servers/{id}/prompts"), &user.token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{prompts}");
+        assert_eq!(prompts[0]["name"], "review", "{prompts}");
+        assert_eq!(prompts[0]["arguments"][0]["required"], true, "{prompts}");
+        let (status, filled) = app
+            .post(
+                &format!("/api/v1/mcp-servers/{id}/prompts/get"),
+                &user.token,
+                json!({ "name": "review", "arguments": { "code": "x = 1", "tone": "blunt" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{filled}");
+        assert!(
+            filled["messages"][0]["content"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("blunt tone"),
+            "{filled}"
+        );
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/mcp-servers/{id}/prompts/get"),
+                &user.token,
+                json!({ "name": "review", "arguments": {} }),
+            )
+            .await;
+        assert!(
+            status.is_client_error(),
+            "a missing argument is the caller's error: {status}"
+        );
+
+        // ... and on /mcp, under the server's namespace.
+        let listed = rpc("resources/list", json!({})).await;
+        let resources = listed["result"]["resources"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed}"));
+        let memo = resources
+            .iter()
+            .find(|r| r["name"] == "fx__memo")
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert_eq!(memo["uri"], "orchestra://mcp/fx/memo://one", "{memo}");
+        assert_eq!(memo["title"], "The memo", "{memo}");
+        let read = rpc(
+            "resources/read",
+            json!({ "uri": "orchestra://mcp/fx/logo://png" }),
+        )
+        .await;
+        let content = &read["result"]["contents"][0];
+        assert_eq!(content["uri"], "orchestra://mcp/fx/logo://png", "{read}");
+        assert_eq!(content["mimeType"], "image/png", "{read}");
+        assert!(
+            content["blob"].as_str().unwrap().starts_with("iVBOR"),
+            "{read}"
+        );
+        let templates = rpc("resources/templates/list", json!({})).await;
+        assert_eq!(
+            templates["result"]["resourceTemplates"][0]["uriTemplate"],
+            "orchestra://mcp/fx/notes://{name}",
+            "{templates}"
+        );
+        let read = rpc(
+            "resources/read",
+            json!({ "uri": "orchestra://mcp/fx/notes://zed" }),
+        )
+        .await;
+        assert_eq!(read["result"]["contents"][0]["text"], "note zed", "{read}");
+        let missing = rpc(
+            "resources/read",
+            json!({ "uri": "orchestra://mcp/nope/memo://one" }),
+        )
+        .await;
+        assert!(missing["error"].is_object(), "{missing}");
+        let prompts = rpc("prompts/list", json!({})).await;
+        assert_eq!(
+            prompts["result"]["prompts"][0]["name"], "fx__review",
+            "{prompts}"
+        );
+        let filled = rpc(
+            "prompts/get",
+            json!({ "name": "fx__review", "arguments": { "code": "y = 2" } }),
+        )
+        .await;
+        assert!(
+            filled["result"]["messages"][0]["content"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("kind tone"),
+            "{filled}"
+        );
+
         // An agent calls the bridged tool in a run.
         let answer = agent_answer(
             &app,
