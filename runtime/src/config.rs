@@ -258,6 +258,11 @@ pub struct McpConfig {
     pub expose_agents: bool,
     /// Seconds an agent tool waits for its run to finish.
     pub agent_timeout_secs: u64,
+    /// The model (`provider/model`) that answers sampling requests of
+    /// server-wide bridged servers; unset (the default), sampling is off.
+    pub sampling_model: Option<String>,
+    /// Most tokens one sampling answer may have.
+    pub sampling_max_tokens: u32,
 }
 
 /// Schedules.
@@ -382,6 +387,8 @@ impl Default for McpConfig {
             sessions: false,
             expose_agents: true,
             agent_timeout_secs: 600,
+            sampling_model: None,
+            sampling_max_tokens: 1024,
         }
     }
 }

@@ -167,6 +167,7 @@ pub fn wire(config: Config, db: Db, keys: &Keys, sandbox: Arc<Sandbox>) -> AppSt
         config.egress,
     );
     mcp.bridge().set_webhooks(webhooks.clone());
+    mcp.bridge().set_models(models.clone());
     let schedules = crate::schedules::ScheduleService::new(crate::schedules::ScheduleDeps {
         db: db.clone(),
         agents: agents.clone(),

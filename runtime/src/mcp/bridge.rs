@@ -199,14 +199,17 @@ pub struct Server {
     connecting: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     tools: RwLock<Arc<Vec<BridgedTool>>>,
+    models: Models,
 }
 
 impl Server {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         def: ServerDef,
         restricted: bool,
         db: Option<Db>,
         webhooks: Webhooks,
+        models: Models,
         config: Arc<McpConfig>,
         secrets: SecretService,
         cached: Vec<Tool>,
@@ -216,6 +219,7 @@ impl Server {
             restricted,
             db,
             webhooks,
+            models,
             config,
             secrets,
             connecting: tokio::sync::Mutex::new(()),
@@ -1072,11 +1076,128 @@ impl ClientHandler for Handler {
         }
     }
 
+    #[allow(deprecated)]
     fn get_info(&self) -> ClientConfig {
+        // Sampling is offered to server-wide servers when an admin chose
+        // the model that answers.
+        let sampling = self
+            .server
+            .upgrade()
+            .is_some_and(|s| s.def.owner_id.is_none() && s.config.sampling_model.is_some());
+        let capabilities = if sampling {
+            ClientCapabilities::builder().enable_sampling().build()
+        } else {
+            ClientCapabilities::default()
+        };
         ClientConfig::new(
-            ClientCapabilities::default(),
+            capabilities,
             Implementation::new("orchestra", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        let server = self
+            .server
+            .upgrade()
+            .ok_or_else(|| rmcp::ErrorData::internal_error("the server is gone", None))?;
+        let value = serde_json::to_value(&params).unwrap_or_default();
+        let answer = server
+            .sample(&value)
+            .await
+            .map_err(|m| rmcp::ErrorData::invalid_request(m, None))?;
+        serde_json::from_value(answer)
+            .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))
+    }
+}
+
+impl Server {
+    /// Answers a sampling request (`sampling/createMessage` params as
+    /// JSON) with the model the admin chose (`mcp.sampling_model`,
+    /// `provider/model`), text only, at most `mcp.sampling_max_tokens`.
+    /// Refused for users' own servers (they would spend the server's model
+    /// budget) and when no model is chosen.
+    async fn sample(&self, params: &Value) -> Result<Value, String> {
+        use futures_util::StreamExt;
+        if self.def.owner_id.is_some() {
+            return Err("sampling is offered to server-wide MCP servers only".to_owned());
+        }
+        let Some(chosen) = &self.config.sampling_model else {
+            return Err("sampling is turned off on this Orchestra (mcp.sampling_model)".to_owned());
+        };
+        let (provider, model) = chosen
+            .split_once('/')
+            .ok_or("mcp.sampling_model must be provider/model")?;
+        let models = self.models.get().ok_or("models are not available")?;
+        let client = models
+            .client(provider, Uuid::nil())
+            .await
+            .map_err(|e| format!("the sampling model is unavailable: {e}"))?;
+        let mut messages = Vec::new();
+        for message in params["messages"].as_array().into_iter().flatten() {
+            let blocks: Vec<&Value> = match &message["content"] {
+                Value::Array(blocks) => blocks.iter().collect(),
+                block => vec![block],
+            };
+            let text = blocks
+                .iter()
+                .map(|b| match b["type"].as_str() {
+                    Some("text") => b["text"].as_str().unwrap_or_default().to_owned(),
+                    Some(other) => format!("[{other} omitted]"),
+                    None => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            messages.push(match message["role"].as_str() {
+                Some("assistant") => crate::providers::ChatMessage::Assistant {
+                    text: Some(text),
+                    tool_calls: Vec::new(),
+                },
+                _ => crate::providers::ChatMessage::User { text },
+            });
+        }
+        if messages.is_empty() {
+            return Err("a sampling request needs messages".to_owned());
+        }
+        let cap = self.config.sampling_max_tokens;
+        let max_tokens = params["maxTokens"]
+            .as_u64()
+            .map(|t| (t as u32).min(cap))
+            .unwrap_or(cap);
+        let request = crate::providers::ChatRequest {
+            model: model.to_owned(),
+            system: params["systemPrompt"].as_str().map(str::to_owned),
+            messages,
+            tools: Vec::new(),
+            max_tokens: Some(max_tokens),
+            temperature: params["temperature"].as_f64(),
+            parallel_tool_calls: false,
+        };
+        let mut stream = client.stream(request);
+        let mut text = String::new();
+        let mut stop = "endTurn";
+        while let Some(event) = stream.next().await {
+            match event.map_err(|e| format!("the sampling model failed: {e}"))? {
+                crate::providers::StreamEvent::TextDelta(delta) => text.push_str(&delta),
+                crate::providers::StreamEvent::Finish(reason) => {
+                    if matches!(reason, crate::providers::FinishReason::Length) {
+                        stop = "maxTokens";
+                    }
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(server = %self.def.name, model = %chosen, chars = text.len(), "answered a sampling request");
+        Ok(serde_json::json!({
+            "model": chosen,
+            "stopReason": stop,
+            "role": "assistant",
+            "content": { "type": "text", "text": text },
+        }))
     }
 }
 
@@ -1089,12 +1210,16 @@ type ServerKey = (Option<Uuid>, String);
 /// The webhook service, once wired (servers announce failures through it).
 type Webhooks = Arc<std::sync::OnceLock<crate::webhooks::WebhookService>>;
 
+/// The model service, once wired (it answers servers' sampling requests).
+type Models = Arc<std::sync::OnceLock<crate::models::ModelService>>;
+
 /// Every bridged server of this node.
 #[derive(Clone)]
 pub struct Bridge {
     servers: Arc<RwLock<BTreeMap<ServerKey, Arc<Server>>>>,
     db: Option<Db>,
     webhooks: Webhooks,
+    models: Models,
     config: Arc<McpConfig>,
     egress: EgressConfig,
     secrets: SecretService,
@@ -1118,6 +1243,7 @@ impl Bridge {
             servers: Arc::new(RwLock::new(BTreeMap::new())),
             db,
             webhooks: Webhooks::default(),
+            models: Models::default(),
             config: Arc::new(config),
             egress,
             secrets,
@@ -1128,6 +1254,12 @@ impl Bridge {
     /// services are wired).
     pub fn set_webhooks(&self, webhooks: crate::webhooks::WebhookService) {
         let _ = self.webhooks.set(webhooks);
+    }
+
+    /// The models that answer servers' sampling requests (set once, when
+    /// the services are wired).
+    pub fn set_models(&self, models: crate::models::ModelService) {
+        let _ = self.models.set(models);
     }
 
     /// Whether a server of `owner` may reach public addresses only (see
@@ -1146,6 +1278,7 @@ impl Bridge {
             restricted,
             self.db.clone(),
             self.webhooks.clone(),
+            self.models.clone(),
             self.config.clone(),
             self.secrets.clone(),
             cached,

@@ -130,6 +130,8 @@ dual_test!(
     a_stdio_server_is_bridged_into_the_catalogue,
     |config: &mut orchestra::config::Config| {
         with_vendor(config);
+        // Sampling requests of server-wide servers go to this model.
+        config.mcp.sampling_model = Some("openai/gpt-test".to_owned());
     },
     |app: TestApp| async move {
         let Some(python) = python() else { return };
@@ -155,7 +157,7 @@ dual_test!(
         );
         let server = register(&app, &admin, body).await;
         assert_eq!(server["status"]["state"], "running", "{server}");
-        assert_eq!(server["status"]["tool_count"], 8, "{server}");
+        assert_eq!(server["status"]["tool_count"], 9, "{server}");
         assert!(!server.to_string().contains("s3cret-value"));
         assert_eq!(
             server["env"]["FIXTURE_TOKEN"],
@@ -269,6 +271,22 @@ dual_test!(
         assert_eq!(content[4]["resource"]["text"], "the memo");
         assert_eq!(content[4]["_meta"]["example.com/kind"], "memo");
         assert_eq!(result["_meta"]["example.com/trace"], "t-1", "{called}");
+
+        // A server-wide server's sampling request is answered by the model
+        // the admin chose.
+        let (status, sampled) = invoke(
+            &app,
+            &user.token,
+            "fx__sample",
+            json!({ "question": "hello" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{sampled}");
+        let said = sampled["result"].to_string();
+        assert!(
+            said.contains("Hello from the model.") && said.contains("openai/gpt-test"),
+            "{sampled}"
+        );
 
         // Resources and prompts, over the REST API ...
         let id = server["id"].as_str().unwrap();
@@ -570,6 +588,7 @@ async fn users_bridge_their_own_http_servers_with_timeouts_and_cancellation() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         with_vendor(config);
         config.egress.allow_private_user_endpoints = true;
+        config.mcp.sampling_model = Some("openai/gpt-test".to_owned());
     })
     .await
     .unwrap();
@@ -610,6 +629,18 @@ async fn users_bridge_their_own_http_servers_with_timeouts_and_cancellation() {
     )
     .await;
     assert!(answer.contains("42"), "{answer}");
+
+    // A user's own server may not spend the server's model: its sampling
+    // request is refused, and its tool says so.
+    let (status, refused) = invoke(
+        &app,
+        &user.token,
+        "remote__sample",
+        json!({ "question": "hi" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("server-wide"), "{refused}");
 
     // Personal: nobody else sees or calls it.
     let (_, tools) = app.get("/api/v1/tools", &other.token).await;
