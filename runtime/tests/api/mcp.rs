@@ -1564,3 +1564,168 @@ dual_test!(
         assert!(actions.contains("mcp_server.oauth.connect"), "{actions}");
     }
 );
+
+/// `server-everything` from npm (installed by `scripts/test`), or `None`
+/// (skip) outside CI.
+fn server_everything() -> Option<PathBuf> {
+    let candidate = std::env::var_os("ORCHESTRA_TEST_SERVER_EVERYTHING")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+                "../target/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+            )
+        });
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true but server-everything is missing ({}); scripts/test installs it",
+            candidate.display()
+        );
+    }
+    eprintln!("note: server-everything tests skipped: run scripts/test to install it");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_from_npm_is_bridged_and_served_again_with_the_same_types() {
+    let Some(everything) = server_everything() else {
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        with_vendor(config);
+        config.mcp.sampling_model = Some("openai/gpt-test".to_owned());
+    })
+    .await
+    .unwrap();
+    let (admin, user) = app.admin_and_user().await;
+    let server = register(
+        &app,
+        &admin,
+        json!({ "name": "everything", "transport": "stdio", "command": "node",
+                "args": [everything.display().to_string(), "stdio"] }),
+    )
+    .await;
+    assert_eq!(server["status"]["state"], "running", "{server}");
+    let (_, key) = app.api_key(&user, "mcp").await;
+    let rpc = |method: &str, params: Value| {
+        let request = app
+            .client
+            .post(format!("{}/mcp", app.base))
+            .bearer_auth(&key)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let kinds = |result: &Value| -> Vec<String> {
+        result["result"]["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{result}"))
+            .iter()
+            .map(|c| c["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Its tools, re-served over /mcp with their own types.
+    let image = rpc(
+        "tools/call",
+        json!({ "name": "everything__get-tiny-image", "arguments": {} }),
+    )
+    .await;
+    assert!(kinds(&image).contains(&"image".to_owned()), "{image}");
+    let block = image["result"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "image")
+        .unwrap();
+    assert_eq!(block["mimeType"], "image/png", "{block}");
+    let annotated = rpc(
+        "tools/call",
+        json!({ "name": "everything__get-annotated-message",
+                "arguments": { "messageType": "error", "includeImage": true } }),
+    )
+    .await;
+    assert!(
+        annotated["result"]["content"][0]["annotations"].is_object(),
+        "{annotated}"
+    );
+    let links = rpc(
+        "tools/call",
+        json!({ "name": "everything__get-resource-links", "arguments": { "count": 2 } }),
+    )
+    .await;
+    assert_eq!(
+        kinds(&links)
+            .iter()
+            .filter(|k| *k == "resource_link")
+            .count(),
+        2,
+        "{links}"
+    );
+    let embedded = rpc(
+        "tools/call",
+        json!({ "name": "everything__get-resource-reference",
+                "arguments": { "resourceType": "Text", "resourceId": 1 } }),
+    )
+    .await;
+    assert!(
+        kinds(&embedded).contains(&"resource".to_owned()),
+        "{embedded}"
+    );
+
+    // Resources, templates and prompts under its namespace.
+    let listed = rpc("resources/list", json!({})).await;
+    let uris: Vec<&str> = listed["result"]["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    let features = "orchestra://mcp/everything/demo://resource/static/document/features.md";
+    assert!(uris.contains(&features), "{uris:?}");
+    let read = rpc("resources/read", json!({ "uri": features })).await;
+    assert_eq!(read["result"]["contents"][0]["uri"], features, "{read}");
+    assert!(
+        read["result"]["contents"][0]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{read}"
+    );
+    let templates = rpc("resources/templates/list", json!({})).await;
+    assert!(
+        templates
+            .to_string()
+            .contains("orchestra://mcp/everything/demo://resource/dynamic/text/{resourceId}"),
+        "{templates}"
+    );
+    let dynamic = rpc(
+        "resources/read",
+        json!({ "uri": "orchestra://mcp/everything/demo://resource/dynamic/text/7" }),
+    )
+    .await;
+    assert!(
+        dynamic["result"]["contents"][0]["text"].is_string(),
+        "{dynamic}"
+    );
+    let prompt = rpc(
+        "prompts/get",
+        json!({ "name": "everything__args-prompt", "arguments": { "city": "Paris", "state": "IDF" } }),
+    )
+    .await;
+    assert!(prompt.to_string().contains("Paris, IDF"), "{prompt}");
+
+    // Its sampling request, answered by the model the admin chose.
+    let sampled = rpc(
+        "tools/call",
+        json!({ "name": "everything__trigger-sampling-request",
+                "arguments": { "prompt": "hello", "maxTokens": 20 } }),
+    )
+    .await;
+    assert!(
+        sampled.to_string().contains("Hello from the model."),
+        "{sampled}"
+    );
+}
