@@ -544,11 +544,12 @@ impl Server {
                 served.map_err(|e| format!("initialize failed: {e}"))?
             }
         };
-        let tools = running
+        let mut tools = running
             .peer()
             .list_all_tools()
             .await
             .map_err(|e| format!("tools/list failed: {e}"))?;
+        with_resource_reader(running.peer(), &mut tools);
         self.save_tools(&tools);
         Ok((running, self.catalogue_tools(tools)))
     }
@@ -586,7 +587,11 @@ impl Server {
             original.name = name.clone().into();
             out.push(BridgedTool {
                 original,
-                remote: tool.name.to_string(),
+                remote: if is_reader(&tool) {
+                    READER_REMOTE.to_owned()
+                } else {
+                    tool.name.to_string()
+                },
                 info: ToolInfo {
                     name,
                     description: tool
@@ -746,7 +751,8 @@ impl Server {
 
     async fn refresh_tools(self: &Arc<Self>, peer: &Peer<RoleClient>) {
         match peer.list_all_tools().await {
-            Ok(tools) => {
+            Ok(mut tools) => {
+                with_resource_reader(peer, &mut tools);
                 self.save_tools(&tools);
                 let tools = self.catalogue_tools(tools);
                 tracing::info!(server = %self.def.name, tools = tools.len(), "MCP tool list refreshed");
@@ -785,6 +791,14 @@ impl Server {
                 ))
             }
         };
+        if remote == READER_REMOTE {
+            let Some(uri) = arguments.get("uri").and_then(Value::as_str) else {
+                return Err(ToolError::InvalidArguments(
+                    "\"uri\" (a string) is required".into(),
+                ));
+            };
+            return Ok(resource_result(self.read_resource(uri).await?));
+        }
         let params = CallToolRequestParams::new(remote).with_arguments(arguments);
         // Dropping the call (timeout, run cancelled) sends
         // notifications/cancelled to the server.
@@ -978,6 +992,84 @@ impl Server {
 
 fn content_json(content: &[ContentBlock]) -> Value {
     serde_json::to_value(content).unwrap_or(Value::Null)
+}
+
+/// The name of the tool Orchestra adds to servers that offer resources, so
+/// that agents can read them.
+pub const READ_RESOURCE: &str = "read_resource";
+
+/// What the resource-reading tool is called by in the bridge: no name a
+/// server's own tool can have.
+const READER_REMOTE: &str = "\u{0}read_resource";
+
+/// The `_meta` key that marks Orchestra's own resource-reading tool.
+const READER_MARK: &str = "orchestra/resource-reader";
+
+/// Adds the resource-reading tool to `tools` when the server offers
+/// resources and has no tool of that name itself. Its description names
+/// the resources the server lists (not fetched here: the listing is cheap
+/// to ask for, but the tool list must not wait on it).
+fn with_resource_reader(peer: &Peer<RoleClient>, tools: &mut Vec<Tool>) {
+    let offers = peer
+        .peer_info()
+        .is_some_and(|info| info.capabilities.resources.is_some());
+    if !offers || tools.iter().any(|t| t.name == READ_RESOURCE) {
+        return;
+    }
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { "uri": { "type": "string",
+            "description": "The resource's URI, as the server lists it (resources/list) or builds it from a template." } },
+        "required": ["uri"],
+        "additionalProperties": false
+    });
+    let Value::Object(schema) = schema else {
+        return;
+    };
+    let mut tool = Tool::new(
+        READ_RESOURCE,
+        "Reads one of this MCP server's resources by URI and returns its contents (text, or \
+         the size and type of binary contents).",
+        Arc::new(schema),
+    )
+    .with_annotations(
+        rmcp::model::ToolAnnotations::new()
+            .read_only(true)
+            .destructive(false)
+            .idempotent(true),
+    );
+    tool.meta = Some(rmcp::model::MetaObject(Map::from_iter([(
+        READER_MARK.to_owned(),
+        Value::Bool(true),
+    )])));
+    tools.push(tool);
+}
+
+/// Whether `tool` is Orchestra's resource-reading tool.
+fn is_reader(tool: &Tool) -> bool {
+    tool.meta
+        .as_ref()
+        .is_some_and(|m| m.0.contains_key(READER_MARK))
+}
+
+/// A resource's contents as a tool result: text as text blocks, binary
+/// contents as embedded resources.
+fn resource_result(result: rmcp::model::ReadResourceResult) -> CallToolResult {
+    let value = serde_json::to_value(&result).unwrap_or_default();
+    let mut blocks = Vec::new();
+    for content in value["contents"].as_array().into_iter().flatten() {
+        if let Some(text) = content.get("text").and_then(Value::as_str) {
+            blocks.push(ContentBlock::text(text.to_owned()));
+        } else {
+            blocks.push(ContentBlock::text(format!(
+                "[binary resource {} ({}), {} base64 characters]",
+                content["uri"].as_str().unwrap_or_default(),
+                content["mimeType"].as_str().unwrap_or("unknown type"),
+                content["blob"].as_str().map(str::len).unwrap_or(0)
+            )));
+        }
+    }
+    CallToolResult::success(blocks)
 }
 
 /// Waits for a connection to end; an end nobody asked for is a crash.

@@ -157,7 +157,9 @@ dual_test!(
         );
         let server = register(&app, &admin, body).await;
         assert_eq!(server["status"]["state"], "running", "{server}");
-        assert_eq!(server["status"]["tool_count"], 9, "{server}");
+        // Its 9 tools, and the resource reader Orchestra adds to servers
+        // that offer resources.
+        assert_eq!(server["status"]["tool_count"], 10, "{server}");
         assert!(!server.to_string().contains("s3cret-value"));
         assert_eq!(
             server["env"]["FIXTURE_TOKEN"],
@@ -407,6 +409,16 @@ dual_test!(
                 .contains("kind tone"),
             "{filled}"
         );
+
+        // An agent reads a resource through the reader tool.
+        let answer = agent_answer(
+            &app,
+            &user,
+            json!(["fx__read_resource"]),
+            r#"call fx__read_resource {"uri":"notes://from-an-agent"}"#,
+        )
+        .await;
+        assert!(answer.contains("note from-an-agent"), "{answer}");
 
         // An agent calls the bridged tool in a run.
         let answer = agent_answer(
@@ -1462,7 +1474,13 @@ dual_test!(
             "{connected}"
         );
         assert_eq!(connected["status"]["state"], "running", "{connected}");
-        assert_eq!(connected["tools"], json!(["files__whoami"]), "{connected}");
+        // Its tool, and the resource reader (the SDK's server declares
+        // resources).
+        assert_eq!(
+            connected["tools"],
+            json!(["files__whoami", "files__read_resource"]),
+            "{connected}"
+        );
         let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{result}");
         assert!(
