@@ -599,7 +599,17 @@ impl McpHost {
         principal: &Principal,
         scopes: Option<&GrantedScopes>,
     ) -> Vec<Arc<crate::mcp::bridge::Server>> {
-        if scopes.is_some_and(|s| !s.allows(Scope::ToolsRead))
+        self.offering_for(principal, scopes, Scope::ToolsRead)
+    }
+
+    /// As [`Self::offering`], for a token that must hold `needed`.
+    fn offering_for(
+        &self,
+        principal: &Principal,
+        scopes: Option<&GrantedScopes>,
+        needed: Scope,
+    ) -> Vec<Arc<crate::mcp::bridge::Server>> {
+        if scopes.is_some_and(|s| !s.allows(needed))
             || principal.require(Permission::ToolRead).is_err()
         {
             return Vec::new();
@@ -612,13 +622,15 @@ impl McpHost {
             .collect()
     }
 
+    /// The server named `name`, to read a resource or fill a prompt in:
+    /// an OAuth token needs `tools:call`, as calling a tool does.
     fn offering_named(
         &self,
         principal: &Principal,
         scopes: Option<&GrantedScopes>,
         name: &str,
     ) -> Option<Arc<crate::mcp::bridge::Server>> {
-        self.offering(principal, scopes)
+        self.offering_for(principal, scopes, Scope::ToolsCall)
             .into_iter()
             .find(|s| s.def().name == name)
     }

@@ -344,6 +344,29 @@ impl UserRepo {
         .rows_affected()))
     }
 
+    /// Revokes every live OAuth grant of a user (the MCP clients they
+    /// approved) and the tokens of each.
+    pub async fn revoke_oauth_grants(&self, user: Uuid, now: DateTime<Utc>) -> Result<()> {
+        on_db!(&self.db, pool => {
+            sqlx::query(
+                "UPDATE oauth_tokens SET revoked_at = $2 WHERE revoked_at IS NULL
+                 AND grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $1)",
+            )
+            .bind(user)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            sqlx::query(
+                "UPDATE oauth_grants SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(user)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Stores a new API key.
     pub async fn insert_api_key(&self, row: &ApiKeyRow, key_hash: &str) -> Result<()> {
         on_db!(&self.db, pool => sqlx::query(

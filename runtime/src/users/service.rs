@@ -247,7 +247,8 @@ impl UserService {
         self.set_password_of(row.id, password, None, "cli").await
     }
 
-    /// An admin sets a user's password; every session of the user ends.
+    /// An admin sets a user's password; every session of the user ends, and
+    /// every MCP client they approved is revoked.
     pub async fn reset_password(
         &self,
         principal: &Principal,
@@ -272,6 +273,9 @@ impl UserService {
         let now = db::now();
         self.repo.set_password(user, &hash, now).await?;
         self.repo.revoke_user_tokens(user, now).await?;
+        // A reset answers a compromised account: the MCP clients approved
+        // with it lose their tokens too.
+        self.repo.revoke_oauth_grants(user, now).await?;
         self.cache.clear();
         self.audit
             .record(

@@ -856,3 +856,58 @@ dual_test!(
             .starts_with("omcp_at_"));
     }
 );
+
+dual_test!(
+    an_admin_password_reset_revokes_the_mcp_clients_the_user_approved,
+    |app: TestApp| async move {
+        let (admin, user) = app.admin_and_user().await;
+        let (_, client) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
+        let client_id = client["client_id"].as_str().unwrap();
+        let tokens = connect(&app, &user, client_id, &["tools:read"]).await;
+        let access = tokens["access_token"].as_str().unwrap();
+        let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
+        assert_eq!(
+            mcp(&app, access, None, ping.clone()).await.status(),
+            StatusCode::OK
+        );
+        // The user's own password change keeps them (as API keys stay).
+        let (status, body) = app
+            .post(
+                "/api/v1/users/me/password",
+                &user.token,
+                json!({ "current_password": "correct horse battery", "new_password": "another good password" }),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+        assert_eq!(
+            mcp(&app, access, None, ping.clone()).await.status(),
+            StatusCode::OK
+        );
+        // An admin's reset answers a compromised account: they are revoked.
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/users/{}/password", user.user_id),
+                &admin.token,
+                json!({ "password": "a brand new password" }),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+        assert_eq!(
+            mcp(&app, access, None, ping).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, body) = token(
+            &app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+                ("client_id", client_id),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+    }
+);
