@@ -435,7 +435,60 @@ fn run_message(run: Uuid, role: MessageRole, content: Vec<ContentPart>) -> NewMe
 fn result_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
+        Value::Array(blocks) if !blocks.is_empty() && blocks.iter().all(is_content_block) => {
+            blocks.iter().map(block_text).collect::<Vec<_>>().join("\n")
+        }
         other => other.to_string(),
+    }
+}
+
+/// Whether `value` is an MCP content block (what a bridged tool returns
+/// when its result is not text alone).
+fn is_content_block(value: &Value) -> bool {
+    matches!(
+        value.get("type").and_then(Value::as_str),
+        Some("text" | "image" | "audio" | "resource_link" | "resource")
+    )
+}
+
+/// A content block as the model reads it: text as itself, media and
+/// binary resources described (type and size) rather than pasted as
+/// base64, links and embedded text resources with their URI.
+fn block_text(block: &Value) -> String {
+    let str_of = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let size = |data: &str| data.len() / 4 * 3;
+    match block["type"].as_str().unwrap_or_default() {
+        "text" => str_of(block, "text"),
+        kind @ ("image" | "audio") => format!(
+            "[{kind} {}, {} bytes]",
+            str_of(block, "mimeType"),
+            size(&str_of(block, "data"))
+        ),
+        "resource_link" => {
+            let title = block
+                .get("title")
+                .or_else(|| block.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            format!("[resource link: {title} <{}>]", str_of(block, "uri"))
+        }
+        _ => {
+            let resource = &block["resource"];
+            match resource.get("text").and_then(Value::as_str) {
+                Some(text) => format!("[resource <{}>]\n{text}", str_of(resource, "uri")),
+                None => format!(
+                    "[resource <{}>: {}, {} bytes]",
+                    str_of(resource, "uri"),
+                    str_of(resource, "mimeType"),
+                    size(&str_of(resource, "blob"))
+                ),
+            }
+        }
     }
 }
 
@@ -1400,5 +1453,33 @@ pub fn approval_rule(config: &Map<String, Value>) -> ApprovalRule {
             all: false,
             tools: Vec::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_blocks_reach_the_model_as_text_without_base64() {
+        let blocks = json!([
+            { "type": "text", "text": "four blocks follow" },
+            { "type": "image", "data": "iVBORw0KGgoAAAANSUhEUg==", "mimeType": "image/png" },
+            { "type": "audio", "data": "UklGRiQAAABXQVZF", "mimeType": "audio/wav" },
+            { "type": "resource_link", "uri": "file:///q3.pdf", "name": "q3", "title": "Q3 report" },
+            { "type": "resource", "resource": { "uri": "memo://one", "text": "the memo" } },
+            { "type": "resource", "resource": { "uri": "logo://png", "blob": "AAAA", "mimeType": "image/png" } },
+        ]);
+        let text = result_text(&blocks);
+        assert_eq!(
+            text,
+            "four blocks follow\n[image image/png, 18 bytes]\n[audio audio/wav, 12 bytes]\n\
+             [resource link: Q3 report <file:///q3.pdf>]\n[resource <memo://one>]\nthe memo\n\
+             [resource <logo://png>: image/png, 3 bytes]"
+        );
+        // Other arrays and values are JSON, as before.
+        assert_eq!(result_text(&json!([1, 2])), "[1,2]");
+        assert_eq!(result_text(&json!({ "a": 1 })), "{\"a\":1}");
+        assert_eq!(result_text(&json!("plain")), "plain");
     }
 }

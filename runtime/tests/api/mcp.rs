@@ -410,6 +410,12 @@ dual_test!(
             "{filled}"
         );
 
+        // Media reach the model described, not as base64.
+        let answer = agent_answer(&app, &user, json!(["fx__media"]), "call fx__media {}").await;
+        assert!(answer.contains("four blocks follow"), "{answer}");
+        assert!(answer.contains("[image image/png,"), "{answer}");
+        assert!(!answer.contains("iVBOR"), "{answer}");
+
         // An agent reads a resource through the reader tool.
         let answer = agent_answer(
             &app,
