@@ -58,12 +58,12 @@ export function Consent({ user, signOut }) {
           <span>${s.description} <code>${s.name}</code></span>
         </label>`)}
       </fieldset>
-      <p class="muted">You can revoke it at any time under Account, Connected applications. This request lapses ${when(r.expires_at)}.</p>
       <${ErrorNote} error=${error} />
       <div class="row">
         <button type="button" class="primary" disabled=${busy || none} onClick=${() => decide(true)}>Approve</button>
         <button type="button" disabled=${busy} onClick=${() => decide(false)}>Deny</button>
-      </div>`;
+      </div>
+      <p class="muted small">You can revoke it at any time under Account, Connected applications. This request lapses ${when(r.expires_at)}.</p>`;
   }
   return html`<main class="signin consent" id="main">
     <section class="card" aria-labelledby="consent-title">
