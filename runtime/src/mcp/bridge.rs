@@ -200,6 +200,9 @@ pub struct Server {
     state: Mutex<State>,
     tools: RwLock<Arc<Vec<BridgedTool>>>,
     models: Models,
+    /// `/mcp` sessions subscribed to its resources: its own URI, then the
+    /// session id and the session's peer.
+    subscribers: Mutex<BTreeMap<String, Vec<(String, Peer<rmcp::RoleServer>)>>>,
 }
 
 impl Server {
@@ -220,6 +223,7 @@ impl Server {
             db,
             webhooks,
             models,
+            subscribers: Mutex::new(BTreeMap::new()),
             config,
             secrets,
             connecting: tokio::sync::Mutex::new(()),
@@ -935,6 +939,101 @@ impl Server {
         Ok(result)
     }
 
+    /// Subscribes `/mcp` session `session` (whose peer is `peer`) to
+    /// resource `uri`; the server is asked once per URI.
+    #[allow(deprecated)]
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        uri: &str,
+        session: &str,
+        peer: Peer<rmcp::RoleServer>,
+    ) -> Result<(), ToolError> {
+        let (client, resources, _) = self.offers().await?;
+        let subscribes = client
+            .peer_info()
+            .and_then(|i| i.capabilities.resources.as_ref().and_then(|r| r.subscribe))
+            .unwrap_or(false);
+        if !resources || !subscribes {
+            return Err(ToolError::InvalidArguments(format!(
+                "the MCP server {} offers no resource subscriptions",
+                self.def.name
+            )));
+        }
+        let first = {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let list = subscribers.entry(uri.to_owned()).or_default();
+            list.retain(|(s, _)| s != session);
+            list.push((session.to_owned(), peer));
+            list.len() == 1
+        };
+        if first {
+            let params = rmcp::model::SubscribeRequestParams::new(uri);
+            self.request("resources/subscribe", client.subscribe(params))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends session `session`'s subscription to `uri`; the server is told
+    /// when nobody is left.
+    #[allow(deprecated)]
+    pub async fn unsubscribe(self: &Arc<Self>, uri: &str, session: &str) -> Result<(), ToolError> {
+        let last = {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(list) = subscribers.get_mut(uri) else {
+                return Ok(());
+            };
+            list.retain(|(s, _)| s != session);
+            let empty = list.is_empty();
+            if empty {
+                subscribers.remove(uri);
+            }
+            empty
+        };
+        if last {
+            let peer = self.peer().await?;
+            let params = rmcp::model::UnsubscribeRequestParams::new(uri);
+            self.request("resources/unsubscribe", peer.unsubscribe(params))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Passes the server's `notifications/resources/updated` on to the
+    /// subscribed sessions, under its namespace; sessions that are gone are
+    /// forgotten.
+    async fn updated(&self, uri: &str) {
+        let peers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uri)
+            .cloned()
+            .unwrap_or_default();
+        let namespaced = format!(
+            "{}{}/{uri}",
+            crate::mcp::host::RESOURCE_PREFIX,
+            self.def.name
+        );
+        let mut gone = Vec::new();
+        for (session, peer) in peers {
+            let param = rmcp::model::ResourceUpdatedNotificationParam::new(namespaced.clone());
+            if peer.notify_resource_updated(param).await.is_err() {
+                gone.push(session);
+            }
+        }
+        if !gone.is_empty() {
+            if let Some(list) = self
+                .subscribers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(uri)
+            {
+                list.retain(|(s, _)| !gone.contains(s));
+            }
+        }
+    }
+
     /// Its prompts (none when it offers none).
     pub async fn prompts(self: &Arc<Self>) -> Result<Vec<rmcp::model::Prompt>, ToolError> {
         let (peer, _, prompts) = self.offers().await?;
@@ -1162,6 +1261,16 @@ struct Handler {
 }
 
 impl ClientHandler for Handler {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(server) = self.server.upgrade() {
+            server.updated(&params.uri).await;
+        }
+    }
+
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         if let Some(server) = self.server.upgrade() {
             tokio::spawn(async move { server.refresh_tools(&context.peer).await });

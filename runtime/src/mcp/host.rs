@@ -76,6 +76,19 @@ impl McpHost {
             .ok_or_else(|| ErrorData::invalid_request("not authenticated", None))
     }
 
+    /// The `/mcp` session of the request (`Mcp-Session-Id`), with sessions
+    /// on; stdio is one session.
+    fn session(context: &RequestContext<RoleServer>) -> Option<String> {
+        match context.extensions.get::<http::request::Parts>() {
+            Some(parts) => parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            None => Some("stdio".to_owned()),
+        }
+    }
+
     /// The OAuth scopes of the request's token (`None`: not an OAuth
     /// token, the role alone decides).
     fn scopes(context: &RequestContext<RoleServer>) -> Option<GrantedScopes> {
@@ -649,6 +662,7 @@ impl ServerHandler for McpHost {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .enable_prompts()
                 .build(),
         )
@@ -742,6 +756,54 @@ impl ServerHandler for McpHost {
         let result: rmcp::model::ReadResourceResult = serde_json::from_value(value)
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(result.into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(&context)?;
+        let session = Self::session(&context).ok_or_else(|| {
+            ErrorData::invalid_request(
+                "resource subscriptions need an MCP session (the server's mcp.sessions setting)",
+                None,
+            )
+        })?;
+        let (name, uri) = split_uri(&request.uri).ok_or_else(|| {
+            ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None)
+        })?;
+        let server = self
+            .offering_named(&principal, Self::scopes(&context).as_ref(), name)
+            .ok_or_else(|| {
+                ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None)
+            })?;
+        server
+            .subscribe(uri, &session, context.peer.clone())
+            .await
+            .map_err(offer_error)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(&context)?;
+        let Some(session) = Self::session(&context) else {
+            return Ok(());
+        };
+        let Some((name, uri)) = split_uri(&request.uri) else {
+            return Ok(());
+        };
+        if let Some(server) = self.offering_named(&principal, Self::scopes(&context).as_ref(), name)
+        {
+            server
+                .unsubscribe(uri, &session)
+                .await
+                .map_err(offer_error)?;
+        }
+        Ok(())
     }
 
     async fn list_prompts(

@@ -1753,3 +1753,61 @@ async fn server_everything_from_npm_is_bridged_and_served_again_with_the_same_ty
         "{sampled}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_subscriptions_pass_a_bridged_servers_updates_to_mcp_sessions() {
+    let (Some(python), Some(everything)) = (python(), server_everything()) else {
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        with_vendor(config);
+        // Subscriptions live in a session.
+        config.mcp.sessions = true;
+    })
+    .await
+    .unwrap();
+    let (admin, user) = app.admin_and_user().await;
+    register(
+        &app,
+        &admin,
+        json!({ "name": "everything", "transport": "stdio", "command": "node",
+                "args": [everything.display().to_string(), "stdio"] }),
+    )
+    .await;
+    let (_, key) = app.api_key(&user, "mcp").await;
+    let uri = "orchestra://mcp/everything/demo://resource/dynamic/text/1";
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(&python)
+            .arg(fixture("subscribe_client.py"))
+            .args([
+                "--url",
+                &format!("{}/mcp", app.base),
+                "--key",
+                &key,
+                "--uri",
+                uri,
+            ])
+            .args(["--tool", "everything__toggle-subscriber-updates"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the subscribing client finished")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        report["updated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == uri),
+        "{report}"
+    );
+}
