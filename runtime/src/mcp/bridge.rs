@@ -202,7 +202,7 @@ pub struct Server {
     models: Models,
     /// `/mcp` sessions subscribed to its resources: its own URI, then the
     /// session id and the session's peer.
-    subscribers: Mutex<BTreeMap<String, Vec<(String, Peer<rmcp::RoleServer>)>>>,
+    subscribers: Mutex<BTreeMap<String, Vec<Subscriber>>>,
 }
 
 impl Server {
@@ -1410,6 +1410,9 @@ type ServerKey = (Option<Uuid>, String);
 
 /// The webhook service, once wired (servers announce failures through it).
 type Webhooks = Arc<std::sync::OnceLock<crate::webhooks::WebhookService>>;
+
+/// A `/mcp` session subscribed to a resource: its id and its peer.
+type Subscriber = (String, Peer<rmcp::RoleServer>);
 
 /// The model service, once wired (it answers servers' sampling requests).
 type Models = Arc<std::sync::OnceLock<crate::models::ModelService>>;
