@@ -59,11 +59,6 @@ impl Framing {
             sessions,
         }
     }
-
-    /// Calls in flight (for tests of the registry's clean-up).
-    pub fn in_flight(&self) -> usize {
-        self.calls.lock().expect("registry lock").len()
-    }
 }
 
 /// Removes a call from the registry when its response is gone.

@@ -303,38 +303,13 @@ impl OAuthRepo {
         now: DateTime<Utc>,
         tokens: [NewToken<'_>; 2],
     ) -> Result<bool> {
-        on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let won = sqlx::query(
-                "UPDATE oauth_requests SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !won {
-                return Ok(false);
-            }
-            for token in &tokens {
-                sqlx::query(
-                    "INSERT INTO oauth_tokens (id, grant_id, kind, token_hash, scopes, created_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(token.id)
-                .bind(token.grant_id)
-                .bind(token.kind)
-                .bind(token.token_hash)
-                .bind(token.scopes)
-                .bind(token.created_at)
-                .bind(token.expires_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(true)
-        })
+        self.claim_and_issue(
+            "UPDATE oauth_requests SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+            id,
+            now,
+            tokens,
+        )
+        .await
     }
 
     /// The token stored under `hash`, with its grant.
@@ -359,16 +334,34 @@ impl OAuthRepo {
         now: DateTime<Utc>,
         tokens: [NewToken<'_>; 2],
     ) -> Result<bool> {
+        self.claim_and_issue(
+            "UPDATE oauth_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+            old,
+            now,
+            tokens,
+        )
+        .await
+    }
+
+    /// Runs `claim` (an update of row `$1` at time `$2` that matches only
+    /// once) and, when it matched, stores `tokens` and removes the grant's
+    /// tokens dead for a day; all in one transaction. False, storing
+    /// nothing, when the claim matched no row.
+    async fn claim_and_issue(
+        &self,
+        claim: &str,
+        id: Uuid,
+        now: DateTime<Utc>,
+        tokens: [NewToken<'_>; 2],
+    ) -> Result<bool> {
         on_db!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let won = sqlx::query(
-                "UPDATE oauth_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND revoked_at IS NULL",
-            )
-            .bind(old)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            let won = sqlx::query(claim)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                 == 1;
             if !won {
                 return Ok(false);
@@ -388,7 +381,6 @@ impl OAuthRepo {
                 .execute(&mut *tx)
                 .await?;
             }
-            // Tokens long dead go.
             sqlx::query("DELETE FROM oauth_tokens WHERE grant_id = $1 AND expires_at < $2")
                 .bind(tokens[0].grant_id)
                 .bind(now - chrono::Duration::days(1))

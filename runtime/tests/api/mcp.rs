@@ -221,16 +221,7 @@ dual_test!(
         // and its result as the server sent it: typed blocks, annotations,
         // `_meta`, not a JSON string.
         let (_, key) = app.api_key(&user, "mcp").await;
-        let rpc = |method: &str, params: Value| {
-            let request = app
-                .client
-                .post(format!("{}/mcp", app.base))
-                .bearer_auth(&key)
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2025-11-25")
-                .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }));
-            async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-        };
+        let rpc = |method: &'static str, params: Value| rpc(&app, &key, method, params);
         let listed = rpc("tools/list", json!({})).await;
         let media = listed["result"]["tools"]
             .as_array()
@@ -1002,6 +993,27 @@ async fn orchestra_bridges_its_own_stdio_server_without_starting_copies_of_itsel
     }
 }
 
+/// One JSON-RPC request to `/mcp` under revision 2025-11-25, with `key`:
+/// its answer.
+async fn rpc(app: &TestApp, key: &str, method: &str, params: Value) -> Value {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+    post_mcp(app, key, Some("2025-11-25"), body.to_string())
+        .await
+        .1
+}
+
+/// What the OAuth fixture at `base` counted.
+async fn provider_stats(app: &TestApp, base: &str) -> Value {
+    app.client
+        .get(format!("{base}/test/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A raw JSON-RPC POST to `/mcp` with `revision` (when given) as the
 /// `MCP-Protocol-Version` header.
 async fn post_mcp(
@@ -1508,15 +1520,7 @@ dual_test!(
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{result}");
-        let stats: Value = app
-            .client
-            .get(format!("{base}/test/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = provider_stats(&app, &base).await;
         assert!(stats["refreshes"].as_u64() >= Some(1), "{stats}");
         assert_eq!(stats["code_exchanges"], 1, "{stats}");
 
@@ -1570,16 +1574,8 @@ dual_test!(
         let (status, result) = invoke(&app, &user.token, "files__whoami", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{result}");
 
-        // Tokens are stored sealed: nothing readable in the database.
-        let stats: Value = app
-            .client
-            .get(format!("{base}/test/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        // The reconnection was a second authorization at the provider.
+        let stats = provider_stats(&app, &base).await;
         assert_eq!(stats["code_exchanges"], 2, "{stats}");
         let (_, audit) = app
             .get("/api/v1/audit-log?page_size=100", &admin.token)
@@ -1633,16 +1629,7 @@ async fn server_everything_from_npm_is_bridged_and_served_again_with_the_same_ty
     .await;
     assert_eq!(server["status"]["state"], "running", "{server}");
     let (_, key) = app.api_key(&user, "mcp").await;
-    let rpc = |method: &str, params: Value| {
-        let request = app
-            .client
-            .post(format!("{}/mcp", app.base))
-            .bearer_auth(&key)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }));
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
+    let rpc = |method: &'static str, params: Value| rpc(&app, &key, method, params);
     let kinds = |result: &Value| -> Vec<String> {
         result["result"]["content"]
             .as_array()

@@ -139,6 +139,12 @@ async fn mcp(app: &TestApp, token: &str, host: Option<&str>, body: Value) -> req
     request.send().await.unwrap()
 }
 
+/// The status of a `ping` to `/mcp` with `token`.
+async fn ping(app: &TestApp, token: &str) -> StatusCode {
+    let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
+    mcp(app, token, None, ping).await.status()
+}
+
 fn call(name: &str, arguments: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": { "name": name, "arguments": arguments } })
@@ -435,17 +441,7 @@ dual_test!(
         // The code is single-use: a second exchange revokes what it gave.
         let (status, _) = exchange(verifier, REDIRECT, client_id.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            mcp(
-                &app,
-                &access,
-                None,
-                json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })
-            )
-            .await
-            .status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(ping(&app, &access).await, StatusCode::UNAUTHORIZED);
 
         // Refresh tokens rotate; a replayed one ends the grant.
         let tokens = connect(&app, &user, &client_id, &["tools:read", "agents:run"]).await;
@@ -499,32 +495,12 @@ dual_test!(
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            mcp(
-                &app,
-                &access,
-                None,
-                json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })
-            )
-            .await
-            .status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(ping(&app, &access).await, StatusCode::UNAUTHORIZED);
 
         // Users see and revoke the clients they approved, and only theirs.
         let tokens = connect(&app, &user, &client_id, &["tools:read"]).await;
         let access = tokens["access_token"].as_str().unwrap().to_owned();
-        assert_eq!(
-            mcp(
-                &app,
-                &access,
-                None,
-                json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })
-            )
-            .await
-            .status(),
-            StatusCode::OK
-        );
+        assert_eq!(ping(&app, &access).await, StatusCode::OK);
         let (status, grants) = app.get("/api/v1/oauth/grants", &user.token).await;
         assert_eq!(status, StatusCode::OK);
         let grants = grants.as_array().unwrap();
@@ -542,17 +518,7 @@ dual_test!(
             .delete(&format!("/api/v1/oauth/grants/{grant}"), &user.token)
             .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        assert_eq!(
-            mcp(
-                &app,
-                &access,
-                None,
-                json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" })
-            )
-            .await
-            .status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(ping(&app, &access).await, StatusCode::UNAUTHORIZED);
         let (status, body) = token(
             &app,
             &[
@@ -865,11 +831,7 @@ dual_test!(
         let client_id = client["client_id"].as_str().unwrap();
         let tokens = connect(&app, &user, client_id, &["tools:read"]).await;
         let access = tokens["access_token"].as_str().unwrap();
-        let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
-        assert_eq!(
-            mcp(&app, access, None, ping.clone()).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(ping(&app, access).await, StatusCode::OK);
         // The user's own password change keeps them (as API keys stay).
         let (status, body) = app
             .post(
@@ -879,10 +841,7 @@ dual_test!(
             )
             .await;
         assert!(status.is_success(), "{body}");
-        assert_eq!(
-            mcp(&app, access, None, ping.clone()).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(ping(&app, access).await, StatusCode::OK);
         // An admin's reset answers a compromised account: they are revoked.
         let (status, body) = app
             .post(
@@ -892,10 +851,7 @@ dual_test!(
             )
             .await;
         assert!(status.is_success(), "{body}");
-        assert_eq!(
-            mcp(&app, access, None, ping).await.status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(ping(&app, access).await, StatusCode::UNAUTHORIZED);
         let (status, body) = token(
             &app,
             &[
