@@ -184,6 +184,11 @@ pub struct RunsConfig {
     pub max_limits: RunLimits,
     /// Seconds a tool call waits for approval before it counts as rejected.
     pub approval_ttl_secs: u64,
+    /// Seconds a question a bridged MCP server asks during a run's tool
+    /// call (elicitation) waits for the user's answer before it is
+    /// cancelled. The call stays open and the run holds its worker slot
+    /// meanwhile, hence far shorter than approvals.
+    pub elicitation_ttl_secs: u64,
     /// Text and tool-call deltas are stored and streamed in batches at most
     /// this many milliseconds apart.
     pub delta_flush_ms: u64,
@@ -215,6 +220,7 @@ impl Default for RunsConfig {
                 timeout_secs: 3600,
             },
             approval_ttl_secs: 24 * 3600,
+            elicitation_ttl_secs: 600,
             delta_flush_ms: 50,
             default_daily_tokens: None,
             max_streams_per_user: 32,

@@ -141,7 +141,7 @@ function Thread({ id, agents, tools, onTouched }) {
         // Its seq is assigned when stored; the list is refreshed at the end.
         addMessages([{ ...ev.data.message, seq: Infinity, created_at: new Date().toISOString() }]);
       }
-      if (ev.type === 'approval.required' || ev.type === 'done') refreshRun(run.id);
+      if (['approval.required', 'elicitation.required', 'elicitation.answered', 'done'].includes(ev.type)) refreshRun(run.id);
     };
     api.followRun(run.id, after, onEvent, controller.signal).then(async () => {
       if (controller.signal.aborted) return;
@@ -322,8 +322,10 @@ function Thread({ id, agents, tools, onTouched }) {
           ${canWrite(user) ? html` <button type="button" class="small" onClick=${() => send(null)}>Retry</button>` : null}
         </div>` : null}
     </div>
-    ${live && live.run.status === 'requires_action' && canWrite(user)
+    ${live && live.run.status === 'requires_action' && canWrite(user) && (live.run.pending_tool_calls || []).length
       ? html`<${Approvals} run=${live.run} toolInfo=${toolInfo} onDone=${() => refreshRun(live.run.id)} />` : null}
+    ${live && live.run.status === 'requires_action' && canWrite(user) && (live.run.pending_elicitations || []).length
+      ? html`<${Questions} run=${live.run} onDone=${() => refreshRun(live.run.id)} />` : null}
     <${ErrorNote} error=${error} />
     ${canWrite(user) ? html`<form class="composer" onSubmit=${(e) => { e.preventDefault(); if (draft.trim()) send(draft); }}>
       <label class="sr-only" for="composer-input">Message</label>
@@ -388,7 +390,7 @@ function LiveRun({ live, toolInfo, shown }) {
   const calls = [...live.calls.values()].filter((c) => !shown.has(c.call_id));
   const status = live.run.status;
   return html`<article class="message assistant live" aria-busy=${!FINAL.includes(status)}>
-    <header><span class="who">Agent</span> <span class="status">${status === 'queued' ? 'queued' : status === 'requires_action' ? 'waiting for your approval' : status === 'running' ? 'answering…' : status}</span></header>
+    <header><span class="who">Agent</span> <span class="status">${status === 'queued' ? 'queued' : status === 'requires_action' ? ((live.run.pending_elicitations || []).length ? 'waiting for your answer' : 'waiting for your approval') : status === 'running' ? 'answering…' : status}</span></header>
     <div class="live-text" aria-live="polite">${live.text ? html`<${Markdown} text=${live.text} />` : status === 'running' || status === 'queued' ? html`<span class="typing" aria-label="Working">●●●</span>` : null}</div>
     ${calls.length ? html`<div class="calls">${calls.map((c) => html`<${ToolCard} key=${c.call_id} call=${c} info=${toolInfo.get(c.name)}
         result=${c.done ? { content: typeof c.result === 'string' ? c.result : pretty(c.result), is_error: c.is_error } : null} duration=${c.duration_ms} running=${!c.done} />`)}</div>` : null}
@@ -494,4 +496,107 @@ function DecisionEditor({ editing, info, onClose, onDecide }) {
       </div>
     </form>
   </${Modal}>`;
+}
+
+// Questions an MCP server asks during a tool call (MCP elicitation): a form
+// built from the flat schema it sent, or a link to visit (URL mode).
+function Questions({ run, onDone }) {
+  const pending = run.pending_elicitations || [];
+  return html`<section class="approvals questions" aria-label="Question from a tool">
+    ${pending.map((q) => html`<${Question} key=${q.id} run=${run} question=${q} onDone=${onDone} />`)}
+  </section>`;
+}
+
+function initialAnswer(schema) {
+  const out = {};
+  for (const [name, p] of Object.entries(schema?.properties || {})) {
+    if (p.default !== undefined) out[name] = p.default;
+    else if (p.type === 'boolean') out[name] = false;
+    else if (p.type === 'array') out[name] = [];
+  }
+  return out;
+}
+
+// The fields in the order the server listed its required ones, then the
+// others (property order does not survive the JSON maps on the way).
+function fieldOrder(schema) {
+  const props = Object.entries(schema.properties || {});
+  const required = schema.required || [];
+  const rank = (name) => { const i = required.indexOf(name); return i < 0 ? required.length : i; };
+  return props.map((e, i) => [e, i]).sort((a, b) => rank(a[0][0]) - rank(b[0][0]) || a[1] - b[1]).map(([e]) => e);
+}
+
+function choicesOf(p) {
+  if (Array.isArray(p.enum)) return p.enum.map((v, i) => ({ value: v, title: (p.enumNames || [])[i] || String(v) }));
+  const list = p.oneOf || p.anyOf;
+  if (Array.isArray(list)) return list.filter((o) => o.const !== undefined).map((o) => ({ value: o.const, title: o.title || String(o.const) }));
+  return null;
+}
+
+function Question({ run, question, onDone }) {
+  const schema = question.requested_schema || { properties: {} };
+  const required = new Set(schema.required || []);
+  const [values, setValues] = useState(() => initialAnswer(schema));
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const set = (name, v) => setValues((all) => ({ ...all, [name]: v }));
+  const answer = async (action) => {
+    setBusy(true);
+    setError(null);
+    try {
+      const body = { action };
+      if (action === 'accept' && question.mode === 'form') {
+        const content = {};
+        for (const [k, v] of Object.entries(values)) if (v !== '' && v !== undefined) content[k] = v;
+        body.content = content;
+      }
+      await api.post(`/api/v1/runs/${run.id}/elicitations/${question.id}`, body);
+      onDone();
+    } catch (e) { setError(e); } finally { setBusy(false); }
+  };
+  const field = (name, p) => {
+    const id = `q-${question.id}-${name}`;
+    const label = html`<label for=${id}>${p.title || name}${required.has(name) ? html` <span aria-hidden="true">*</span>` : null}</label>`;
+    const hint = p.description ? html`<small class="muted">${p.description}</small>` : null;
+    const choices = p.type === 'array' ? choicesOf(p.items || {}) : choicesOf(p);
+    if (p.type === 'boolean') {
+      return html`<div class="field" key=${name}><label class="q-check"><input id=${id} type="checkbox" checked=${!!values[name]}
+          onChange=${(e) => set(name, e.target.checked)} /> ${p.title || name}</label>${hint}</div>`;
+    }
+    if (p.type === 'array' && choices) {
+      const chosen = new Set(values[name] || []);
+      return html`<fieldset class="field" key=${name}><legend>${p.title || name}</legend>${hint}
+        ${choices.map((c) => html`<label class="q-check" key=${String(c.value)}><input type="checkbox" checked=${chosen.has(c.value)}
+          onChange=${(e) => { const next = new Set(chosen); if (e.target.checked) next.add(c.value); else next.delete(c.value); set(name, choices.map((x) => x.value).filter((v) => next.has(v))); }} /> ${c.title}</label>`)}
+      </fieldset>`;
+    }
+    if (choices) {
+      return html`<div class="field" key=${name}>${label}${hint}
+        <select id=${id} required=${required.has(name)} onChange=${(e) => set(name, e.target.value === '' ? undefined : choices[Number(e.target.value)].value)}>
+          <option value="">Choose…</option>
+          ${choices.map((c, i) => html`<option value=${i} selected=${values[name] === c.value}>${c.title}</option>`)}
+        </select></div>`;
+    }
+    const numeric = p.type === 'number' || p.type === 'integer';
+    const type = numeric ? 'number' : p.format === 'email' ? 'email' : p.format === 'uri' ? 'url' : p.format === 'date' ? 'date' : 'text';
+    return html`<div class="field" key=${name}>${label}${hint}
+      <input id=${id} type=${type} required=${required.has(name)} value=${values[name] ?? ''}
+        step=${p.type === 'integer' ? 1 : 'any'} min=${p.minimum} max=${p.maximum} minLength=${p.minLength} maxLength=${p.maxLength}
+        onInput=${(e) => set(name, numeric ? (e.target.value === '' ? undefined : Number(e.target.value)) : e.target.value)} /></div>`;
+  };
+  const submit = (e) => { e.preventDefault(); answer('accept'); };
+  return html`<form class="approval question" onSubmit=${submit} aria-label=${'Question from ' + question.server}>
+    <h2>${question.server} asks</h2>
+    <p class="question-text">${question.message}</p>
+    ${question.mode === 'url'
+      ? html`<p>Continue at <a href=${question.url} target="_blank" rel="noopener noreferrer">${(() => { try { return new URL(question.url).host; } catch { return question.url; } })()}</a>, then come back and confirm.</p>`
+      : fieldOrder(schema).map(([name, p]) => field(name, p))}
+    <${ErrorNote} error=${error} />
+    <div class="row">
+      <button type="submit" class="primary" disabled=${busy}>${question.mode === 'url' ? 'Done' : 'Send'}</button>
+      <button type="button" disabled=${busy} onClick=${() => answer('decline')}>Decline</button>
+      <button type="button" disabled=${busy} onClick=${() => answer('cancel')}>Cancel the operation</button>
+    </div>
+    <small class="muted">Asked during the tool call ${question.call_id}${question.expires_at ? html` · unanswered questions are cancelled at ${new Date(question.expires_at).toLocaleTimeString()}` : null}</small>
+  </form>`;
 }

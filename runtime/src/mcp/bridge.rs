@@ -33,6 +33,7 @@ use crate::db::Db;
 use crate::on_db;
 use crate::sandbox::ToolError;
 use crate::secrets::SecretService;
+use crate::tools::asks::{Ask, CallOrigin};
 use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
 
 /// Lines of a server's stderr kept to explain a crash.
@@ -203,6 +204,32 @@ pub struct Server {
     /// `/mcp` sessions subscribed to its resources: its own URI, then the
     /// session id and the session's peer.
     subscribers: Mutex<BTreeMap<String, Vec<Subscriber>>>,
+    /// Calls in flight that a run makes, by a number of their own: where a
+    /// question the server asks (elicitation) can go.
+    in_flight: Mutex<BTreeMap<u64, InFlight>>,
+    next_call: std::sync::atomic::AtomicU64,
+}
+
+/// A run's call in flight on a connection.
+struct InFlight {
+    origin: CallOrigin,
+    /// When the call times out: pushed back while the user answers a
+    /// question the server asked.
+    deadline: tokio::sync::watch::Sender<tokio::time::Instant>,
+}
+
+/// Takes a call off [`Server::in_flight`] when it ends.
+struct InFlightGuard<'a> {
+    server: &'a Server,
+    key: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.server.in_flight.lock() {
+            calls.remove(&self.key);
+        }
+    }
 }
 
 impl Server {
@@ -224,6 +251,8 @@ impl Server {
             webhooks,
             models,
             subscribers: Mutex::new(BTreeMap::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
+            next_call: std::sync::atomic::AtomicU64::new(0),
             config,
             secrets,
             connecting: tokio::sync::Mutex::new(()),
@@ -804,9 +833,42 @@ impl Server {
             return Ok(resource_result(self.read_resource(uri).await?));
         }
         let params = CallToolRequestParams::new(remote).with_arguments(arguments);
+        // A run's call is noted with its origin: a question the server asks
+        // meanwhile goes to that run's user, and the timeout waits while
+        // the user answers.
+        let (deadline_tx, mut deadline) =
+            tokio::sync::watch::channel(tokio::time::Instant::now() + self.def.timeout);
+        let _noted = crate::tools::asks::current().map(|origin| {
+            let key = self
+                .next_call
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut calls) = self.in_flight.lock() {
+                calls.insert(
+                    key,
+                    InFlight {
+                        origin,
+                        deadline: deadline_tx.clone(),
+                    },
+                );
+            }
+            InFlightGuard { server: self, key }
+        });
         // Dropping the call (timeout, run cancelled) sends
         // notifications/cancelled to the server.
-        let outcome = tokio::time::timeout(self.def.timeout, peer.call_tool(params)).await;
+        let call = peer.call_tool(params);
+        tokio::pin!(call);
+        let outcome = loop {
+            let at = *deadline.borrow_and_update();
+            tokio::select! {
+                result = &mut call => break Ok(result),
+                _ = deadline.changed() => continue,
+                _ = tokio::time::sleep_until(at) => {
+                    if *deadline.borrow() <= tokio::time::Instant::now() {
+                        break Err(());
+                    }
+                }
+            }
+        };
         if let (
             Ok(Err(e)),
             Transport::Http {
@@ -1285,15 +1347,39 @@ impl ClientHandler for Handler {
             .server
             .upgrade()
             .is_some_and(|s| s.def.owner_id.is_none() && s.config.sampling_model.is_some());
-        let capabilities = if sampling {
+        let mut capabilities = if sampling {
             ClientCapabilities::builder().enable_sampling().build()
         } else {
             ClientCapabilities::default()
         };
+        // Questions asked during a run's call go to the run's user.
+        capabilities.elicitation = Some(
+            rmcp::model::ElicitationCapability::new()
+                .with_form(rmcp::model::FormElicitationCapability::new())
+                .with_url(rmcp::model::UrlElicitationCapability::new()),
+        );
         ClientConfig::new(
             capabilities,
             Implementation::new("orchestra", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+        context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let server = self
+            .server
+            .upgrade()
+            .ok_or_else(|| rmcp::ErrorData::internal_error("the server is gone", None))?;
+        let value = serde_json::to_value(&params).unwrap_or_default();
+        let answer = server
+            .elicit(value, context.ct.clone())
+            .await
+            .map_err(|m| rmcp::ErrorData::invalid_request(m, None))?;
+        serde_json::from_value(answer)
+            .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))
     }
 
     #[allow(deprecated)]
@@ -1317,6 +1403,69 @@ impl ClientHandler for Handler {
 }
 
 impl Server {
+    /// Hands a question the server asks (`elicitation/create` params as
+    /// JSON) to the run whose call is in flight, and waits for the user's
+    /// answer (an `ElicitResult`). Refused when no run's call is in flight
+    /// or when calls of several runs are (a shared connection cannot tell
+    /// whose call asks, and a question must never reach another user).
+    async fn elicit(
+        &self,
+        params: Value,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> Result<Value, String> {
+        let (origin, deadlines) = {
+            let calls = self.in_flight.lock().map_err(|_| "internal error")?;
+            let mut runs = calls.values().map(|c| c.origin.run).collect::<Vec<_>>();
+            runs.sort();
+            runs.dedup();
+            match runs.as_slice() {
+                [] => {
+                    return Err(
+                        "no user can answer: the question did not come during a run's tool call"
+                            .to_owned(),
+                    )
+                }
+                [_] => {}
+                _ => {
+                    return Err(
+                        "no user can answer: calls of several runs are in flight on this connection, and the question cannot be told apart"
+                            .to_owned(),
+                    )
+                }
+            }
+            let origin = calls.values().next().map(|c| c.origin.clone());
+            let deadlines: Vec<_> = calls.values().map(|c| c.deadline.clone()).collect();
+            (origin.ok_or("internal error")?, deadlines)
+        };
+        // The calls wait while the user answers.
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        for d in &deadlines {
+            d.send_replace(far);
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let asked = origin
+            .asks
+            .send(Ask {
+                server: self.def.name.clone(),
+                call_id: origin.call_id.clone(),
+                params,
+                answer,
+            })
+            .await;
+        let outcome = match asked {
+            Err(_) => Err("the run no longer waits for this call".to_owned()),
+            Ok(()) => tokio::select! {
+                answer = answered => answer.map_err(|_| "the run stopped before the user answered".to_owned()),
+                _ = cancelled.cancelled() => Err("the server withdrew the question".to_owned()),
+            },
+        };
+        let resumed = tokio::time::Instant::now() + self.def.timeout;
+        for d in &deadlines {
+            d.send_replace(resumed);
+        }
+        outcome
+    }
+
     /// Answers a sampling request (`sampling/createMessage` params as
     /// JSON) with the model the admin chose (`mcp.sampling_model`,
     /// `provider/model`), text only, at most `mcp.sampling_max_tokens`.

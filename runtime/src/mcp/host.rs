@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::oauth::model::{GrantedScopes, Scope};
 use crate::pagination::PageParams;
-use crate::runs::model::{RunInput, RunStatus};
+use crate::runs::model::{RunInput, RunResponse, RunStatus};
 use crate::sandbox::ToolError;
 use crate::tools::{ToolInfo, ToolSource, SEPARATOR};
 use crate::users::model::{Permission, Principal};
@@ -284,13 +284,35 @@ impl McpHost {
         arguments: Value,
         progress: Option<(rmcp::Peer<RoleServer>, rmcp::model::ProgressToken)>,
     ) -> Result<CallToolResult, ErrorData> {
-        let internal = |e: Error| match e {
-            Error::Internal(e) => {
-                tracing::error!(error = %e, "agent tool failed");
-                CallToolResult::error(vec![ContentBlock::text("internal error")])
-            }
-            other => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
+        let (conversation, run) = match self.start_agent(principal, name, arguments).await? {
+            Ok(started) => started,
+            Err(refused) => return Ok(refused),
         };
+        // Cancels the run if the client cancels the request (the future is
+        // dropped).
+        let mut guard = CancelRun {
+            state: self.state.clone(),
+            principal: principal.clone(),
+            run: run.id,
+            armed: true,
+        };
+        let outcome = self.wait(principal, run.id, progress).await;
+        guard.armed = false;
+        Ok(match outcome {
+            Ok(run) => self.agent_result(conversation, run).await,
+            Err(e) => internal_result(e),
+        })
+    }
+
+    /// Starts the run of agent tool `name`: its conversation (a new one
+    /// unless `conversation_id` names one) and the run, or the tool result
+    /// that says why it did not start.
+    pub async fn start_agent(
+        &self,
+        principal: &Principal,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Result<(Uuid, RunResponse), CallToolResult>, ErrorData> {
         let agents = self
             .agent_tools(principal)
             .await
@@ -301,9 +323,9 @@ impl McpHost {
         let message = match arguments.get("message").and_then(Value::as_str) {
             Some(m) if !m.trim().is_empty() => m.to_owned(),
             _ => {
-                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                return Ok(Err(CallToolResult::error(vec![ContentBlock::text(
                     "invalid arguments: \"message\" (a non-empty string) is required",
-                )]))
+                )])))
             }
         };
         let conversation = match arguments.get("conversation_id") {
@@ -322,19 +344,19 @@ impl McpHost {
                     .await
                 {
                     Ok(c) => c.id,
-                    Err(e) => return Ok(internal(e)),
+                    Err(e) => return Ok(Err(internal_result(e))),
                 }
             }
             Some(v) => match v.as_str().and_then(|s| s.parse::<Uuid>().ok()) {
                 Some(id) => id,
                 None => {
-                    return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    return Ok(Err(CallToolResult::error(vec![ContentBlock::text(
                         "invalid arguments: \"conversation_id\" must be a UUID",
-                    )]))
+                    )])))
                 }
             },
         };
-        let run = match self
+        let run = self
             .state
             .runs
             .create(
@@ -348,25 +370,16 @@ impl McpHost {
                     id: None,
                 },
             )
-            .await
-        {
-            Ok(run) => run,
-            Err(e) => return Ok(internal(e)),
-        };
-        // Cancels the run if the client cancels the request (the future is
-        // dropped).
-        let mut guard = CancelRun {
-            state: self.state.clone(),
-            principal: principal.clone(),
-            run: run.id,
-            armed: true,
-        };
-        let outcome = self.wait(principal, run.id, progress).await;
-        guard.armed = false;
-        let run = match outcome {
-            Ok(run) => run,
-            Err(e) => return Ok(internal(e)),
-        };
+            .await;
+        Ok(match run {
+            Ok(run) => Ok((conversation, run)),
+            Err(e) => Err(internal_result(e)),
+        })
+    }
+
+    /// What an agent tool answers once its run stopped: the answer, or why
+    /// there is none.
+    pub async fn agent_result(&self, conversation: Uuid, run: RunResponse) -> CallToolResult {
         let answer = self.answer(run.id).await.unwrap_or_default();
         let structured = json!({
             "answer": answer,
@@ -374,10 +387,14 @@ impl McpHost {
             "run_id": run.id,
             "status": run.status,
         });
-        Ok(match run.status {
+        match run.status {
             RunStatus::Completed => CallToolResult::structured(structured),
             RunStatus::RequiresAction => CallToolResult::structured_error(json!({
-                "error": "the run waits for a human to approve tool calls; approve them over the API",
+                "error": if run.pending_elicitations.is_empty() {
+                    "the run waits for a human to approve tool calls; approve them in the console or over the API"
+                } else {
+                    "the run waits for its user to answer a question a tool asked; answer it in the console or over the API"
+                },
                 "conversation_id": conversation,
                 "run_id": run.id,
                 "status": run.status,
@@ -388,7 +405,7 @@ impl McpHost {
                 "run_id": run.id,
                 "status": run.status,
             })),
-        })
+        }
     }
 
     /// Waits for run `id` to stop (finished, or waiting for approval),
@@ -468,6 +485,17 @@ impl McpHost {
             }
         }
         answer
+    }
+}
+
+/// A failure as an agent tool's result (internal details logged, not sent).
+fn internal_result(e: Error) -> CallToolResult {
+    match e {
+        Error::Internal(e) => {
+            tracing::error!(error = %e, "agent tool failed");
+            CallToolResult::error(vec![ContentBlock::text("internal error")])
+        }
+        other => CallToolResult::error(vec![ContentBlock::text(other.to_string())]),
     }
 }
 
@@ -913,7 +941,7 @@ pub async fn authenticate(
             .oauth
             .authenticate(token, &format!("{base}{}", crate::oauth::RESOURCE_PATH))
             .await
-            .map(|(principal, scopes)| (principal, Some(scopes))),
+            .map(|(principal, scopes, client)| (principal, Some((scopes, client)))),
         (Some(token), _) => state.users.authenticate(token).await.map(|p| (p, None)),
         (None, _) => Err(Error::Unauthorized(
             "expected Authorization: Bearer <API key or access token>".to_owned(),
@@ -922,8 +950,9 @@ pub async fn authenticate(
     match outcome {
         Ok((principal, scopes)) => {
             request.extensions_mut().insert(principal);
-            if let Some(scopes) = scopes {
+            if let Some((scopes, client)) = scopes {
                 request.extensions_mut().insert(scopes);
+                request.extensions_mut().insert(client);
             }
             if let Ok(base) = base {
                 request.extensions_mut().insert(PublicBase(base));

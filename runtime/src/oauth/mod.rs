@@ -1162,7 +1162,7 @@ impl OAuthService {
         &self,
         token: &str,
         resource: &str,
-    ) -> Result<(Principal, GrantedScopes)> {
+    ) -> Result<(Principal, GrantedScopes, OAuthClient)> {
         let row = self
             .repo
             .token(&token_digest(token))
@@ -1196,6 +1196,7 @@ impl OAuthService {
         Ok((
             principal,
             GrantedScopes(Scope::parse_list(&row.scopes).unwrap_or_default()),
+            OAuthClient(row.client_id),
         ))
     }
 

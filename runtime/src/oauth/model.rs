@@ -73,6 +73,11 @@ impl Scope {
 #[derive(Debug, Clone)]
 pub struct GrantedScopes(pub Vec<Scope>);
 
+/// The MCP client an OAuth access token was issued to (its `client_id`);
+/// rides in the request's extensions next to [`GrantedScopes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClient(pub String);
+
 impl GrantedScopes {
     /// Whether `scope` was granted.
     pub fn allows(&self, scope: Scope) -> bool {

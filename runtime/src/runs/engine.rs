@@ -44,7 +44,19 @@ use crate::models::ModelService;
 use crate::providers::{
     Accumulator, ChatMessage, ChatRequest, Provider, StreamEvent, ToolCall, ToolDefinition,
 };
+use crate::tools::asks::{self, Ask, CallOrigin};
 use crate::tools::ToolCatalogue;
+
+/// What woke a worker waiting for a user's answer.
+enum Wake {
+    Cancelled,
+    Expired,
+    Withdrawn,
+    Look,
+}
+
+/// The largest schema a question may carry (bytes of JSON).
+const MAX_QUESTION_SCHEMA: usize = 32 * 1024;
 
 /// Runs claimed per query.
 const CLAIM_BATCH: usize = 64;
@@ -1211,25 +1223,43 @@ impl Execution {
         self.announced.clear();
         // ... then run them in parallel, recording each as it finishes.
         let user = self.run.user_id;
+        // Questions the calls' MCP servers ask the user come back here.
+        let (asks, mut questions) = tokio::sync::mpsc::channel::<Ask>(4);
         let mut running: FuturesUnordered<_> = to_run
             .into_iter()
             .map(|(call, args)| {
                 let tools = self.engine.tools.clone();
-                let handle = tokio::spawn(async move {
+                let origin = CallOrigin {
+                    run: self.run.id,
+                    call_id: call.id.clone(),
+                    user,
+                    asks: asks.clone(),
+                };
+                let handle = tokio::spawn(asks::ORIGIN.scope(origin, async move {
                     let started = Instant::now();
                     let outcome = tools.call(&call.name, &args, Some(user)).await;
                     (call, outcome, started.elapsed())
-                });
+                }));
                 AbortOnDrop(Some(handle))
             })
             .collect();
         let mut cancel = self.watch.cancel.clone();
         loop {
-            let done = tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 _ = cancel.wait_for(|c| *c) => return Ok(Some(Stop::Cancelled)),
                 _ = tokio::time::sleep_until(self.deadline) => return Ok(Some(Stop::Failed(timeout_error(self.run.limits.0)))),
-                done = running.next() => done,
+                Some(ask) = questions.recv() => Err(ask),
+                done = running.next() => Ok(done),
+            };
+            let done = match woke {
+                Ok(done) => done,
+                Err(ask) => {
+                    if let Some(stop) = self.elicit(ask).await? {
+                        return Ok(Some(stop));
+                    }
+                    continue;
+                }
             };
             let Some(joined) = done else { break };
             let (call, outcome, elapsed) = match joined {
@@ -1246,6 +1276,167 @@ impl Execution {
             }
         }
         Ok(None)
+    }
+
+    /// Puts a question a tool call's MCP server asks to the user: stores
+    /// it, shows the run as `requires_action`, waits for the answer (or its
+    /// expiry, the run's cancellation, the server withdrawing it) and passes
+    /// the answer back to the server. The call stays open meanwhile, and the
+    /// wait does not count against the run's time limit.
+    async fn elicit(&mut self, ask: Ask) -> Result<Option<Stop>, StepError> {
+        let Ask {
+            server,
+            call_id: origin,
+            params,
+            answer,
+        } = ask;
+        let id = Uuid::now_v7();
+        let ttl_secs = self.engine.config.elicitation_ttl_secs;
+        let expires_ms = now_ms() + (ttl_secs as i64).saturating_mul(1000);
+        let mode = params
+            .get("mode")
+            .and_then(Value::as_str)
+            .filter(|m| *m == "url")
+            .unwrap_or("form");
+        let message: String = params
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(4000)
+            .collect();
+        let schema = params.get("requestedSchema").filter(|_| mode == "form");
+        if schema.is_some_and(|s| s.to_string().len() > MAX_QUESTION_SCHEMA) {
+            let _ = answer.send(json!({ "action": "cancel" }));
+            return Ok(None);
+        }
+        let url = params
+            .get("url")
+            .and_then(Value::as_str)
+            .filter(|_| mode == "url");
+        self.engine
+            .repo
+            .ask(NewElicitation {
+                id,
+                run: self.run.id,
+                call_id: &origin,
+                server: &server,
+                mode,
+                message: &message,
+                requested_schema: schema,
+                url,
+                expires_ms,
+            })
+            .await?;
+        let asked_at = tokio::time::Instant::now();
+        let events = vec![
+            self.event(
+                "elicitation.required",
+                json!({ "elicitation_id": id, "call_id": origin, "server": server, "mode": mode,
+                        "message": message, "requested_schema": schema, "url": url,
+                        "expires_in_secs": ttl_secs }),
+            ),
+            self.event("run.status", json!({ "status": "requires_action" })),
+        ];
+        self.write(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            RunUpdate::default(),
+            events,
+        )
+        .await?;
+        // Callers waiting for the run to stop see it waiting for its user.
+        self.engine.bus.stopped(self.run.id);
+        self.engine.repo.notify_stopped(self.run.id).await?;
+        let expiry = asked_at + Duration::from_secs(ttl_secs);
+        let mut cancel = self.watch.cancel.clone();
+        let mut signals = self.watch.events.clone();
+        let mut answer = Some(answer);
+        let (status, result, stop) = loop {
+            let row = self.engine.repo.elicitation(self.run.id, id).await?;
+            if let Some(row) = row.filter(|r| r.status != "pending") {
+                let mut result = json!({ "action": row.status });
+                if let Some(content) = row.content {
+                    result["content"] = content.0;
+                }
+                break (row.status, Some(result), None);
+            }
+            let closed = answer.as_mut().map(|a| a.closed());
+            let woke = tokio::select! {
+                biased;
+                _ = cancel.wait_for(|c| *c) => Wake::Cancelled,
+                _ = tokio::time::sleep_until(expiry) => Wake::Expired,
+                _ = async { match closed { Some(c) => c.await, None => std::future::pending().await } } => Wake::Withdrawn,
+                _ = signals.changed() => Wake::Look,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => Wake::Look,
+            };
+            match woke {
+                Wake::Cancelled => {
+                    break (
+                        "cancel".to_owned(),
+                        Some(json!({ "action": "cancel" })),
+                        Some(Stop::Cancelled),
+                    )
+                }
+                Wake::Expired => {
+                    let repo = &self.engine.repo;
+                    if repo
+                        .settle_elicitation(self.run.id, id, "expired", None, None)
+                        .await?
+                    {
+                        break (
+                            "expired".to_owned(),
+                            Some(json!({ "action": "cancel" })),
+                            None,
+                        );
+                    }
+                }
+                Wake::Withdrawn => {
+                    let repo = &self.engine.repo;
+                    if repo
+                        .settle_elicitation(self.run.id, id, "withdrawn", None, None)
+                        .await?
+                    {
+                        break ("withdrawn".to_owned(), None, None);
+                    }
+                }
+                Wake::Look => {}
+            }
+        };
+        if stop.is_some() {
+            // Cancelled: the question is answered with `cancel` (best effort).
+            let _ = self
+                .engine
+                .repo
+                .settle_elicitation(self.run.id, id, "cancel", None, None)
+                .await;
+        }
+        if let (Some(answer), Some(result)) = (answer.take(), result) {
+            let _ = answer.send(result);
+        }
+        // The wait does not count against the run's time limit.
+        self.deadline += asked_at.elapsed();
+        if stop.is_none() {
+            let events = vec![
+                self.event(
+                    "elicitation.answered",
+                    json!({ "elicitation_id": id, "call_id": origin, "action": status }),
+                ),
+                self.event("run.status", json!({ "status": "running" })),
+            ];
+            self.write(
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                RunUpdate::default(),
+                events,
+            )
+            .await?;
+        }
+        Ok(stop)
     }
 
     /// Stores one call's result as a tool message.

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use self::bus::Bus;
 use self::model::*;
-use self::repo::{EventRow, RunRepo, RunRow, StartContext, ToolCallRow};
+use self::repo::{ElicitationRow, EventRow, RunRepo, RunRow, StartContext, ToolCallRow};
 use crate::config::RunsConfig;
 use crate::conversations::ConversationService;
 use crate::db::Db;
@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::models::ModelService;
 use crate::pagination::{Page, PageParams};
 use crate::users::model::{Permission, Principal};
+use serde_json::Value;
 
 /// Runs, their events and approvals.
 #[derive(Clone, Debug)]
@@ -100,7 +101,21 @@ fn expires_at(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(DateTime::<Utc>::from_timestamp_millis)
 }
 
-fn response(row: RunRow, calls: &[ToolCallRow]) -> RunResponse {
+fn elicitation_info(row: ElicitationRow) -> ElicitationInfo {
+    ElicitationInfo {
+        id: row.id,
+        call_id: row.call_id,
+        server: row.server,
+        mode: row.mode,
+        message: row.message,
+        requested_schema: row.requested_schema.map(|s| s.0),
+        url: row.url,
+        status: row.status,
+        expires_at: expires_at(Some(row.expires_ms)),
+    }
+}
+
+fn response(row: RunRow, calls: &[ToolCallRow], asks: Vec<ElicitationRow>) -> RunResponse {
     let pending = calls
         .iter()
         .filter(|c| c.status == "pending_approval")
@@ -117,7 +132,12 @@ fn response(row: RunRow, calls: &[ToolCallRow]) -> RunResponse {
         conversation_id: row.conversation_id,
         agent_id: row.agent_id,
         owner_id: row.user_id,
-        status: row.status(),
+        // A running run whose call waits for the user's answer waits too.
+        status: if asks.is_empty() {
+            row.status()
+        } else {
+            RunStatus::RequiresAction
+        },
         provider: row.provider,
         model: row.model,
         step_count: row.step_count,
@@ -129,6 +149,7 @@ fn response(row: RunRow, calls: &[ToolCallRow]) -> RunResponse {
         error: row.error.map(|e| e.0),
         cancel_requested: row.cancel_requested,
         pending_tool_calls: pending,
+        pending_elicitations: asks.into_iter().map(elicitation_info).collect(),
         attempts: row.attempts,
         created_at: row.created_at,
         started_at: row.started_at,
@@ -194,7 +215,12 @@ impl RunService {
         } else {
             Vec::new()
         };
-        Ok(response(row, &calls))
+        let asks = if row.status == "running" {
+            self.repo.pending_elicitations(row.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(response(row, &calls, asks))
     }
 
     /// Starts a run in a conversation (queued behind its unfinished runs,
@@ -499,6 +525,69 @@ impl RunService {
         self.get(principal, id).await
     }
 
+    /// Answers a question a tool call's MCP server asked (see
+    /// [`crate::tools::asks`]): the worker holding the call passes the
+    /// answer on. The content of an accepted form must match the question's
+    /// schema.
+    pub async fn answer_elicitation(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        elicitation: Uuid,
+        input: ElicitationAnswer,
+    ) -> Result<RunResponse> {
+        principal.require(Permission::ConversationWrite)?;
+        self.visible(principal, id).await?;
+        let ask = self
+            .repo
+            .elicitation(id, elicitation)
+            .await?
+            .ok_or(Error::NotFound("elicitation"))?;
+        if ask.status != "pending" {
+            return Err(Error::conflict(format!(
+                "the question is no longer open: {}",
+                ask.status
+            )));
+        }
+        let content = match (input.action, ask.mode.as_str()) {
+            (ElicitationAction::Accept, "form") => {
+                let content = input.content.unwrap_or(Value::Null);
+                if !content.is_object() {
+                    return Err(Error::invalid_field(
+                        "content",
+                        "accept needs a content object with the fields asked for",
+                    ));
+                }
+                if let Some(schema) = &ask.requested_schema {
+                    check_answer(&schema.0, &content)?;
+                }
+                Some(content)
+            }
+            (_, _) if input.content.is_some() => {
+                return Err(Error::invalid_field(
+                    "content",
+                    "only an accepted form answer carries content",
+                ))
+            }
+            _ => None,
+        };
+        let settled = self
+            .repo
+            .settle_elicitation(
+                id,
+                elicitation,
+                input.action.as_str(),
+                content.as_ref(),
+                Some(principal.user_id),
+            )
+            .await?;
+        if !settled {
+            return Err(Error::conflict("the question is no longer open"));
+        }
+        self.bus.events(id);
+        self.get(principal, id).await
+    }
+
     /// Checks access to a run's events; returns the run's id.
     pub async fn open_events(&self, principal: &Principal, id: Uuid) -> Result<OpenStream> {
         principal.require(Permission::ConversationRead)?;
@@ -530,4 +619,23 @@ impl RunService {
             .map(RunEvent::from)
             .collect())
     }
+}
+
+/// Checks an answer against the question's schema (a JSON Schema; a
+/// schema that does not compile is the server's fault, and the answer goes
+/// unchecked rather than unanswerable).
+fn check_answer(schema: &Value, content: &Value) -> Result<()> {
+    let Ok(validator) = jsonschema::validator_for(schema) else {
+        return Ok(());
+    };
+    if let Some(error) = validator.iter_errors(content).next() {
+        let path = error.instance_path().to_string();
+        let field = if path.is_empty() {
+            "content".to_owned()
+        } else {
+            format!("content{}", path.replace('/', "."))
+        };
+        return Err(Error::invalid_field(&field, error.to_string()));
+    }
+    Ok(())
 }

@@ -280,6 +280,73 @@ pub struct ToolCallInfo {
     pub approval_expires_at: Option<DateTime<Utc>>,
 }
 
+/// A question a bridged MCP server asks the run's user in the middle of a
+/// tool call (MCP elicitation). The call waits for the answer; the run
+/// shows `requires_action` meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ElicitationInfo {
+    /// The question's id (answer it at
+    /// `POST /api/v1/runs/{id}/elicitations/{elicitation_id}`).
+    pub id: Uuid,
+    /// The tool call that asks.
+    pub call_id: String,
+    /// The MCP server that asks (its name).
+    pub server: String,
+    /// `form`: fill in `requested_schema`; `url`: visit `url`, then accept
+    /// or decline.
+    pub mode: String,
+    /// What the server asks, for the user.
+    pub message: String,
+    /// The fields asked for (form mode): a flat JSON Schema object of
+    /// strings, numbers, integers, booleans and enums.
+    #[schema(value_type = Option<Object>)]
+    pub requested_schema: Option<Value>,
+    /// Where to go (URL mode).
+    pub url: Option<String>,
+    /// `pending`, then `accept`, `decline`, `cancel`, `expired` or
+    /// `withdrawn` (the server gave up).
+    pub status: String,
+    /// When an unanswered question is cancelled.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The user's answer to a question: `POST
+/// /api/v1/runs/{id}/elicitations/{elicitation_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ElicitationAnswer {
+    /// `accept` (with `content` in form mode), `decline` (the call goes on
+    /// without it) or `cancel` (the user stops the operation).
+    pub action: ElicitationAction,
+    /// The fields, matching the question's `requested_schema` (form mode,
+    /// `accept` only).
+    #[schema(value_type = Option<Object>)]
+    pub content: Option<Value>,
+}
+
+/// What the user does with a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ElicitationAction {
+    /// Answers it.
+    Accept,
+    /// Declines to answer; the call goes on.
+    Decline,
+    /// Stops the operation.
+    Cancel,
+}
+
+impl ElicitationAction {
+    /// Its name on the wire and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElicitationAction::Accept => "accept",
+            ElicitationAction::Decline => "decline",
+            ElicitationAction::Cancel => "cancel",
+        }
+    }
+}
+
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunResponse {
@@ -309,6 +376,10 @@ pub struct RunResponse {
     pub cancel_requested: bool,
     /// Tool calls waiting for a decision (when `requires_action`).
     pub pending_tool_calls: Vec<ToolCallInfo>,
+    /// Questions that tool calls in flight wait for the user to answer
+    /// (when `requires_action`).
+    #[serde(default)]
+    pub pending_elicitations: Vec<ElicitationInfo>,
     /// Times a worker picked it up (more than 1 after a crash or restart).
     pub attempts: i64,
     /// When it was created.

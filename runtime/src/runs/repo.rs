@@ -460,8 +460,21 @@ impl RunRepo {
             let mut select = sqlx::QueryBuilder::<D>::new(format!("SELECT {COLUMNS} FROM runs WHERE conversation_id = "));
             for qb in [&mut count, &mut select] {
                 qb.push_bind(conversation);
-                if let Some(status) = status {
-                    qb.push(" AND status = ").push_bind(status.as_str());
+                match status {
+                    // A running run whose tool call waits for the user's
+                    // answer shows as waiting too.
+                    Some(RunStatus::RequiresAction) => {
+                        qb.push(" AND (status = 'requires_action' OR (status = 'running' AND EXISTS \
+                                 (SELECT 1 FROM run_elicitations e WHERE e.run_id = runs.id AND e.status = 'pending')))");
+                    }
+                    Some(RunStatus::Running) => {
+                        qb.push(" AND status = 'running' AND NOT EXISTS \
+                                 (SELECT 1 FROM run_elicitations e WHERE e.run_id = runs.id AND e.status = 'pending')");
+                    }
+                    Some(status) => {
+                        qb.push(" AND status = ").push_bind(status.as_str());
+                    }
+                    None => {}
                 }
             }
             select
@@ -817,4 +830,136 @@ pub fn cancelled_events(seq: i64, reason: &str) -> Vec<NewEvent> {
             data: serde_json::json!({ "status": "cancelled", "reason": reason }),
         },
     ]
+}
+
+/// A row of `run_elicitations`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ElicitationRow {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub call_id: String,
+    pub server: String,
+    pub mode: String,
+    pub message: String,
+    pub requested_schema: Option<Json<Value>>,
+    pub url: Option<String>,
+    pub status: String,
+    pub content: Option<Json<Value>>,
+    pub expires_ms: i64,
+}
+
+/// A question to store (see [`RunRepo::ask`]).
+pub struct NewElicitation<'a> {
+    pub id: Uuid,
+    pub run: Uuid,
+    pub call_id: &'a str,
+    pub server: &'a str,
+    pub mode: &'a str,
+    pub message: &'a str,
+    pub requested_schema: Option<&'a Value>,
+    pub url: Option<&'a str>,
+    pub expires_ms: i64,
+}
+
+const ELICITATION_COLUMNS: &str =
+    "id, run_id, call_id, server, mode, message, requested_schema, url, status, content, expires_ms";
+
+impl RunRepo {
+    /// Stores a pending question of a run's tool call.
+    pub async fn ask(&self, q: NewElicitation<'_>) -> Result<()> {
+        let now = db::now();
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO run_elicitations (id, run_id, call_id, server, mode, message, requested_schema, url,
+                                           status, expires_ms, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
+        )
+        .bind(q.id)
+        .bind(q.run)
+        .bind(q.call_id)
+        .bind(q.server)
+        .bind(q.mode)
+        .bind(q.message)
+        .bind(q.requested_schema.map(Json))
+        .bind(q.url)
+        .bind(q.expires_ms)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// One question of run `run`.
+    pub async fn elicitation(&self, run: Uuid, id: Uuid) -> Result<Option<ElicitationRow>> {
+        let sql = format!(
+            "SELECT {ELICITATION_COLUMNS} FROM run_elicitations WHERE run_id = $1 AND id = $2"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(&sql).bind(run).bind(id).fetch_optional(pool).await?),
+        )
+    }
+
+    /// The pending questions of run `run`, oldest first.
+    pub async fn pending_elicitations(&self, run: Uuid) -> Result<Vec<ElicitationRow>> {
+        let sql = format!(
+            "SELECT {ELICITATION_COLUMNS} FROM run_elicitations WHERE run_id = $1 AND status = 'pending'
+             ORDER BY created_at, id"
+        );
+        Ok(on_db!(&self.db, pool => sqlx::query_as(&sql).bind(run).fetch_all(pool).await?))
+    }
+
+    /// Ends a pending question in `status` (`accept`, `decline`, `cancel`,
+    /// `expired`, `withdrawn`) with the user's `content`; false when it was
+    /// no longer pending. On PostgreSQL the run's worker, wherever it is, is
+    /// told to look again.
+    pub async fn settle_elicitation(
+        &self,
+        run: Uuid,
+        id: Uuid,
+        status: &str,
+        content: Option<&Value>,
+        by: Option<Uuid>,
+    ) -> Result<bool> {
+        let now = db::now();
+        let postgres = self.postgres();
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE run_elicitations SET status = $3, content = $4, answered_by = $5, answered_at = $6
+                 WHERE run_id = $1 AND id = $2 AND status = 'pending'",
+            )
+            .bind(run)
+            .bind(id)
+            .bind(status)
+            .bind(content.map(Json))
+            .bind(by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 1 && postgres {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(format!("e:{run}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Tells waiters on other nodes that run `run` stopped to wait for its
+    /// user (PostgreSQL; one process signals its own bus).
+    pub async fn notify_stopped(&self, run: Uuid) -> Result<()> {
+        if self.postgres() {
+            on_db!(&self.db, pool => sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(format!("s:{run}"))
+                .execute(pool)
+                .await
+                .map(|_| ())?);
+        }
+        Ok(())
+    }
 }

@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_run))
         .routes(routes!(run_events))
         .routes(routes!(approve_run))
+        .routes(routes!(answer_elicitation))
         .routes(routes!(usage_report))
         .routes(routes!(get_usage_limits, set_usage_limits))
 }
@@ -107,6 +108,28 @@ async fn cancel_run(
     Ok((
         StatusCode::ACCEPTED,
         Json(state.runs.cancel(&principal, id).await?),
+    ))
+}
+
+/// Answer a question that an MCP server asked during one of the run's tool
+/// calls (MCP elicitation): accept with the fields asked for, decline, or
+/// cancel. The call, waiting meanwhile, goes on with the answer.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/elicitations/{elicitation_id}", tag = "runs", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Run id"), ("elicitation_id" = Uuid, Path, description = "Question id")),
+    request_body = ElicitationAnswer,
+    responses((status = 200, body = RunResponse), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+async fn answer_elicitation(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, elicitation)): Path<(Uuid, Uuid)>,
+    Json(input): Json<ElicitationAnswer>,
+) -> Result<Json<RunResponse>> {
+    Ok(Json(
+        state
+            .runs
+            .answer_elicitation(&principal, id, elicitation, input)
+            .await?,
     ))
 }
 

@@ -4,6 +4,7 @@
 //! sources are WebAssembly plugins (the bundled ones load at start); MCP
 //! servers and built-ins join through the same [`ToolCatalogue`].
 
+pub mod asks;
 pub mod routes;
 
 use std::collections::BTreeMap;

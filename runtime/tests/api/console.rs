@@ -1078,3 +1078,98 @@ async fn console_connects_an_oauth_protected_mcp_server_in_one_click() {
     assert_eq!(status, 200, "{result}");
     assert!(result["result"].to_string().contains("alice"), "{result}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_answers_a_question_an_mcp_server_asks_during_a_run() {
+    let _one = BROWSER_LOCK.lock().await;
+    let Some(python) = crate::mcp::python() else {
+        return;
+    };
+    let app = app().await;
+    let admin = app.register("admin@example.com").await;
+    let (status, server) = app
+        .post(
+            "/api/v1/mcp-servers",
+            &admin.token,
+            crate::mcp::stdio_server(&python, "diner"),
+        )
+        .await;
+    assert_eq!(status, 201, "{server}");
+    let (status, agent) = app
+        .post(
+            "/api/v1/agents",
+            &admin.token,
+            json!({ "name": "Host", "instructions": "Book tables.",
+                    "model": { "provider": "openai", "model": "gpt-4o-mini" },
+                    "tools": ["diner__book"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let agent = agent["id"].as_str().unwrap().to_owned();
+    let Some(b) = Browser::open(&app.base, 1280, 860).await else {
+        return;
+    };
+    b.sign_in("admin@example.com").await;
+    let conversation = chat(
+        &b,
+        &app,
+        &admin,
+        &agent,
+        r#"call diner__book {"place":"Chez Anna"}"#,
+    )
+    .await;
+    b.wait_text("How many seats at Chez Anna?").await;
+    b.wait_text("waiting for your answer").await;
+    b.screenshot("chat-question").await;
+    // Out of range: the server's bounds hold the form back.
+    b.fill("Seats *", "12").await;
+    b.click("Send").await;
+    let overflow = b
+        .js("return document.querySelector('.question input[type=number]').validity.rangeOverflow")
+        .await;
+    assert_eq!(overflow, json!(true));
+    assert_eq!(
+        last_run(&app, &admin, &conversation).await["status"],
+        "requires_action"
+    );
+    b.fill("Seats *", "4").await;
+    b.client
+        .find(Locator::XPath("//label[contains(., 'Window')]/input"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.click("Send").await;
+    b.wait_text("booked 4 seats at Chez Anna (window: True")
+        .await;
+    assert_eq!(
+        last_run(&app, &admin, &conversation).await["status"],
+        "completed"
+    );
+    let violations = b.accessibility_violations().await;
+    assert!(violations.is_empty(), "question form: {violations:#?}");
+    drop(b);
+
+    // On a phone, the form fits the width.
+    let Some(phone) = Browser::open(&app.base, 390, 844).await else {
+        return;
+    };
+    phone.sign_in("admin@example.com").await;
+    chat(
+        &phone,
+        &app,
+        &admin,
+        &agent,
+        r#"call diner__book {"place":"Da Mario"}"#,
+    )
+    .await;
+    phone.wait_text("How many seats at Da Mario?").await;
+    let overflow = phone
+        .js("return document.documentElement.scrollWidth > window.innerWidth")
+        .await;
+    assert_eq!(overflow, json!(false), "no horizontal scrolling on a phone");
+    phone.screenshot("chat-question-phone").await;
+    phone.click("Decline").await;
+    phone.wait_text("not booked: the user chose decline").await;
+}

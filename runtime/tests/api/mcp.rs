@@ -55,7 +55,7 @@ async fn register(app: &TestApp, session: &Session, body: Value) -> Value {
     server
 }
 
-fn stdio_server(python: &Path, name: &str) -> Value {
+pub fn stdio_server(python: &Path, name: &str) -> Value {
     json!({
         "name": name,
         "transport": "stdio",
@@ -157,9 +157,9 @@ dual_test!(
         );
         let server = register(&app, &admin, body).await;
         assert_eq!(server["status"]["state"], "running", "{server}");
-        // Its 9 tools, and the resource reader Orchestra adds to servers
+        // Its 11 tools, and the resource reader Orchestra adds to servers
         // that offer resources.
-        assert_eq!(server["status"]["tool_count"], 10, "{server}");
+        assert_eq!(server["status"]["tool_count"], 12, "{server}");
         assert!(!server.to_string().contains("s3cret-value"));
         assert_eq!(
             server["env"]["FIXTURE_TOKEN"],
@@ -1739,6 +1739,50 @@ async fn server_everything_from_npm_is_bridged_and_served_again_with_the_same_ty
         sampled.to_string().contains("Hello from the model."),
         "{sampled}"
     );
+
+    // Its elicitation request inside a run: the run waits for the user,
+    // who answers the form of every field type it asks for.
+    let run = start_run(
+        &app,
+        &user,
+        json!(["everything__trigger-elicitation-request"]),
+        "call everything__trigger-elicitation-request {}",
+    )
+    .await;
+    let waiting = stopped_run(&app, &user.token, &run).await;
+    assert_eq!(waiting["status"], "requires_action", "{waiting}");
+    let question = &waiting["pending_elicitations"][0];
+    assert_eq!(question["server"], "everything", "{waiting}");
+    let fields = question["requested_schema"]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{question}"));
+    assert!(
+        fields.contains_key("titledMultipleSelectEnum"),
+        "{question}"
+    );
+    let (status, answered) = app
+        .post(
+            &format!(
+                "/api/v1/runs/{run}/elicitations/{}",
+                question["id"].as_str().unwrap()
+            ),
+            &user.token,
+            json!({ "action": "accept", "content": {
+                "name": "Ada Lovelace", "check": true, "email": "ada@example.com",
+                "integer": 7, "untitledSingleSelectEnum": "Joey",
+                "titledMultipleSelectEnum": ["fish-2"] } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answered}");
+    assert_eq!(
+        stopped_run(&app, &user.token, &run).await["status"],
+        "completed"
+    );
+    let result = tool_result(&app, &user.token, &run).await.to_string();
+    assert!(
+        result.contains("Ada Lovelace") && result.contains("fish-2"),
+        "{result}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1798,3 +1842,262 @@ async fn resource_subscriptions_pass_a_bridged_servers_updates_to_mcp_sessions()
         "{report}"
     );
 }
+
+/// Starts a run of a new agent of `session` with `tools` on `message`;
+/// the run's id.
+async fn start_run(app: &TestApp, session: &Session, tools: Value, message: &str) -> String {
+    let (status, agent) = app
+        .post(
+            "/api/v1/agents",
+            &session.token,
+            json!({
+                "name": format!("asker {}", uuid::Uuid::new_v4()),
+                "instructions": "You are a test agent.",
+                "model": { "provider": "openai", "model": "gpt-test" },
+                "tools": tools,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let conversation = app
+        .conversation(session, agent["id"].as_str().unwrap())
+        .await;
+    let (status, run) = app
+        .post(
+            &format!("/api/v1/conversations/{conversation}/runs"),
+            &session.token,
+            json!({ "message": message }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    run["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits (long polls) until run `id` stops: finished, or waiting.
+async fn stopped_run(app: &TestApp, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, run) = app
+            .get(&format!("/api/v1/runs/{id}?wait_secs=5"), token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{run}");
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run did not stop: {run}");
+    }
+}
+
+/// The result a run recorded for its tool call.
+async fn tool_result(app: &TestApp, token: &str, run: &str) -> Value {
+    let events = read_events(app, token, run, None, None).await;
+    events
+        .iter()
+        .find(|e| e.kind == "tool_call.completed")
+        .unwrap_or_else(|| panic!("no tool result: {events:?}"))
+        .data["result"]
+        .clone()
+}
+
+dual_test!(
+    a_question_a_bridged_server_asks_during_a_run_waits_for_the_users_answer,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        let other = app
+            .add_user(&admin, "other-asker@example.com", "user")
+            .await;
+        register(&app, &admin, stdio_server(&python, "fx")).await;
+
+        // The server asks during the call: the run waits for its user, the
+        // call stays open.
+        let run = start_run(
+            &app,
+            &user,
+            json!(["fx__book"]),
+            r#"call fx__book {"place":"Luigi's"}"#,
+        )
+        .await;
+        let waiting = stopped_run(&app, &user.token, &run).await;
+        assert_eq!(waiting["status"], "requires_action", "{waiting}");
+        assert_eq!(waiting["pending_tool_calls"], json!([]), "{waiting}");
+        let question = &waiting["pending_elicitations"][0];
+        assert_eq!(question["server"], "fx", "{waiting}");
+        assert_eq!(question["mode"], "form");
+        assert_eq!(question["status"], "pending");
+        assert_eq!(question["message"], "How many seats at Luigi's?");
+        let schema = &question["requested_schema"];
+        assert_eq!(schema["properties"]["seats"]["type"], "integer", "{schema}");
+        assert_eq!(schema["required"], json!(["seats"]), "{schema}");
+        assert!(question["expires_at"].is_string());
+        let qid = question["id"].as_str().unwrap();
+        let answer_at = format!("/api/v1/runs/{run}/elicitations/{qid}");
+        // Listed among the waiting runs of the conversation, too.
+        let conversation = waiting["conversation_id"].as_str().unwrap();
+        let (_, listed) = app
+            .get(
+                &format!("/api/v1/conversations/{conversation}/runs?status=requires_action"),
+                &user.token,
+            )
+            .await;
+        assert_eq!(listed["items"][0]["id"], run, "{listed}");
+
+        // Another user neither sees nor answers it.
+        assert_error(
+            &app.post(
+                &answer_at,
+                &other.token,
+                json!({ "action": "accept", "content": { "seats": 2 } }),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        // Answers that do not fit the question are refused; nothing changes.
+        let (status, refused) = app
+            .post(
+                &answer_at,
+                &user.token,
+                json!({ "action": "accept", "content": { "seats": 20 } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        assert!(refused.to_string().contains("content.seats"), "{refused}");
+        let (status, refused) = app
+            .post(&answer_at, &user.token, json!({ "action": "accept" }))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        let (status, refused) = app
+            .post(
+                &answer_at,
+                &user.token,
+                json!({ "action": "decline", "content": { "seats": 1 } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        let (status, refused) = app
+            .post(&answer_at, &user.token, json!({ "action": "maybe" }))
+            .await;
+        assert!(status.is_client_error(), "{status} {refused}");
+        let (_, still) = app.get(&format!("/api/v1/runs/{run}"), &user.token).await;
+        assert_eq!(
+            still["pending_elicitations"][0]["status"], "pending",
+            "{still}"
+        );
+
+        // The answer reaches the server, and the run goes on.
+        let (status, answered) = app
+            .post(
+                &answer_at,
+                &user.token,
+                json!({ "action": "accept", "content": { "seats": 3, "window": true } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answered}");
+        assert_error(
+            &app.post(&answer_at, &user.token, json!({ "action": "decline" }))
+                .await,
+            StatusCode::CONFLICT,
+            "conflict",
+        );
+        let done = stopped_run(&app, &user.token, &run).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let result = tool_result(&app, &user.token, &run).await;
+        assert!(
+            result
+                .to_string()
+                .contains("booked 3 seats at Luigi's (window: True, meal: none)"),
+            "{result}"
+        );
+        let events = read_events(&app, &user.token, &run, None, None).await;
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let asked = kinds
+            .iter()
+            .position(|k| *k == "elicitation.required")
+            .unwrap();
+        let answered = kinds
+            .iter()
+            .position(|k| *k == "elicitation.answered")
+            .unwrap();
+        let completed = kinds
+            .iter()
+            .position(|k| *k == "tool_call.completed")
+            .unwrap();
+        assert!(asked < answered && answered < completed, "{kinds:?}");
+        assert_eq!(events[answered].data["action"], "accept");
+
+        // URL mode: the user is sent to a page, then declines.
+        let run = start_run(&app, &user, json!(["fx__sign_in"]), "call fx__sign_in {}").await;
+        let waiting = stopped_run(&app, &user.token, &run).await;
+        let question = &waiting["pending_elicitations"][0];
+        assert_eq!(question["mode"], "url", "{waiting}");
+        assert_eq!(
+            question["url"],
+            "https://auth.example.com/sign-in?session=42"
+        );
+        let (status, _) = app
+            .post(
+                &format!(
+                    "/api/v1/runs/{run}/elicitations/{}",
+                    question["id"].as_str().unwrap()
+                ),
+                &user.token,
+                json!({ "action": "decline" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            stopped_run(&app, &user.token, &run).await["status"],
+            "completed"
+        );
+        let result = tool_result(&app, &user.token, &run).await;
+        assert!(result.to_string().contains("sign-in: decline"), "{result}");
+
+        // Cancelling a waiting run cancels the question and the call.
+        let run = start_run(
+            &app,
+            &user,
+            json!(["fx__book"]),
+            r#"call fx__book {"place":"X"}"#,
+        )
+        .await;
+        let waiting = stopped_run(&app, &user.token, &run).await;
+        let qid = waiting["pending_elicitations"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/runs/{run}/cancel"),
+                &user.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            stopped_run(&app, &user.token, &run).await["status"],
+            "cancelled"
+        );
+        assert_error(
+            &app.post(
+                &format!("/api/v1/runs/{run}/elicitations/{qid}"),
+                &user.token,
+                json!({ "action": "accept", "content": { "seats": 1 } }),
+            )
+            .await,
+            StatusCode::CONFLICT,
+            "conflict",
+        );
+
+        // Outside a run nobody can answer: the call fails, clearly.
+        let (status, outcome) =
+            invoke(&app, &user.token, "fx__book", json!({ "place": "Y" })).await;
+        assert!(
+            outcome.to_string().contains("no user can answer"),
+            "{status} {outcome}"
+        );
+    }
+);
