@@ -14,6 +14,10 @@
 //!   request id, and the notification must come with the same credential.
 //!   The registry is this node's: a cancellation reaching another node of a
 //!   cluster finds nothing (the client can still close its request).
+//! - Tasks of revision 2025-11-25 (see [`super::tasks`]): task-augmented
+//!   `tools/call` and the `tasks/*` requests are served here, and rmcp's
+//!   answers to `initialize` and `tools/list` gain the `tasks` capability and
+//!   the agent tools' `execution.taskSupport`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +32,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::host::PublicBase;
-use crate::oauth::model::{GrantedScopes, Scope};
+use super::tasks;
+use crate::http::AppState;
+use crate::oauth::model::{GrantedScopes, OAuthClient, Scope};
+use crate::users::model::Principal;
 
 /// The one protocol revision whose clients may send batches.
 const BATCH_REVISION: &str = "2025-03-26";
@@ -47,16 +54,18 @@ pub struct Framing {
     calls: Arc<Mutex<HashMap<(String, String), CancellationToken>>>,
     limit: usize,
     sessions: bool,
+    state: Arc<AppState>,
 }
 
 impl Framing {
     /// Framing for bodies up to `limit` bytes; `sessions` when rmcp keeps
     /// sessions (it then honours cancellations inside them itself).
-    pub fn new(limit: usize, sessions: bool) -> Framing {
+    pub fn new(state: AppState, limit: usize, sessions: bool) -> Framing {
         Framing {
             calls: Arc::default(),
             limit,
             sessions,
+            state: Arc::new(state),
         }
     }
 }
@@ -123,6 +132,16 @@ pub async fn frame(State(framing): State<Framing>, request: Request, next: Next)
         }
     };
     let in_session = framing.sessions && parts.headers.contains_key("mcp-session-id");
+    if let Some(response) = task_framing(&framing, &parts, &message).await {
+        return response;
+    }
+    if let Some(edit) = task_edit(&parts, &message) {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let response = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+        return rewrite(response, &id, edit, framing.limit).await;
+    }
     match message {
         Value::Array(batch) => batch_response(&framing, parts, batch, next).await,
         Value::Object(ref object) if !in_session => {
@@ -201,6 +220,156 @@ pub async fn frame(State(framing): State<Framing>, request: Request, next: Next)
                 .await
         }
     }
+}
+
+/// The revision the caller speaks (its `MCP-Protocol-Version` header).
+fn revision(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Serves the task requests of revision 2025-11-25 (see
+/// [`super::tasks`]); `None` for any other message.
+async fn task_framing(
+    framing: &Framing,
+    parts: &http::request::Parts,
+    message: &Value,
+) -> Option<Response> {
+    if revision(parts) != Some(tasks::REVISION) {
+        return None;
+    }
+    let method = message.get("method").and_then(Value::as_str)?;
+    let id = message.get("id").filter(|id| !id.is_null())?;
+    let augmented = method == "tools/call"
+        && message
+            .get("params")
+            .and_then(|p| p.get("task"))
+            .is_some_and(|t| !t.is_null());
+    if !augmented
+        && !matches!(
+            method,
+            "tasks/get" | "tasks/result" | "tasks/list" | "tasks/cancel"
+        )
+    {
+        return None;
+    }
+    let principal = parts.extensions.get::<Principal>()?;
+    let scopes = parts.extensions.get::<GrantedScopes>();
+    if scopes.is_some_and(|s| !s.allows(Scope::AgentsRun)) {
+        return Some(insufficient_scope(
+            parts,
+            Some(id.clone()),
+            Scope::AgentsRun,
+        ));
+    }
+    let caller = tasks::Caller {
+        principal,
+        scopes,
+        client: parts.extensions.get::<OAuthClient>(),
+    };
+    let answer = tasks::serve(&framing.state, caller, message).await;
+    Some((StatusCode::OK, axum::Json(answer)).into_response())
+}
+
+/// How rmcp's answer to this message is completed for tasks: the `tasks`
+/// capability in `initialize` (when revision 2025-11-25 is agreed), the
+/// agent tools' `execution.taskSupport` in `tools/list`.
+fn task_edit(parts: &http::request::Parts, message: &Value) -> Option<fn(&mut Value)> {
+    match message.get("method").and_then(Value::as_str)? {
+        "initialize"
+            if message
+                .get("params")
+                .and_then(|p| p.get("protocolVersion"))
+                .and_then(Value::as_str)
+                == Some(tasks::REVISION) =>
+        {
+            Some(|result: &mut Value| {
+                if result.get("protocolVersion").and_then(Value::as_str) == Some(tasks::REVISION) {
+                    result["capabilities"]["tasks"] = tasks::capability();
+                }
+            })
+        }
+        "tools/list" if revision(parts) == Some(tasks::REVISION) => Some(|result: &mut Value| {
+            if let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) {
+                for tool in tools {
+                    let agent = tool
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(tasks::supports);
+                    if agent {
+                        tool["execution"] = json!({ "taskSupport": "optional" });
+                    }
+                }
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Applies `edit` to the result of the answer to request `id` in
+/// `response` (a JSON body or an event stream that ends with the answer).
+async fn rewrite(response: Response, id: &Value, edit: fn(&mut Value), limit: usize) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = match axum::body::to_bytes(body, limit.max(16 << 20)).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return jsonrpc_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                id.clone(),
+                -32603,
+                "Internal error: the answer could not be read",
+            )
+        }
+    };
+    let apply = |text: &str| -> Option<String> {
+        let mut value: Value = serde_json::from_str(text).ok()?;
+        if value.get("id") != Some(id) {
+            return None;
+        }
+        edit(value.get_mut("result")?);
+        Some(value.to_string())
+    };
+    let out = if content_type.starts_with("text/event-stream") {
+        let text = String::from_utf8_lossy(&bytes);
+        let events: Vec<String> = text
+            .split("\n\n")
+            .map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                match apply(&data.join("\n")) {
+                    Some(edited) => {
+                        let mut lines: Vec<String> = event
+                            .lines()
+                            .filter(|line| !line.starts_with("data:"))
+                            .map(str::to_owned)
+                            .collect();
+                        lines.push(format!("data: {edited}"));
+                        lines.join("\n")
+                    }
+                    None => event.to_owned(),
+                }
+            })
+            .collect();
+        Bytes::from(events.join("\n\n"))
+    } else {
+        match std::str::from_utf8(&bytes).ok().and_then(apply) {
+            Some(edited) => Bytes::from(edited),
+            None => bytes,
+        }
+    };
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
 }
 
 /// 403 for a token without the scope a call needs, with the challenge

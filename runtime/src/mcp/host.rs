@@ -1013,7 +1013,11 @@ pub fn router(state: AppState) -> axum::Router<AppState> {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let framing = Framing::new(state.config.http.body_limit_bytes, mcp.sessions);
+    let framing = Framing::new(
+        state.clone(),
+        state.config.http.body_limit_bytes,
+        mcp.sessions,
+    );
     axum::Router::new()
         .route_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(framing, frame))

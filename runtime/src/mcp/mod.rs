@@ -14,6 +14,7 @@ pub mod framing;
 pub mod host;
 pub mod offers;
 pub mod routes;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

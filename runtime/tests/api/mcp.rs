@@ -2101,3 +2101,135 @@ dual_test!(
         );
     }
 );
+
+dual_test!(
+    agent_tools_run_as_tasks_of_revision_2025_11_25_that_a_client_polls_and_fetches_later,
+    with_vendor_only,
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        for (name, config) in [
+            ("Helper", json!({})),
+            ("Careful", json!({ "require_approval": true })),
+        ] {
+            let (status, agent) = app
+                .post(
+                    "/api/v1/agents",
+                    &user.token,
+                    json!({ "name": name, "instructions": "Help.",
+                            "model": { "provider": "openai", "model": "gpt-test" },
+                            "tools": ["calculator__evaluate"], "config": config }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{agent}");
+        }
+        let (_, key) = app.api_key(&user, "tasks").await;
+        let output = tokio::process::Command::new(&python)
+            .arg(fixture("tasks_client.py"))
+            .arg(&app.base)
+            .arg(&key)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+        // Declared for the revision that has them, not for older ones.
+        assert_eq!(report["protocol"], "2025-11-25", "{report}");
+        assert_eq!(
+            report["capability"],
+            json!({ "list": {}, "cancel": {}, "requests": { "tools": { "call": {} } } })
+        );
+        assert_eq!(report["older_capability"], false);
+        assert_eq!(report["task_support"]["agent__helper"], "optional");
+        assert_eq!(report["task_support"]["calculator__evaluate"], Value::Null);
+
+        // Started at once, polled to the end, result fetched later.
+        assert_eq!(report["created"]["status"], "working", "{report}");
+        assert_eq!(report["created"]["ttl"], 120000);
+        assert_eq!(report["created"]["poll_interval"], 1000);
+        assert_eq!(
+            report["polled"].as_array().unwrap().last().unwrap(),
+            "completed"
+        );
+        assert_eq!(report["result"]["is_error"], false, "{report}");
+        assert_eq!(report["result"]["structured"]["status"], "completed");
+        assert!(report["result"]["structured"]["answer"].is_string());
+        assert!(report["result"]["related"]["taskId"].is_string());
+        // tasks/result waited for the slow answer.
+        assert!(
+            report["waited"]["answer"]
+                .as_str()
+                .unwrap()
+                .contains("tick"),
+            "{report}"
+        );
+        // Waiting for an approval is input_required.
+        assert_eq!(report["approval"]["status"], "input_required", "{report}");
+        assert!(report["approval"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("approval"));
+        assert_eq!(report["cancelled"], "cancelled", "{report}");
+        assert_eq!(report["cancel_again"], -32602);
+        assert_eq!(report["listed"], 4);
+        assert_eq!(
+            report["listed_statuses"],
+            json!(["cancelled", "completed", "completed", "input_required"])
+        );
+        assert_eq!(report["unknown"], -32602);
+        assert_eq!(report["not_an_agent"], -32601);
+        assert_eq!(report["bad_cursor"], -32602);
+
+        // The tasks are backed by the runs: the run of the cancelled task
+        // is cancelled.
+        let task = report["first_task"].as_str().unwrap();
+        // Another user (an admin included) finds none of them.
+        let (_, admin_key) = app.api_key(&admin, "tasks").await;
+        let ask = |key: String, method: &'static str| {
+            let app = &app;
+            async move {
+                post_mcp(
+                    app,
+                    &key,
+                    Some("2025-11-25"),
+                    json!({ "jsonrpc": "2.0", "id": 1, "method": method,
+                            "params": { "taskId": task } })
+                    .to_string(),
+                )
+                .await
+            }
+        };
+        for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+            let (status, answer) = ask(admin_key.clone(), method).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(answer["error"]["code"], -32602, "{method}: {answer}");
+        }
+        let (_, listed) = post_mcp(
+            &app,
+            &admin_key,
+            Some("2025-11-25"),
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tasks/list" }).to_string(),
+        )
+        .await;
+        assert_eq!(listed["result"]["tasks"], json!([]), "{listed}");
+        // The owner's other credentials share them.
+        let (_, again) = ask(key.clone(), "tasks/get").await;
+        assert_eq!(again["result"]["status"], "cancelled", "{again}");
+        // Under an older revision, tasks/* are not this server's methods.
+        let (_, older) = post_mcp(
+            &app,
+            &key,
+            Some("2025-06-18"),
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tasks/get",
+                    "params": { "taskId": task } })
+            .to_string(),
+        )
+        .await;
+        assert!(older["error"].is_object(), "{older}");
+    }
+);
