@@ -689,7 +689,7 @@ async fn users_bridge_their_own_http_servers_with_timeouts_and_cancellation() {
     }
 }
 
-fn with_vendor_only(config: &mut orchestra::config::Config) {
+pub fn with_vendor_only(config: &mut orchestra::config::Config) {
     with_vendor(config);
 }
 

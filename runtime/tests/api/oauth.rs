@@ -867,3 +867,82 @@ dual_test!(
         );
     }
 );
+
+/// A JSON-RPC request of revision 2025-11-25 to `/mcp`: (status, answer).
+async fn mcp_2025_11_25(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
+    let response = app
+        .client
+        .post(format!("{}/mcp", app.base))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+dual_test!(
+    an_mcp_clients_tasks_are_its_own_and_need_the_agents_scope,
+    crate::mcp::with_vendor_only,
+    |app: TestApp| async move {
+        let (_, user) = app.admin_and_user().await;
+        let (status, agent) = app
+            .post(
+                "/api/v1/agents",
+                &user.token,
+                json!({ "name": "Helper", "instructions": "Help.",
+                        "model": { "provider": "openai", "model": "gpt-test" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{agent}");
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (_, client) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
+            clients.push(client["client_id"].as_str().unwrap().to_owned());
+        }
+        let first = connect(&app, &user, &clients[0], &["tools:read", "agents:run"]).await;
+        let first = first["access_token"].as_str().unwrap().to_owned();
+        let second = connect(&app, &user, &clients[1], &["tools:read", "agents:run"]).await;
+        let second = second["access_token"].as_str().unwrap().to_owned();
+        let narrow = {
+            let (_, client) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
+            let id = client["client_id"].as_str().unwrap().to_owned();
+            connect(&app, &user, &id, &["tools:read"]).await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let mut start = call("agent__helper", json!({ "message": "hello" }));
+        start["params"]["task"] = json!({});
+        let (status, created) = mcp_2025_11_25(&app, &first, start.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let task = created["result"]["task"]["taskId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let get = json!({ "jsonrpc": "2.0", "id": 2, "method": "tasks/get",
+                          "params": { "taskId": task } });
+        let (_, got) = mcp_2025_11_25(&app, &first, get.clone()).await;
+        assert!(got["result"]["status"].is_string(), "{got}");
+        // Another client of the same user neither reads, lists nor cancels it.
+        let (_, got) = mcp_2025_11_25(&app, &second, get.clone()).await;
+        assert_eq!(got["error"]["code"], -32602, "{got}");
+        let cancel = json!({ "jsonrpc": "2.0", "id": 3, "method": "tasks/cancel",
+                             "params": { "taskId": task } });
+        let (_, refused) = mcp_2025_11_25(&app, &second, cancel).await;
+        assert_eq!(refused["error"]["code"], -32602, "{refused}");
+        let list = json!({ "jsonrpc": "2.0", "id": 4, "method": "tasks/list" });
+        let (_, listed) = mcp_2025_11_25(&app, &second, list.clone()).await;
+        assert_eq!(listed["result"]["tasks"], json!([]), "{listed}");
+        let (_, listed) = mcp_2025_11_25(&app, &first, list).await;
+        assert_eq!(listed["result"]["tasks"][0]["taskId"], task, "{listed}");
+        // Without agents:run, no task starts and none is read.
+        let (status, _) = mcp_2025_11_25(&app, &narrow, start).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = mcp_2025_11_25(&app, &narrow, get).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+);
