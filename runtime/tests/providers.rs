@@ -224,6 +224,7 @@ fn tool_loop() -> ChatRequest {
         messages: vec![
             ChatMessage::User {
                 text: "Weather in Paris and 6*7?".into(),
+                images: vec![],
             },
             ChatMessage::Assistant {
                 text: Some("Checking both.".into()),
@@ -246,11 +247,13 @@ fn tool_loop() -> ChatRequest {
                 call_id: "call_a1".into(),
                 content: "18C, cloudy".into(),
                 is_error: false,
+                images: vec![],
             },
             ChatMessage::ToolResult {
                 call_id: "call_b2".into(),
                 content: "calculator offline".into(),
                 is_error: true,
+                images: vec![],
             },
         ],
         tools: tools(),
@@ -266,9 +269,71 @@ fn hello() -> ChatRequest {
         system: Some("You are terse.".into()),
         messages: vec![ChatMessage::User {
             text: "Say hello".into(),
+            images: vec![],
         }],
         ..ChatRequest::default()
     }
+}
+
+/// A turn with a user's image and a tool's: what vision models are sent.
+fn with_images() -> ChatRequest {
+    let mut request = tool_loop();
+    request.messages[0] = ChatMessage::User {
+        text: "What is in this photo?".into(),
+        images: vec!["https://example.com/cat.jpg".into()],
+    };
+    if let ChatMessage::ToolResult { images, .. } = &mut request.messages[2] {
+        *images = vec!["data:image/png;base64,iVBORw0KGgo=".into()];
+    }
+    request
+}
+
+#[tokio::test]
+async fn openai_local_wire_server_receives_the_images_of_users_and_tools() {
+    let (wire, base) = serve_wire(vec![Reply::sse(OPENAI_TEXT)]).await;
+    collect(openai(&base, policy()).stream(with_images()), |_| {})
+        .await
+        .unwrap();
+    let requests = wire.requests.lock().unwrap();
+    let messages = requests[0].1["messages"].as_array().unwrap().clone();
+    assert_eq!(
+        messages[1]["content"],
+        json!([{ "type": "text", "text": "What is in this photo?" },
+               { "type": "image_url", "image_url": { "url": "https://example.com/cat.jpg" } }])
+    );
+    // Tool messages take text; the tool's image follows them, as the user's.
+    assert_eq!(messages[3]["role"], "tool");
+    assert_eq!(messages[3]["content"], "18C, cloudy");
+    assert_eq!(messages[4]["role"], "tool");
+    assert_eq!(messages[5]["role"], "user");
+    assert_eq!(
+        messages[5]["content"],
+        json!([{ "type": "text", "text": "The images the tool call call_a1 returned:" },
+               { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgo=" } }])
+    );
+    assert_eq!(messages.len(), 6);
+}
+
+#[tokio::test]
+async fn anthropic_local_wire_server_receives_the_images_of_users_and_tools() {
+    let (wire, base) = serve_wire(vec![Reply::sse(ANTHROPIC_TEXT)]).await;
+    collect(anthropic(&base, policy()).stream(with_images()), |_| {})
+        .await
+        .unwrap();
+    let requests = wire.requests.lock().unwrap();
+    let messages = requests[0].1["messages"].as_array().unwrap().clone();
+    assert_eq!(
+        messages[0]["content"],
+        json!([{ "type": "text", "text": "What is in this photo?" },
+               { "type": "image", "source": { "type": "url", "url": "https://example.com/cat.jpg" } }])
+    );
+    let results = messages[2]["content"].as_array().unwrap();
+    assert_eq!(
+        results[0]["content"],
+        json!([{ "type": "text", "text": "18C, cloudy" },
+               { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo=" } }])
+    );
+    assert_eq!(results[1]["content"], "calculator offline");
 }
 
 #[tokio::test]

@@ -134,6 +134,11 @@ export function AgentEditor({ id }) {
             </select>
           </${Field}>
         </div>
+        <label class="check"><input type="checkbox" checked=${spec.config.vision !== false} onChange=${(e) => {
+            const config = { ...spec.config };
+            if (e.target.checked) delete config.vision; else config.vision = false;
+            set('config', config);
+          }} /> <span>The model sees images <small class="muted">(yours, and those tools return; off for text-only models, which get a description)</small></span></label>
         ${!modelOptions.length && models.data ? html`<p class="note warn">No model is available. <${Link} href="/models">Add a provider</${Link}> first.</p>` : null}
         <${Field} label="Description"><input maxlength="2000" value=${spec.description || ''} onInput=${(e) => set('description', e.target.value)} /></${Field}>
         <${Field} label="Instructions" hint="The system prompt: who the agent is and how it works.">

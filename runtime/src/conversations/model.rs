@@ -181,6 +181,10 @@ pub enum ContentPart {
         content: String,
         /// Whether the call failed.
         is_error: bool,
+        /// Images the tool returned (`data:` URLs), given to models that
+        /// take images (the text describes them for the others).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<String>,
     },
 }
 

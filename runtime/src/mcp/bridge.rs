@@ -1507,7 +1507,10 @@ impl Server {
                     text: Some(text),
                     tool_calls: Vec::new(),
                 },
-                _ => crate::providers::ChatMessage::User { text },
+                _ => crate::providers::ChatMessage::User {
+                    text,
+                    images: Vec::new(),
+                },
             });
         }
         if messages.is_empty() {

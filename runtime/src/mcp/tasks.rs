@@ -400,29 +400,18 @@ async fn result(
     caller: &Caller<'_>,
     row: &TaskRow,
 ) -> Result<std::result::Result<Value, Refusal>> {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(state.config.mcp.agent_timeout_secs);
-    let mut watch = state.runs.bus().watch(row.run_id);
-    let run = loop {
-        watch.stops.borrow_and_update();
-        let run = state.runs.get(caller.principal, row.run_id).await?;
-        if terminal(run.status) {
-            break run;
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Ok(Err((
-                -32603,
-                format!(
-                    "the task is still {} after {} s; call tasks/result again, or poll tasks/get",
-                    task_json(row, &run)["status"].as_str().unwrap_or("working"),
-                    state.config.mcp.agent_timeout_secs
-                ),
-            )));
-        }
-        let until = deadline.min(now + Duration::from_secs(1));
-        let _ = tokio::time::timeout_at(until, watch.stops.changed()).await;
-    };
+    let limit = Duration::from_secs(state.config.mcp.agent_timeout_secs);
+    let run = until_ended(state, caller.principal, row.run_id, limit).await?;
+    if !terminal(run.status) {
+        return Ok(Err((
+            -32603,
+            format!(
+                "the task is still {} after {} s; call tasks/result again, or poll tasks/get",
+                task_json(row, &run)["status"].as_str().unwrap_or("working"),
+                limit.as_secs()
+            ),
+        )));
+    }
     let host = McpHost::for_principal(state.clone(), caller.principal.clone());
     let outcome = host.agent_result(row.conversation_id, run).await;
     let mut value = serde_json::to_value(outcome).unwrap_or_else(|_| json!({}));
@@ -448,10 +437,31 @@ async fn cancel(
         )));
     }
     state.runs.cancel(caller.principal, row.run_id).await?;
-    // A running run stops at its worker's next step: shortly.
-    let run = state
-        .runs
-        .wait(caller.principal, row.run_id, Duration::from_secs(5))
-        .await?;
+    // A running run (or one whose call waits for an answer) stops at its
+    // worker's next await: shortly.
+    let run = until_ended(state, caller.principal, row.run_id, Duration::from_secs(5)).await?;
     Ok(Ok(task_json(row, &run)))
+}
+
+/// Run `id` once it has ended, or as it is after `limit`: woken by the run
+/// bus, reading again at least every second (a signal from another node
+/// may be lost).
+async fn until_ended(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    limit: Duration,
+) -> Result<RunResponse> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut watch = state.runs.bus().watch(id);
+    loop {
+        watch.stops.borrow_and_update();
+        let run = state.runs.get(principal, id).await?;
+        let now = tokio::time::Instant::now();
+        if terminal(run.status) || now >= deadline {
+            return Ok(run);
+        }
+        let until = deadline.min(now + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(until, watch.stops.changed()).await;
+    }
 }

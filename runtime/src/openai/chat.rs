@@ -388,6 +388,7 @@ impl HistoryBuilder {
                 name,
                 content,
                 is_error,
+                images: Vec::new(),
             }],
         );
         Ok(())

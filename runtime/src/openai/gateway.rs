@@ -156,7 +156,8 @@ pub async fn complete(
     if let Some(input) = &call.input {
         rows.push((MessageRole::User.as_str(), input.as_slice()));
     }
-    let (system, messages) = chat_messages("", rows.into_iter(), None);
+    // The client chose the model for the images it sends.
+    let (system, messages) = chat_messages("", rows.into_iter(), None, true);
     let request = ChatRequest {
         model: call.model.to_owned(),
         system,

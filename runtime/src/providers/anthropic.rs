@@ -62,16 +62,33 @@ fn push(messages: &mut Vec<Value>, role: &str, block: Value) {
     }
 }
 
+/// An image block: inline data from a `data:` URL, else by URL.
+fn image_block(url: &str) -> Value {
+    if let Some((mime, data)) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+    {
+        return json!({ "type": "image",
+                       "source": { "type": "base64", "media_type": mime, "data": data } });
+    }
+    json!({ "type": "image", "source": { "type": "url", "url": url } })
+}
+
 /// The request body for `request`.
 pub fn body(request: &ChatRequest) -> Value {
     let mut messages: Vec<Value> = Vec::new();
     for message in &request.messages {
         match message {
-            ChatMessage::User { text } => push(
-                &mut messages,
-                "user",
-                json!({ "type": "text", "text": text }),
-            ),
+            ChatMessage::User { text, images } => {
+                push(
+                    &mut messages,
+                    "user",
+                    json!({ "type": "text", "text": text }),
+                );
+                for url in images {
+                    push(&mut messages, "user", image_block(url));
+                }
+            }
             ChatMessage::Assistant { text, tool_calls } => {
                 if let Some(text) = text.as_deref().filter(|t| !t.is_empty()) {
                     push(
@@ -92,7 +109,15 @@ pub fn body(request: &ChatRequest) -> Value {
                 call_id,
                 content,
                 is_error,
+                images,
             } => {
+                let content = if images.is_empty() {
+                    json!(content)
+                } else {
+                    let mut blocks = vec![json!({ "type": "text", "text": content })];
+                    blocks.extend(images.iter().map(|url| image_block(url)));
+                    Value::Array(blocks)
+                };
                 let mut block =
                     json!({ "type": "tool_result", "tool_use_id": call_id, "content": content });
                 if *is_error {

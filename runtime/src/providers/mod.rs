@@ -33,6 +33,8 @@ pub enum ChatMessage {
     User {
         /// The text.
         text: String,
+        /// Images (`https://` or `data:` URLs), for models that take them.
+        images: Vec<String>,
     },
     /// What the model answered: text, tool calls, or both.
     Assistant {
@@ -49,6 +51,9 @@ pub enum ChatMessage {
         content: String,
         /// Whether the tool failed (the model sees the error).
         is_error: bool,
+        /// Images the tool returned (`data:` URLs), for models that take
+        /// them.
+        images: Vec<String>,
     },
 }
 

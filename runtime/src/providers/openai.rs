@@ -52,9 +52,22 @@ pub fn body(request: &ChatRequest) -> Value {
     if let Some(system) = &request.system {
         messages.push(json!({ "role": "system", "content": system }));
     }
+    // Images tools returned go in a user message after the tool messages
+    // of the same answer (tool messages carry text only).
+    let mut tool_images: Vec<Value> = Vec::new();
     for message in &request.messages {
+        if !matches!(message, ChatMessage::ToolResult { .. }) && !tool_images.is_empty() {
+            messages.push(json!({ "role": "user", "content": std::mem::take(&mut tool_images) }));
+        }
         messages.push(match message {
-            ChatMessage::User { text } => json!({ "role": "user", "content": text }),
+            ChatMessage::User { text, images } if images.is_empty() => {
+                json!({ "role": "user", "content": text })
+            }
+            ChatMessage::User { text, images } => {
+                let mut parts = vec![json!({ "type": "text", "text": text })];
+                parts.extend(images.iter().map(|url| image_part(url)));
+                json!({ "role": "user", "content": parts })
+            }
             ChatMessage::Assistant { text, tool_calls } => {
                 let mut m = json!({ "role": "assistant", "content": text });
                 if !tool_calls.is_empty() {
@@ -72,9 +85,22 @@ pub fn body(request: &ChatRequest) -> Value {
                 m
             }
             ChatMessage::ToolResult {
-                call_id, content, ..
-            } => json!({ "role": "tool", "tool_call_id": call_id, "content": content }),
+                call_id,
+                content,
+                images,
+                ..
+            } => {
+                if !images.is_empty() {
+                    tool_images.push(json!({ "type": "text",
+                        "text": format!("The images the tool call {call_id} returned:") }));
+                    tool_images.extend(images.iter().map(|url| image_part(url)));
+                }
+                json!({ "role": "tool", "tool_call_id": call_id, "content": content })
+            }
         });
+    }
+    if !tool_images.is_empty() {
+        messages.push(json!({ "role": "user", "content": tool_images }));
     }
     let mut body = json!({
         "model": request.model,
@@ -107,6 +133,11 @@ pub fn body(request: &ChatRequest) -> Value {
         body["temperature"] = json!(t);
     }
     body
+}
+
+/// An image content part.
+fn image_part(url: &str) -> Value {
+    json!({ "type": "image_url", "image_url": { "url": url } })
 }
 
 /// `{"error": {"message", "type", "param", "code"}}`, or whatever came.

@@ -454,6 +454,56 @@ fn result_text(value: &Value) -> String {
     }
 }
 
+/// Whether an agent's model is given images (`config.vision`, on unless
+/// set to `false`: for models that take text only).
+pub fn takes_images(config: &Map<String, Value>) -> bool {
+    config
+        .get("vision")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+}
+
+/// Image types every vendor that takes images accepts.
+const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// The images a tool's result holds (MCP image blocks), as `data:` URLs.
+fn result_images(value: &Value) -> Vec<String> {
+    let Value::Array(blocks) = value else {
+        return Vec::new();
+    };
+    if !blocks.iter().all(is_content_block) {
+        return Vec::new();
+    }
+    blocks
+        .iter()
+        .filter(|b| b["type"] == "image")
+        .filter_map(|b| {
+            let mime = b["mimeType"].as_str()?;
+            let data = b["data"].as_str()?;
+            IMAGE_TYPES
+                .contains(&mime)
+                .then(|| format!("data:{mime};base64,{data}"))
+        })
+        .take(MAX_RESULT_IMAGES)
+        .collect()
+}
+
+/// Images of one tool result given to a model.
+const MAX_RESULT_IMAGES: usize = 8;
+
+/// An image as text, for models that take none: its URL, or the type and
+/// size of inline data.
+fn image_description(url: &str) -> String {
+    match url.strip_prefix("data:") {
+        Some(rest) => {
+            let (mime, data) = rest.split_once(',').unwrap_or((rest, ""));
+            let mime = mime.trim_end_matches(";base64");
+            format!("[image {mime}, {} bytes]", data.len() / 4 * 3)
+        }
+        None => format!("[image <{url}>]"),
+    }
+}
+
 /// Whether `value` is an MCP content block (what a bridged tool returns
 /// when its result is not text alone).
 fn is_content_block(value: &Value) -> bool {
@@ -782,6 +832,7 @@ impl Execution {
                 .iter()
                 .map(|m| (m.role.as_str(), m.content.0.as_slice())),
             self.options().and_then(|o| o.instructions.as_deref()),
+            takes_images(&agent.config.0),
         )
     }
 
@@ -1455,6 +1506,7 @@ impl Execution {
                 name: call.name.clone(),
                 content,
                 is_error,
+                images: result_images(&result),
             }],
         );
         let event = self.event(
@@ -1505,10 +1557,15 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 /// then the conversation's system messages, then `extra`) and the messages
 /// in the provider-neutral form, each answer's tool results in the order
 /// of its calls.
+///
+/// With `vision`, images (the user's, and those tools returned) go to the
+/// model as images; without, the user's are described in the text (tool
+/// results describe theirs already).
 pub fn chat_messages<'a>(
     instructions: &str,
     history: impl Iterator<Item = (&'a str, &'a [ContentPart])>,
     extra: Option<&str>,
+    vision: bool,
 ) -> (Option<String>, Vec<ChatMessage>) {
     let mut system = instructions.to_owned();
     let mut out = Vec::new();
@@ -1520,9 +1577,28 @@ pub fn chat_messages<'a>(
                 }
                 system.push_str(&text_of(content));
             }
-            Some(MessageRole::User) => out.push(ChatMessage::User {
-                text: text_of(content),
-            }),
+            Some(MessageRole::User) => {
+                let urls: Vec<String> = content
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Image { url } => Some(url.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut text = text_of(content);
+                if !vision {
+                    for url in &urls {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(&image_description(url));
+                    }
+                }
+                out.push(ChatMessage::User {
+                    text,
+                    images: if vision { urls } else { Vec::new() },
+                })
+            }
             Some(MessageRole::Assistant) => {
                 let text = text_of(content);
                 let tool_calls = tool_calls_of(content);
@@ -1537,6 +1613,7 @@ pub fn chat_messages<'a>(
                         call_id,
                         content,
                         is_error,
+                        images,
                         ..
                     } = p
                     {
@@ -1544,6 +1621,7 @@ pub fn chat_messages<'a>(
                             call_id: call_id.clone(),
                             content: content.clone(),
                             is_error: *is_error,
+                            images: if vision { images.clone() } else { Vec::new() },
                         });
                     }
                 }
@@ -1672,5 +1750,55 @@ mod tests {
         assert_eq!(result_text(&json!([1, 2])), "[1,2]");
         assert_eq!(result_text(&json!({ "a": 1 })), "{\"a\":1}");
         assert_eq!(result_text(&json!("plain")), "plain");
+        // The image also rides along for models that take images; audio
+        // and binary resources do not.
+        assert_eq!(
+            result_images(&blocks),
+            ["data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="]
+        );
+        assert!(result_images(&json!([1, 2])).is_empty());
+        let svg = json!([{ "type": "image", "data": "PHN2Zz4=", "mimeType": "image/svg+xml" }]);
+        assert!(result_images(&svg).is_empty(), "a type vendors refuse");
+    }
+
+    #[test]
+    fn images_go_to_models_that_take_them_and_are_described_to_the_others() {
+        let user = vec![
+            ContentPart::Text {
+                text: "what is this?".into(),
+            },
+            ContentPart::Image {
+                url: "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg==".into(),
+            },
+        ];
+        let tool = vec![ContentPart::ToolResult {
+            call_id: "c1".into(),
+            name: "shot__take".into(),
+            content: "[image image/png, 3 bytes]".into(),
+            is_error: false,
+            images: vec!["data:image/png;base64,AAAA".into()],
+        }];
+        let history = || [("user", user.as_slice()), ("tool", tool.as_slice())].into_iter();
+        let (_, seen) = chat_messages("", history(), None, true);
+        assert_eq!(
+            seen[0],
+            ChatMessage::User {
+                text: "what is this?".into(),
+                images: vec!["data:image/png;base64,iVBORw0KGgoAAAANSUhEUg==".into()],
+            }
+        );
+        assert!(matches!(&seen[1], ChatMessage::ToolResult { images, .. } if images.len() == 1));
+        let (_, told) = chat_messages("", history(), None, false);
+        assert_eq!(
+            told[0],
+            ChatMessage::User {
+                text: "what is this?\n[image image/png, 18 bytes]".into(),
+                images: vec![],
+            }
+        );
+        assert!(matches!(&told[1], ChatMessage::ToolResult { images, .. } if images.is_empty()));
+        assert!(takes_images(&Map::new()));
+        let off = json!({ "vision": false });
+        assert!(!takes_images(off.as_object().unwrap()));
     }
 }

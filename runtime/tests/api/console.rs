@@ -382,6 +382,16 @@ async fn console_builds_an_agent_and_chats_with_streaming_tool_cards_and_inert_m
     b.js("const li = [...document.querySelectorAll('.tools-picker li')].find(l => l.textContent.includes('calculator__evaluate'));
           li.querySelector('input').click(); return true;")
         .await;
+    // A text-only model: images are described to it instead.
+    b.client
+        .find(Locator::XPath(
+            "//label[contains(., 'The model sees images')]/input",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     b.screenshot("agent-editor").await;
     b.click("Create agent").await;
     b.until(
@@ -395,6 +405,7 @@ async fn console_builds_an_agent_and_chats_with_streaming_tool_cards_and_inert_m
     assert_eq!(agent["name"], "Calculator helper");
     assert_eq!(agent["tools"], json!(["calculator__evaluate"]));
     assert_eq!(agent["model"]["model"], "gpt-4o-mini");
+    assert_eq!(agent["config"]["vision"], false, "{agent}");
     let agent = agent["id"].as_str().unwrap().to_owned();
 
     // Text appears while the run is still going (the vendor pauses 100 ms

@@ -406,6 +406,8 @@ dual_test!(
         assert!(answer.contains("four blocks follow"), "{answer}");
         assert!(answer.contains("[image image/png,"), "{answer}");
         assert!(!answer.contains("iVBOR"), "{answer}");
+        // ... and the image itself, since the model takes images.
+        assert!(answer.contains("(images: data:image/png)"), "{answer}");
 
         // An agent reads a resource through the reader tool.
         let answer = agent_answer(
@@ -1903,6 +1905,8 @@ dual_test!(
     a_question_a_bridged_server_asks_during_a_run_waits_for_the_users_answer,
     |config: &mut orchestra::config::Config| {
         with_vendor(config);
+        // The webhook receiver below is on loopback.
+        config.egress.allow_private_user_endpoints = true;
     },
     |app: TestApp| async move {
         let Some(python) = python() else { return };
@@ -1911,6 +1915,15 @@ dual_test!(
             .add_user(&admin, "other-asker@example.com", "user")
             .await;
         register(&app, &admin, stdio_server(&python, "fx")).await;
+        let (status, hook) = app
+            .post(
+                "/api/v1/webhooks",
+                &user.token,
+                json!({ "url": "http://127.0.0.1:9/hook", "events": ["run.requires_action"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{hook}");
+        let hook = hook["id"].as_str().unwrap().to_owned();
 
         // The server asks during the call: the run waits for its user, the
         // call stays open.
@@ -1934,6 +1947,14 @@ dual_test!(
         assert_eq!(schema["required"], json!(["seats"]), "{schema}");
         assert!(question["expires_at"].is_string());
         let qid = question["id"].as_str().unwrap();
+        // Subscribers hear of it as of an approval.
+        let (_, deliveries) = app
+            .get(&format!("/api/v1/webhooks/{hook}/deliveries"), &user.token)
+            .await;
+        assert_eq!(
+            deliveries["items"][0]["event_type"], "run.requires_action",
+            "{deliveries}"
+        );
         let answer_at = format!("/api/v1/runs/{run}/elicitations/{qid}");
         // Listed among the waiting runs of the conversation, too.
         let conversation = waiting["conversation_id"].as_str().unwrap();
@@ -2077,10 +2098,17 @@ dual_test!(
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        assert_eq!(
-            stopped_run(&app, &user.token, &run).await["status"],
-            "cancelled"
-        );
+        // The worker holding the call stops it at once (it still shows
+        // waiting until then).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let run = stopped_run(&app, &user.token, &run).await;
+            if run["status"] == "cancelled" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not cancelled: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_error(
             &app.post(
                 &format!("/api/v1/runs/{run}/elicitations/{qid}"),

@@ -275,6 +275,49 @@ dual_test!(
 static VENDORS: Mutex<Vec<Vendor>> = Mutex::new(Vec::new());
 
 dual_test!(
+    a_users_images_reach_models_that_take_images_and_are_described_to_the_others,
+    |config: &mut Config| {
+        let vendor = with_vendor(config);
+        VENDORS.lock().unwrap().push(vendor);
+    },
+    |app: TestApp| async move {
+        let admin = app.register("admin@example.com").await;
+        let marker = uuid::Uuid::new_v4().to_string();
+        let url = format!("https://example.com/{marker}.jpg");
+        let seen = |text: &'static str| {
+            let marker = marker.clone();
+            move || -> Value {
+                let vendors = VENDORS.lock().unwrap().clone();
+                vendors
+                    .iter()
+                    .flat_map(|v| v.requests.lock().unwrap().clone())
+                    .map(|r| r["messages"][1]["content"].clone())
+                    .find(|c| c.to_string().contains(&marker) && c.to_string().contains(text))
+                    .expect("a vendor saw the message")
+            }
+        };
+        let message = |text: &str| json!({ "message": [{ "type": "text", "text": text }, { "type": "image", "url": url }] });
+        // By default the model takes images: they go as image parts.
+        let conv = start(&app, &admin, json!([]), json!({})).await;
+        let id = run_id(&app, &admin, &conv, message("look")).await;
+        read_events(&app, &admin.token, &id, None, None).await;
+        assert_eq!(
+            seen("look")(),
+            json!([{ "type": "text", "text": "look" },
+                   { "type": "image_url", "image_url": { "url": url } }])
+        );
+        // A text-only model (`"vision": false`) is told of the image.
+        let conv = start(&app, &admin, json!([]), json!({ "vision": false })).await;
+        let id = run_id(&app, &admin, &conv, message("describe")).await;
+        read_events(&app, &admin.token, &id, None, None).await;
+        assert_eq!(
+            seen("describe")(),
+            json!(format!("describe\n[image <{url}>]"))
+        );
+    }
+);
+
+dual_test!(
     cancelling_mid_stream_stops_the_run_and_frees_the_conversation,
     configure,
     |app: TestApp| async move {

@@ -246,10 +246,29 @@ async fn complete(State(vendor): State<Vendor>, body: Bytes) -> Response {
             let args: Value = serde_json::from_str(args).unwrap_or(json!({}));
             sse(tool_answer(&[("call_t", tool, args)]), Duration::ZERO)
         }
-        d if d.starts_with("call ") => sse(
-            text_answer(&format!("tool said: {}", results.join(" | "))),
-            Duration::ZERO,
-        ),
+        d if d.starts_with("call ") => {
+            // The images the model was given, by type (never their data).
+            let images: Vec<String> = messages
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .filter_map(|m| m["content"].as_array())
+                .flatten()
+                .filter(|p| p["type"] == "image_url")
+                .map(|p| {
+                    let url = p["image_url"]["url"].as_str().unwrap_or_default();
+                    url.split(';').next().unwrap_or_default().to_owned()
+                })
+                .collect();
+            let seen = if images.is_empty() {
+                String::new()
+            } else {
+                format!(" (images: {})", images.join(", "))
+            };
+            sse(
+                text_answer(&format!("tool said: {}{seen}", results.join(" | "))),
+                Duration::ZERO,
+            )
+        }
         // `turns`: how many user messages the conversation has, and the
         // last one (a conversation that continues sends them all).
         "turns" => {
