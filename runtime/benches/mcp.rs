@@ -244,6 +244,7 @@ fn stdio_request(name: &str, key: &str, data_dir: &std::path::Path) -> CreateMcp
         headers: Default::default(),
         bearer_token: None,
         oauth: false,
+        oauth_per_user: false,
         start: StartMode::Lazy,
         expose: true,
         enabled: true,

@@ -107,6 +107,11 @@ impl StartMode {
 pub const NEEDS_CONNECTION: &str =
     "not connected: this server needs OAuth sign-in; connect it (again) from the MCP servers page";
 
+/// Why a server whose users connect their own accounts does not start for
+/// a user.
+pub const NEEDS_OWN_CONNECTION: &str =
+    "not connected: this server needs you to sign in with your own account; connect it (again) from the MCP servers page";
+
 /// A bridged server as the bridge runs it.
 #[derive(Clone)]
 pub struct ServerDef {
@@ -122,6 +127,9 @@ pub struct ServerDef {
     pub start: StartMode,
     /// Whether its tools are offered over `/mcp`.
     pub expose: bool,
+    /// Each user connects their own account (a server-wide OAuth server):
+    /// calls go through the caller's own connection.
+    pub oauth_per_user: bool,
     /// Per-call timeout.
     pub timeout: Duration,
     /// Largest accepted result, in bytes of JSON.
@@ -208,6 +216,9 @@ pub struct Server {
     /// question the server asks (elicitation) can go.
     in_flight: Mutex<BTreeMap<u64, InFlight>>,
     next_call: std::sync::atomic::AtomicU64,
+    /// A user's own connection to a server-wide server (`oauth_per_user`)
+    /// shares its tool list with the server it stands for.
+    parent: std::sync::OnceLock<Weak<Server>>,
 }
 
 /// A run's call in flight on a connection.
@@ -253,6 +264,7 @@ impl Server {
             subscribers: Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(BTreeMap::new()),
             next_call: std::sync::atomic::AtomicU64::new(0),
+            parent: std::sync::OnceLock::new(),
             config,
             secrets,
             connecting: tokio::sync::Mutex::new(()),
@@ -278,6 +290,25 @@ impl Server {
     }
 
     /// Keeps the listing in the database, for the next start.
+    /// What a server that is not signed in says.
+    fn needs_connection(&self) -> &'static str {
+        if self.def.oauth_per_user {
+            NEEDS_OWN_CONNECTION
+        } else {
+            NEEDS_CONNECTION
+        }
+    }
+
+    /// Replaces the tool list (and that of the server a user's own
+    /// connection stands for).
+    fn set_tools(&self, tools: Vec<BridgedTool>) {
+        let tools = Arc::new(tools);
+        if let Some(parent) = self.parent.get().and_then(Weak::upgrade) {
+            *parent.tools.write().unwrap_or_else(|e| e.into_inner()) = tools.clone();
+        }
+        *self.tools.write().unwrap_or_else(|e| e.into_inner()) = tools;
+    }
+
     fn save_tools(&self, tools: &[Tool]) {
         let Some(db) = self.db.clone() else {
             return;
@@ -423,7 +454,7 @@ impl Server {
             Ok((running, tools)) => {
                 let peer = running.peer().clone();
                 let count = tools.len();
-                *self.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+                self.set_tools(tools);
                 {
                     let mut state = self.lock();
                     state.state = ServerState::Running;
@@ -543,7 +574,7 @@ impl Server {
                     manager.set_credential_store(store.clone());
                     match manager.initialize_from_store().await {
                         Ok(true) => {}
-                        Ok(false) => return Err(NEEDS_CONNECTION.to_owned()),
+                        Ok(false) => return Err(self.needs_connection().to_owned()),
                         Err(e) => return Err(format!("OAuth: {e}")),
                     }
                     let mut builder = reqwest13::Client::builder();
@@ -789,7 +820,7 @@ impl Server {
                 self.save_tools(&tools);
                 let tools = self.catalogue_tools(tools);
                 tracing::info!(server = %self.def.name, tools = tools.len(), "MCP tool list refreshed");
-                *self.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+                self.set_tools(tools);
             }
             Err(e) => {
                 tracing::warn!(server = %self.def.name, error = %e, "MCP tool list refresh failed")
@@ -881,8 +912,9 @@ impl Server {
             use rmcp::transport::auth::CredentialStore as _;
             if !matches!(e, ServiceError::McpError(_)) && matches!(store.load().await, Ok(None)) {
                 return Err(ToolError::Unavailable(format!(
-                    "the MCP server {} is {NEEDS_CONNECTION}",
-                    self.def.name
+                    "the MCP server {} is {}",
+                    self.def.name,
+                    self.needs_connection()
                 )));
             }
         }
@@ -1569,10 +1601,16 @@ type Subscriber = (String, Peer<rmcp::RoleServer>);
 /// The model service, once wired (it answers servers' sampling requests).
 type Models = Arc<std::sync::OnceLock<crate::models::ModelService>>;
 
+/// Users' own connections to `oauth_per_user` servers: (server id, user).
+type OwnConnections = BTreeMap<(Uuid, Uuid), Arc<Server>>;
+
 /// Every bridged server of this node.
 #[derive(Clone)]
 pub struct Bridge {
     servers: Arc<RwLock<BTreeMap<ServerKey, Arc<Server>>>>,
+    /// Users' own connections to `oauth_per_user` servers, by server id and
+    /// user.
+    own: Arc<Mutex<OwnConnections>>,
     db: Option<Db>,
     webhooks: Webhooks,
     models: Models,
@@ -1597,6 +1635,7 @@ impl Bridge {
     ) -> Bridge {
         Bridge {
             servers: Arc::new(RwLock::new(BTreeMap::new())),
+            own: Arc::default(),
             db,
             webhooks: Webhooks::default(),
             models: Models::default(),
@@ -1648,7 +1687,67 @@ impl Bridge {
                 server.clone(),
             );
         if let Some(old) = old {
+            self.drop_own(old.def.id, None);
             old.stop();
+        }
+    }
+
+    /// A user's own connection to server-wide server `server` (an
+    /// `oauth_per_user` one), made on first use with the user's tokens.
+    fn own_connection(&self, server: &Arc<Server>, user: Uuid) -> Arc<Server> {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = own.get(&(server.def.id, user)) {
+            return found.clone();
+        }
+        let mut def = server.def.clone();
+        if let Transport::Http {
+            oauth: Some(store), ..
+        } = &mut def.transport
+        {
+            *store = store.for_user(user);
+        }
+        let shadow = Server::new(
+            def,
+            server.restricted,
+            self.db.clone(),
+            self.webhooks.clone(),
+            self.models.clone(),
+            self.config.clone(),
+            self.secrets.clone(),
+            Vec::new(),
+        );
+        *shadow.tools.write().unwrap_or_else(|e| e.into_inner()) = server
+            .tools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let _ = shadow.parent.set(Arc::downgrade(server));
+        own.insert((server.def.id, user), shadow.clone());
+        shadow
+    }
+
+    /// Stops users' own connections to server `server` (of `user`, or of
+    /// everyone): after a new sign-in, a sign-out, or a change.
+    pub fn drop_own(&self, server: Uuid, user: Option<Uuid>) {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<(Uuid, Uuid)> = own
+            .keys()
+            .filter(|(s, u)| *s == server && user.is_none_or(|user| *u == user))
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(old) = own.remove(&key) {
+                old.stop();
+            }
+        }
+    }
+
+    /// Connects `user`'s own connection to server-wide server `name` now
+    /// (after they signed in), to learn its tools.
+    pub async fn start_own(&self, name: &str, user: Uuid) -> Result<(), ToolError> {
+        match self.visible(name, Some(user)) {
+            Some(server) => server.peer().await.map(|_| ()),
+            None => Err(ToolError::UnknownTool(name.to_owned())),
         }
     }
 
@@ -1675,6 +1774,7 @@ impl Bridge {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(owner, name.to_owned()));
         if let Some(old) = old {
+            self.drop_own(old.def.id, None);
             old.stop();
         }
     }
@@ -1691,6 +1791,10 @@ impl Bridge {
         for server in servers {
             server.stop();
         }
+        let own = std::mem::take(&mut *self.own.lock().unwrap_or_else(|e| e.into_inner()));
+        for server in own.into_values() {
+            server.stop();
+        }
     }
 
     /// The server of `owner` named `name`.
@@ -1704,11 +1808,21 @@ impl Bridge {
 
     /// The server named `name` that `user` reaches by that name: their own,
     /// else the server-wide one.
+    /// A server-wide server whose users connect their own accounts is
+    /// reached through the user's own connection.
     pub fn visible(&self, name: &str, user: Option<Uuid>) -> Option<Arc<Server>> {
-        let servers = self.servers.read().unwrap_or_else(|e| e.into_inner());
-        user.and_then(|u| servers.get(&(Some(u), name.to_owned())))
-            .or_else(|| servers.get(&(None, name.to_owned())))
-            .cloned()
+        let server = {
+            let servers = self.servers.read().unwrap_or_else(|e| e.into_inner());
+            user.and_then(|u| servers.get(&(Some(u), name.to_owned())))
+                .or_else(|| servers.get(&(None, name.to_owned())))
+                .cloned()
+        }?;
+        match user {
+            Some(user) if server.def.oauth_per_user && server.def.owner_id.is_none() => {
+                Some(self.own_connection(&server, user))
+            }
+            _ => Some(server),
+        }
     }
 
     /// Every server.

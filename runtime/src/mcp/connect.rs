@@ -16,8 +16,10 @@
 //! so, and the owner connects again.
 //!
 //! A server-wide server holds one connection, made by an admin, that every
-//! user's calls share; per-user connections to one server-wide server are
-//! not offered.
+//! user's calls share; or, with `oauth_per_user`, each user connects their
+//! own account (from the same MCP servers page) and their calls use their
+//! own connection (`mcp_oauth_user_credentials`); a user who has not
+//! connected gets a clear "connect your account" failure.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -76,6 +78,25 @@ pub struct OAuthConnection {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+impl OAuthConnection {
+    /// No connection.
+    pub fn none() -> OAuthConnection {
+        OAuthConnection {
+            state: "not_connected".to_owned(),
+            connected_by: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// The OAuth connections servers show: the shared ones, by server, and one
+/// user's own (`oauth_per_user` servers), by server.
+#[derive(Debug, Default)]
+pub struct Connections {
+    pub shared: std::collections::HashMap<Uuid, OAuthConnection>,
+    pub own: std::collections::HashMap<Uuid, OAuthConnection>,
+}
+
 fn unavailable(what: &str, e: AuthError) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
@@ -109,6 +130,8 @@ pub struct CredentialsStore {
     sealer: Sealer,
     server: Uuid,
     connected_by: Option<Uuid>,
+    /// The user whose own connection this is (`oauth_per_user` servers).
+    user: Option<Uuid>,
 }
 
 impl CredentialsStore {
@@ -119,11 +142,24 @@ impl CredentialsStore {
             sealer,
             server,
             connected_by: None,
+            user: None,
+        }
+    }
+
+    /// The store of `user`'s own connection to the same server.
+    pub fn for_user(&self, user: Uuid) -> CredentialsStore {
+        CredentialsStore {
+            user: Some(user),
+            connected_by: Some(user),
+            ..self.clone()
         }
     }
 
     fn aad(&self) -> Vec<u8> {
-        format!("mcp-oauth:{}", self.server).into_bytes()
+        match self.user {
+            Some(user) => format!("mcp-oauth:{}:{user}", self.server).into_bytes(),
+            None => format!("mcp-oauth:{}", self.server).into_bytes(),
+        }
     }
 }
 
@@ -134,13 +170,24 @@ fn store_error(e: impl std::fmt::Display) -> AuthError {
 #[async_trait]
 impl CredentialStore for CredentialsStore {
     async fn load(&self) -> std::result::Result<Option<StoredCredentials>, AuthError> {
-        let row: Option<(Vec<u8>, Vec<u8>, Option<DateTime<Utc>>)> = on_db!(&self.db, pool => sqlx::query_as(
-            "SELECT nonce, ciphertext, rejected_at FROM mcp_oauth_credentials WHERE server_id = $1",
-        )
-        .bind(self.server)
-        .fetch_optional(pool)
-        .await
-        .map_err(store_error)?);
+        let row: Option<(Vec<u8>, Vec<u8>, Option<DateTime<Utc>>)> = match self.user {
+            None => on_db!(&self.db, pool => sqlx::query_as(
+                "SELECT nonce, ciphertext, rejected_at FROM mcp_oauth_credentials WHERE server_id = $1",
+            )
+            .bind(self.server)
+            .fetch_optional(pool)
+            .await
+            .map_err(store_error)?),
+            Some(user) => on_db!(&self.db, pool => sqlx::query_as(
+                "SELECT nonce, ciphertext, rejected_at FROM mcp_oauth_user_credentials
+                 WHERE server_id = $1 AND user_id = $2",
+            )
+            .bind(self.server)
+            .bind(user)
+            .fetch_optional(pool)
+            .await
+            .map_err(store_error)?),
+        };
         let Some((nonce, ciphertext, rejected)) = row else {
             return Ok(None);
         };
@@ -159,6 +206,24 @@ impl CredentialStore for CredentialsStore {
     async fn save(&self, credentials: StoredCredentials) -> std::result::Result<(), AuthError> {
         let plain = serde_json::to_vec(&credentials).map_err(store_error)?;
         let (nonce, ciphertext) = self.sealer.seal(&self.aad(), &plain).map_err(store_error)?;
+        if let Some(user) = self.user {
+            on_db!(&self.db, pool => sqlx::query(
+                "INSERT INTO mcp_oauth_user_credentials (server_id, user_id, nonce, ciphertext, rejected_at, updated_at)
+                 VALUES ($1, $2, $3, $4, NULL, $5)
+                 ON CONFLICT (server_id, user_id) DO UPDATE SET nonce = excluded.nonce,
+                     ciphertext = excluded.ciphertext, rejected_at = NULL, updated_at = excluded.updated_at",
+            )
+            .bind(self.server)
+            .bind(user)
+            .bind(nonce)
+            .bind(ciphertext)
+            .bind(db::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(store_error)?);
+            return Ok(());
+        }
         on_db!(&self.db, pool => sqlx::query(
             "INSERT INTO mcp_oauth_credentials (server_id, connected_by, nonce, ciphertext, rejected_at, updated_at)
              VALUES ($1, $2, $3, $4, NULL, $5)
@@ -179,6 +244,18 @@ impl CredentialStore for CredentialsStore {
     }
 
     async fn clear(&self) -> std::result::Result<(), AuthError> {
+        if let Some(user) = self.user {
+            on_db!(&self.db, pool => sqlx::query(
+                "DELETE FROM mcp_oauth_user_credentials WHERE server_id = $1 AND user_id = $2",
+            )
+            .bind(self.server)
+            .bind(user)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(store_error)?);
+            return Ok(());
+        }
         on_db!(&self.db, pool => sqlx::query("DELETE FROM mcp_oauth_credentials WHERE server_id = $1")
             .bind(self.server)
             .execute(pool)
@@ -192,7 +269,20 @@ impl CredentialStore for CredentialsStore {
         &self,
         _credentials: &StoredCredentials,
     ) -> std::result::Result<(), AuthError> {
-        tracing::warn!(server = %self.server, "the MCP server's authorization server refused to refresh its tokens; it must be connected again");
+        tracing::warn!(server = %self.server, user = ?self.user, "the MCP server's authorization server refused to refresh its tokens; it must be connected again");
+        if let Some(user) = self.user {
+            on_db!(&self.db, pool => sqlx::query(
+                "UPDATE mcp_oauth_user_credentials SET rejected_at = $3 WHERE server_id = $1 AND user_id = $2",
+            )
+            .bind(self.server)
+            .bind(user)
+            .bind(db::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(store_error)?);
+            return Ok(());
+        }
         on_db!(&self.db, pool => sqlx::query(
             "UPDATE mcp_oauth_credentials SET rejected_at = $2 WHERE server_id = $1",
         )
@@ -315,33 +405,64 @@ pub async fn manager(
 }
 
 impl McpService {
-    /// The OAuth connections of every server, by server.
-    pub(super) async fn oauth_connections(
-        &self,
-    ) -> Result<std::collections::HashMap<Uuid, OAuthConnection>> {
+    /// The OAuth connections of every server, and `user`'s own.
+    pub(super) async fn oauth_connections(&self, user: Option<Uuid>) -> Result<Connections> {
         let rows: Vec<ConnectionRow> = on_db!(&self.db, pool => sqlx::query_as(
             "SELECT server_id, connected_by, rejected_at, updated_at FROM mcp_oauth_credentials",
         )
         .fetch_all(pool)
         .await?);
-        Ok(rows
-            .into_iter()
-            .map(|(server, by, rejected, updated)| {
-                (
-                    server,
-                    OAuthConnection {
-                        state: if rejected.is_some() {
-                            "expired"
-                        } else {
-                            "connected"
-                        }
-                        .to_owned(),
-                        connected_by: by,
-                        updated_at: Some(updated),
-                    },
-                )
-            })
-            .collect())
+        let own: Vec<ConnectionRow> = match user {
+            None => Vec::new(),
+            Some(user) => on_db!(&self.db, pool => sqlx::query_as(
+                "SELECT server_id, user_id, rejected_at, updated_at FROM mcp_oauth_user_credentials
+                 WHERE user_id = $1",
+            )
+            .bind(user)
+            .fetch_all(pool)
+            .await?),
+        };
+        Ok(Connections {
+            shared: by_server(rows),
+            own: by_server(own),
+        })
+    }
+}
+
+fn by_server(rows: Vec<ConnectionRow>) -> std::collections::HashMap<Uuid, OAuthConnection> {
+    rows.into_iter()
+        .map(|(server, by, rejected, updated)| {
+            (
+                server,
+                OAuthConnection {
+                    state: if rejected.is_some() {
+                        "expired"
+                    } else {
+                        "connected"
+                    }
+                    .to_owned(),
+                    connected_by: by,
+                    updated_at: Some(updated),
+                },
+            )
+        })
+        .collect()
+}
+
+impl McpService {
+    /// Whether each user of server `row` connects their own account.
+    pub(super) fn own_accounts(row: &super::Row) -> bool {
+        row.oauth && row.oauth_per_user && row.owner_id.is_none()
+    }
+
+    /// Who may connect server `row`: those who may change it; for a server
+    /// of users' own accounts, every user who may call tools (each for
+    /// themselves).
+    fn check_connect(principal: &Principal, row: &super::Row) -> Result<()> {
+        if Self::own_accounts(row) {
+            return principal.require(crate::users::model::Permission::ToolInvoke);
+        }
+        Self::check_manage(principal, row)
     }
 
     /// The store of server `id`'s tokens.
@@ -359,7 +480,7 @@ impl McpService {
         base: &str,
     ) -> Result<ConnectResponse> {
         let row = self.visible_row(principal, id).await?;
-        Self::check_manage(principal, &row)?;
+        Self::check_connect(principal, &row)?;
         if !row.oauth {
             return Err(Error::invalid_field(
                 "oauth",
@@ -446,7 +567,8 @@ impl McpService {
             });
         }
         let row = self.visible_row(principal, server).await?;
-        Self::check_manage(principal, &row)?;
+        Self::check_connect(principal, &row)?;
+        let own_account = Self::own_accounts(&row);
         let plain = self
             .sealer
             .open(&StatesStore::aad(server), &nonce, &ciphertext)
@@ -480,6 +602,9 @@ impl McpService {
         });
         let mut store = self.credentials(server);
         store.connected_by = Some(principal.user_id);
+        if own_account {
+            store = store.for_user(principal.user_id);
+        }
         manager.set_credential_store(store);
         manager
             .exchange_code_for_token_with_issuer(
@@ -497,9 +622,18 @@ impl McpService {
                 Some(principal.user_id),
                 "mcp_server.oauth.connect",
                 None,
-                json!({ "id": server, "name": row.name }),
+                json!({ "id": server, "name": row.name, "own_account": own_account }),
             )
             .await;
+        if own_account {
+            // The user's own connection starts again with the new tokens,
+            // and learns the tools.
+            self.bridge.drop_own(server, Some(principal.user_id));
+            if let Err(e) = self.bridge.start_own(&row.name, principal.user_id).await {
+                tracing::warn!(server = %row.name, error = %e, "a user's own MCP connection did not start");
+            }
+            return self.get(principal, server).await;
+        }
         self.reactivate(server).await
     }
 
@@ -510,8 +644,14 @@ impl McpService {
         id: Uuid,
     ) -> Result<super::McpServerResponse> {
         let row = self.visible_row(principal, id).await?;
-        Self::check_manage(principal, &row)?;
-        self.credentials(id)
+        Self::check_connect(principal, &row)?;
+        let own_account = Self::own_accounts(&row);
+        let store = if own_account {
+            self.credentials(id).for_user(principal.user_id)
+        } else {
+            self.credentials(id)
+        };
+        store
             .clear()
             .await
             .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
@@ -520,9 +660,13 @@ impl McpService {
                 Some(principal.user_id),
                 "mcp_server.oauth.disconnect",
                 None,
-                json!({ "id": id, "name": row.name }),
+                json!({ "id": id, "name": row.name, "own_account": own_account }),
             )
             .await;
+        if own_account {
+            self.bridge.drop_own(id, Some(principal.user_id));
+            return self.get(principal, id).await;
+        }
         self.reactivate(id).await
     }
 }

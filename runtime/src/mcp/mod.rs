@@ -101,6 +101,11 @@ pub struct CreateMcpServerRequest {
     /// `POST /api/v1/mcp-servers/{id}/oauth` (not with `bearer_token`).
     #[serde(default)]
     pub oauth: bool,
+    /// With `oauth`, for a server-wide server: each user connects their own
+    /// account, and their calls use it (default false: one connection,
+    /// made by an admin, for everyone).
+    #[serde(default)]
+    pub oauth_per_user: bool,
     /// `lazy` (default: on first call) or `boot` (when Orchestra starts).
     #[serde(default = "default_start")]
     pub start: StartMode,
@@ -141,6 +146,9 @@ pub struct UpdateMcpServerRequest {
     pub bearer_token: Option<Option<String>>,
     /// http: whether the server needs OAuth sign-in.
     pub oauth: Option<bool>,
+    /// Whether each user connects their own account (server-wide servers
+    /// with `oauth`).
+    pub oauth_per_user: Option<bool>,
     /// New start mode.
     pub start: Option<StartMode>,
     /// Offer its tools over `/mcp`.
@@ -179,8 +187,11 @@ pub struct McpServerResponse {
     pub has_bearer_token: bool,
     /// http: whether the server needs OAuth sign-in.
     pub oauth: bool,
+    /// Whether each user connects their own account.
+    pub oauth_per_user: bool,
     /// The OAuth connection of a server that needs one (to those who may
-    /// change the server).
+    /// change the server); of a server with `oauth_per_user`, the caller's
+    /// own connection.
     pub oauth_connection: Option<connect::OAuthConnection>,
     /// When it starts.
     pub start: StartMode,
@@ -221,6 +232,7 @@ struct Row {
     timeout_secs: Option<i64>,
     max_result_bytes: Option<i64>,
     oauth: bool,
+    oauth_per_user: bool,
     tools: Json<Vec<rmcp::model::Tool>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -228,7 +240,7 @@ struct Row {
 
 const COLUMNS: &str = "id, name, owner_id, transport, command, args, env, url, header_names, \
      secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, \
-     max_result_bytes, oauth, tools, created_at, updated_at";
+     max_result_bytes, oauth, oauth_per_user, tools, created_at, updated_at";
 
 /// The nonce and ciphertext of an HTTP server's secrets, if it has any.
 type Sealed = (Option<Vec<u8>>, Option<Vec<u8>>);
@@ -349,6 +361,7 @@ impl McpService {
                 StartMode::Lazy
             },
             expose: row.expose,
+            oauth_per_user: row.oauth && row.oauth_per_user && row.owner_id.is_none(),
             timeout: Duration::from_secs(self.timeout_of(row)),
             max_result_bytes: self.cap_of(row) as usize,
         })
@@ -375,41 +388,55 @@ impl McpService {
         &self,
         principal: &Principal,
         row: Row,
-        connections: &std::collections::HashMap<Uuid, connect::OAuthConnection>,
+        connections: &connect::Connections,
     ) -> McpServerResponse {
         let manages = Self::check_manage(principal, &row).is_ok();
+        let own_accounts = row.oauth && row.oauth_per_user && row.owner_id.is_none();
         let mut response = self.full_response(row, connections);
+        if own_accounts {
+            // The caller's own connection.
+            let mine = connections
+                .own
+                .get(&response.id)
+                .cloned()
+                .unwrap_or_else(connect::OAuthConnection::none);
+            response.status.last_error = (mine.state != "connected")
+                .then(|| bridge::NEEDS_OWN_CONNECTION.to_owned())
+                .or(response.status.last_error);
+            response.oauth_connection = Some(mine);
+        }
         if !manages {
+            let mine = response.oauth_connection.take().filter(|_| own_accounts);
             response.command = None;
             response.args = Vec::new();
             response.env = BTreeMap::new();
             response.url = None;
             response.header_names = Vec::new();
             response.has_bearer_token = false;
-            response.oauth_connection = None;
-            response.status.last_error = response
-                .status
-                .last_error
-                .as_ref()
-                .map(|_| "the server failed; an admin can see why".to_owned());
+            response.oauth_connection = mine;
+            // A user's own missing sign-in is theirs to know.
+            response.status.last_error = response.status.last_error.as_ref().map(|e| {
+                if e == bridge::NEEDS_OWN_CONNECTION {
+                    e.clone()
+                } else {
+                    "the server failed; an admin can see why".to_owned()
+                }
+            });
         }
         response
     }
 
-    fn full_response(
-        &self,
-        row: Row,
-        connections: &std::collections::HashMap<Uuid, connect::OAuthConnection>,
-    ) -> McpServerResponse {
+    fn full_response(&self, row: Row, connections: &connect::Connections) -> McpServerResponse {
+        let own_accounts = row.oauth_per_user && row.owner_id.is_none();
         let oauth_connection = row.oauth.then(|| {
-            connections
-                .get(&row.id)
+            let found = if own_accounts {
+                connections.own.get(&row.id)
+            } else {
+                connections.shared.get(&row.id)
+            };
+            found
                 .cloned()
-                .unwrap_or(connect::OAuthConnection {
-                    state: "not_connected".to_owned(),
-                    connected_by: None,
-                    updated_at: None,
-                })
+                .unwrap_or_else(connect::OAuthConnection::none)
         });
         let server = self.bridge.server(row.owner_id, &row.name);
         let status = server.as_ref().map(|s| s.status()).unwrap_or(ServerStatus {
@@ -428,7 +455,14 @@ impl McpService {
             .as_ref()
             .is_some_and(|c| c.state != "connected")
         {
-            status.last_error = Some(bridge::NEEDS_CONNECTION.to_owned());
+            status.last_error = Some(
+                if own_accounts {
+                    bridge::NEEDS_OWN_CONNECTION
+                } else {
+                    bridge::NEEDS_CONNECTION
+                }
+                .to_owned(),
+            );
         }
         McpServerResponse {
             id: row.id,
@@ -448,6 +482,7 @@ impl McpService {
             header_names: row.header_names.0,
             has_bearer_token: self.has_bearer(row.id, &row.secret_nonce, &row.secret_ciphertext),
             oauth: row.oauth,
+            oauth_per_user: row.oauth_per_user,
             oauth_connection,
             start: if row.start_mode == "boot" {
                 StartMode::Boot
@@ -549,14 +584,15 @@ impl McpService {
         checked.check_reach(self.bridge.restricts(owner))?;
         check_limits(request.timeout_secs, request.max_result_bytes)?;
         check_oauth(request.oauth, &checked)?;
+        check_per_user(request.oauth_per_user, request.oauth, owner)?;
         let id = Uuid::now_v7();
         let (nonce, ciphertext) = self.seal(id, &checked)?;
         let now = db::now();
         let inserted = on_db!(&self.db, pool => sqlx::query(
             "INSERT INTO mcp_servers (id, name, owner_id, transport, command, args, env, url, header_names,
                  secret_nonce, secret_ciphertext, start_mode, expose, enabled, timeout_secs, max_result_bytes,
-                 tools, created_by, created_at, updated_at, oauth)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $20)
+                 tools, created_by, created_at, updated_at, oauth, oauth_per_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19, $20, $21)
              ON CONFLICT DO NOTHING",
         )
         .bind(id)
@@ -579,6 +615,7 @@ impl McpService {
         .bind(principal.user_id)
         .bind(now)
         .bind(request.oauth)
+        .bind(request.oauth_per_user)
         .execute(pool)
         .await?
         .rows_affected());
@@ -606,7 +643,7 @@ impl McpService {
         let row = self.row(id).await?.ok_or(Error::NotFound("MCP server"))?;
         self.activate(&row).await?;
         // Only those who may change a server get here.
-        let connections = self.oauth_connections().await?;
+        let connections = self.oauth_connections(None).await?;
         Ok(self.full_response(
             self.row(id).await?.ok_or(Error::NotFound("MCP server"))?,
             &connections,
@@ -621,7 +658,12 @@ impl McpService {
             return Ok(());
         }
         let def = self.def(row)?;
+        let own_accounts = def.oauth_per_user;
         self.bridge.upsert(def, row.tools.0.clone());
+        // Users connect to a server of their own accounts one by one.
+        if own_accounts {
+            return Ok(());
+        }
         if let Err(e) = self.bridge.start(row.owner_id, &row.name).await {
             tracing::warn!(server = %row.name, error = %e, "MCP server did not start");
         }
@@ -683,7 +725,7 @@ impl McpService {
         ))
         .fetch_all(pool)
         .await?);
-        let connections = self.oauth_connections().await?;
+        let connections = self.oauth_connections(Some(principal.user_id)).await?;
         Ok(rows
             .into_iter()
             .filter(|row| Self::visible(principal, row))
@@ -694,7 +736,7 @@ impl McpService {
     /// One server, with its status.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<McpServerResponse> {
         let row = self.visible_row(principal, id).await?;
-        let connections = self.oauth_connections().await?;
+        let connections = self.oauth_connections(Some(principal.user_id)).await?;
         Ok(self.response(principal, row, &connections))
     }
 
@@ -735,6 +777,10 @@ impl McpService {
         checked.check_reach(self.bridge.restricts(row.owner_id))?;
         let oauth = request.oauth.unwrap_or(row.oauth);
         check_oauth(oauth, &checked)?;
+        let per_user = request
+            .oauth_per_user
+            .unwrap_or(row.oauth_per_user && oauth);
+        check_per_user(per_user, oauth, row.owner_id)?;
         let timeout = request.timeout_secs.or(row.timeout_secs.map(|t| t as u64));
         let cap = request
             .max_result_bytes
@@ -744,7 +790,8 @@ impl McpService {
         on_db!(&self.db, pool => sqlx::query(
             "UPDATE mcp_servers SET command = $2, args = $3, env = $4, url = $5, header_names = $6,
                  secret_nonce = $7, secret_ciphertext = $8, start_mode = $9, expose = $10, enabled = $11,
-                 timeout_secs = $12, max_result_bytes = $13, updated_at = $14, oauth = $15
+                 timeout_secs = $12, max_result_bytes = $13, updated_at = $14, oauth = $15,
+                 oauth_per_user = $16
              WHERE id = $1",
         )
         .bind(id)
@@ -762,6 +809,7 @@ impl McpService {
         .bind(cap.map(|t| t as i64))
         .bind(db::now())
         .bind(oauth)
+        .bind(per_user)
         .execute(pool)
         .await?
         .rows_affected());
@@ -936,6 +984,24 @@ fn check_oauth(oauth: bool, checked: &Checked) -> Result<()> {
         return Err(Error::invalid_field(
             "oauth",
             "a server signs in with OAuth or uses a bearer_token, not both",
+        ));
+    }
+    Ok(())
+}
+
+/// Per-user connections are for server-wide servers that sign in with
+/// OAuth (a user's own server has one user already).
+fn check_per_user(per_user: bool, oauth: bool, owner: Option<Uuid>) -> Result<()> {
+    if per_user && !oauth {
+        return Err(Error::invalid_field(
+            "oauth_per_user",
+            "needs \"oauth\": true",
+        ));
+    }
+    if per_user && owner.is_some() {
+        return Err(Error::invalid_field(
+            "oauth_per_user",
+            "is for server-wide servers; your own server has one user already",
         ));
     }
     Ok(())

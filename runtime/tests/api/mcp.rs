@@ -2261,3 +2261,107 @@ dual_test!(
         assert!(older["error"].is_object(), "{older}");
     }
 );
+
+dual_test!(
+    each_user_connects_their_own_account_to_a_server_wide_oauth_server,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+    },
+    |app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, alice) = app.admin_and_user().await;
+        let bob = app.add_user(&admin, "bob@example.com", "user").await;
+        let viewer = app.add_user(&admin, "viewer@example.com", "viewer").await;
+        let (_child, port) = oauth_fixture(&python, 3600).await;
+        let url = format!("http://127.0.0.1:{port}/mcp");
+
+        // Per-user accounts are for server-wide servers that sign in.
+        let (status, _) = app
+            .post(
+                "/api/v1/mcp-servers",
+                &admin.token,
+                json!({ "name": "nosign", "transport": "http", "url": url, "oauth_per_user": true }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let server = register(
+            &app,
+            &admin,
+            json!({ "name": "files", "transport": "http", "url": url,
+                    "oauth": true, "oauth_per_user": true }),
+        )
+        .await;
+        let id = server["id"].as_str().unwrap().to_owned();
+        assert_eq!(server["oauth_per_user"], true, "{server}");
+
+        // Nobody has connected: each user is told to connect their own.
+        let (_, seen) = app
+            .get(&format!("/api/v1/mcp-servers/{id}"), &alice.token)
+            .await;
+        assert_eq!(seen["oauth_connection"]["state"], "not_connected", "{seen}");
+        assert!(seen["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("your own account"));
+        // Its tools are learnt from the first connection.
+        let (status, _) = invoke(&app, &alice.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Alice connects hers (a user, not an admin): her calls use it.
+        let (status, connected) = connect_oauth(&app, &alice, &id).await;
+        assert_eq!(status, StatusCode::OK, "{connected}");
+        assert_eq!(connected["oauth_connection"]["state"], "connected");
+        assert!(connected["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "files__whoami"));
+        let (status, hers) = invoke(&app, &alice.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{hers}");
+        let hers = hers["result"].to_string();
+        assert!(hers.contains("alice via"), "{hers}");
+
+        // Bob is still not connected: his calls never borrow hers.
+        let (_, his) = app
+            .get(&format!("/api/v1/mcp-servers/{id}"), &bob.token)
+            .await;
+        assert_eq!(his["oauth_connection"]["state"], "not_connected", "{his}");
+        let (_, refused) = invoke(&app, &bob.token, "files__whoami", json!({})).await;
+        assert!(
+            refused.to_string().contains("your own account"),
+            "{refused}"
+        );
+        // Once he connects, he calls through his own client registration.
+        let (status, _) = connect_oauth(&app, &bob, &id).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, his) = invoke(&app, &bob.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{his}");
+        let his = his["result"].to_string();
+        assert!(his.contains("alice via"), "{his}");
+        assert_ne!(his, hers, "two users, two connections");
+
+        // A viewer may not connect an account (no tool calls).
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/mcp-servers/{id}/oauth"),
+                &viewer.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        // Alice signs out: her calls stop, Bob's go on.
+        let (status, after) = app
+            .delete(&format!("/api/v1/mcp-servers/{id}/oauth"), &alice.token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{after}");
+        assert_eq!(after["oauth_connection"]["state"], "not_connected");
+        let (_, refused) = invoke(&app, &alice.token, "files__whoami", json!({})).await;
+        assert!(
+            refused.to_string().contains("your own account"),
+            "{refused}"
+        );
+        let (status, still) = invoke(&app, &bob.token, "files__whoami", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{still}");
+    }
+);
