@@ -59,11 +59,13 @@ export function McpServers() {
           ${s.oauth_connection ? html`<br /><span class=${'badge oauth-' + s.oauth_connection.state} data-testid="oauth-state">${{ connected: 'signed in', expired: 'sign-in expired', not_connected: 'not signed in' }[s.oauth_connection.state] || s.oauth_connection.state}</span>` : null}</td>
         <td>${s.status.tool_count}</td>
         <td><small class="mono">${s.transport === 'stdio' ? [s.command, ...s.args].join(' ') : s.url}</small></td>
-        <td>${s.owner_id ? 'personal' : 'server-wide'}</td>
+        <td>${s.owner_id ? 'personal' : s.oauth_per_user ? html`server-wide<br /><small class="muted">each user signs in</small>` : 'server-wide'}</td>
         <td><div class="row">
-          ${canWrite(user) && (s.owner_id === user.id || isAdmin(user)) && s.oauth_connection ? html`
+          ${canWrite(user) && (s.owner_id === user.id || isAdmin(user) || s.oauth_per_user) && s.oauth_connection ? html`
             <${Action} kind=${s.oauth_connection.state === 'connected' ? 'small' : 'small primary'} label=${(s.oauth_connection.state === 'connected' ? 'Reconnect ' : 'Connect ') + s.name}
-              run=${async () => { setConnectError(null); try { await connectServer(s.id); } catch (err) { setConnectError(err); } }}>${s.oauth_connection.state === 'connected' ? 'Reconnect' : 'Connect'}</${Action}>` : null}
+              run=${async () => { setConnectError(null); try { await connectServer(s.id); } catch (err) { setConnectError(err); } }}>${s.oauth_connection.state === 'connected' ? 'Reconnect' : s.oauth_per_user ? 'Connect your account' : 'Connect'}</${Action}>
+            ${s.oauth_per_user && s.oauth_connection.state !== 'not_connected' ? html`<${Action} kind="small" label=${'Sign out of ' + s.name}
+              run=${async () => { await api.del(`/api/v1/mcp-servers/${s.id}/oauth`); list.reload(); }}>Sign out</${Action}>` : null}` : null}
           ${canWrite(user) && (s.owner_id === user.id || isAdmin(user)) ? html`
             <${Action} kind="small" run=${async () => { await api.post(`/api/v1/mcp-servers/${s.id}/restart`); list.reload(); }}>Restart</${Action}>
             <button type="button" class="small" onClick=${() => setEditing(s)}>Edit</button>
@@ -84,7 +86,7 @@ function ServerForm({ server, onClose, onDone }) {
   const [form, setForm] = useState({
     name: server.name || '', transport: server.transport || (isAdmin(user) ? 'stdio' : 'http'),
     command: server.command || '', args: (server.args || []).join('\n'), url: server.url || '',
-    bearer_token: '', oauth: !!server.oauth, env: pretty(server.env || {}), headers: '{}', expose: server.expose ?? true,
+    bearer_token: '', oauth: !!server.oauth, oauth_per_user: !!server.oauth_per_user, env: pretty(server.env || {}), headers: '{}', expose: server.expose ?? true,
     enabled: server.enabled ?? true, personal: !!server.owner_id, timeout_secs: server.timeout_secs || '',
   });
   const [error, setError] = useState(null);
@@ -102,6 +104,7 @@ function ServerForm({ server, onClose, onDone }) {
       } else {
         body.url = form.url;
         body.oauth = form.oauth;
+        if (isAdmin(user) && !form.personal && !(editing && server.owner_id)) body.oauth_per_user = form.oauth && form.oauth_per_user;
         if (form.bearer_token && !form.oauth) body.bearer_token = form.bearer_token;
         const headers = JSON.parse(form.headers || '{}');
         if (Object.keys(headers).length) body.headers = headers;
@@ -126,6 +129,7 @@ function ServerForm({ server, onClose, onDone }) {
       : html`
         <${Field} label="URL"><input type="url" required value=${form.url} onInput=${set('url')} placeholder="https://example.com/mcp" /></${Field}>
         <label class="check"><input type="checkbox" checked=${form.oauth} onChange=${set('oauth')} /> Sign in with OAuth (the server asks for it; you connect it after adding it)</label>
+        ${form.oauth && isAdmin(user) && !form.personal && !(editing && server.owner_id) ? html`<label class="check"><input type="checkbox" checked=${form.oauth_per_user} onChange=${set('oauth_per_user')} /> Each user signs in with their own account (otherwise you connect one account for everyone)</label>` : null}
         ${form.oauth ? null : html`<${Field} label="Bearer token" hint=${server.has_bearer_token ? 'One is set; leave empty to keep it.' : 'Optional; stored encrypted.'}><input type="password" autocomplete="off" value=${form.bearer_token} onInput=${set('bearer_token')} /></${Field}>`}
         <${Field} label="Extra headers (JSON)" hint="Stored encrypted; only their names are shown."><textarea class="code" rows="2" value=${form.headers} onInput=${set('headers')}></textarea></${Field}>`}
       <div class="grid3">

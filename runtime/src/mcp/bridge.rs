@@ -1726,6 +1726,13 @@ impl Bridge {
         shadow
     }
 
+    /// The state of `user`'s own connection to server `server`, if it was
+    /// made on this node.
+    pub fn own_status(&self, server: Uuid, user: Uuid) -> Option<ServerStatus> {
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        own.get(&(server, user)).map(|s| s.status())
+    }
+
     /// Stops users' own connections to server `server` (of `user`, or of
     /// everyone): after a new sign-in, a sign-out, or a change.
     pub fn drop_own(&self, server: Uuid, user: Option<Uuid>) {

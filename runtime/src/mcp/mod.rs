@@ -395,6 +395,9 @@ impl McpService {
         let mut response = self.full_response(row, connections);
         if own_accounts {
             // The caller's own connection.
+            if let Some(status) = self.bridge.own_status(response.id, principal.user_id) {
+                response.status = status;
+            }
             let mine = connections
                 .own
                 .get(&response.id)

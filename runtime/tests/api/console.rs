@@ -1184,3 +1184,81 @@ async fn console_answers_a_question_an_mcp_server_asks_during_a_run() {
     phone.click("Decline").await;
     phone.wait_text("not booked: the user chose decline").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_users_connect_their_own_account_to_a_server_wide_server() {
+    let _one = BROWSER_LOCK.lock().await;
+    let Some(python) = crate::mcp::python() else {
+        return;
+    };
+    let app = app().await;
+    let admin = app.register("admin@example.com").await;
+    let user = app.add_user(&admin, "user@example.com", "user").await;
+    let (_provider, port) = crate::mcp::oauth_fixture(&python, 3600).await;
+    let (status, server) = app
+        .post(
+            "/api/v1/mcp-servers",
+            &admin.token,
+            json!({ "name": "drive", "transport": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
+                    "oauth": true, "oauth_per_user": true }),
+        )
+        .await;
+    assert_eq!(status, 201, "{server}");
+    let Some(b) = Browser::open(&app.base, 1280, 860).await else {
+        return;
+    };
+    b.sign_in("user@example.com").await;
+    b.goto("/mcp-servers").await;
+    b.wait_text("each user signs in").await;
+    b.css("button[aria-label='Connect drive']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_text("Connected drive").await;
+    b.until(
+        "the signed-in badge",
+        "return document.querySelector('[data-testid=oauth-state]')?.textContent === 'signed in'",
+    )
+    .await;
+    b.css("button[aria-label='Sign out of drive']").await;
+    b.screenshot("mcp-own-account").await;
+    let (status, result) = app
+        .post(
+            "/api/v1/tools/drive__whoami/invoke",
+            &user.token,
+            json!({ "arguments": {} }),
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    // The admin has not connected theirs.
+    let (_, theirs) = app
+        .get(
+            &format!("/api/v1/mcp-servers/{}", server["id"].as_str().unwrap()),
+            &admin.token,
+        )
+        .await;
+    assert_eq!(
+        theirs["oauth_connection"]["state"], "not_connected",
+        "{theirs}"
+    );
+    drop(b);
+    let Some(phone) = Browser::open(&app.base, 390, 844).await else {
+        return;
+    };
+    phone.sign_in("user@example.com").await;
+    phone.goto("/mcp-servers").await;
+    phone.wait_text("signed in").await;
+    let overflow = phone
+        .js("return document.documentElement.scrollWidth > window.innerWidth")
+        .await;
+    assert_eq!(overflow, json!(false), "no horizontal scrolling on a phone");
+    phone.screenshot("mcp-own-account-phone").await;
+    phone
+        .css("button[aria-label='Sign out of drive']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    phone.wait_text("not signed in").await;
+}
