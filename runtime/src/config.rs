@@ -429,6 +429,12 @@ pub struct OAuthConfig {
     /// Registered clients that no user has approved yet, at most; older
     /// ones are removed after a day.
     pub max_unapproved_clients: i64,
+    /// Client registrations one address may make per hour (a burst of as
+    /// many, then that rate); 0 for no limit.
+    pub register_per_hour: u32,
+    /// Authorization requests one address may start per minute; 0 for no
+    /// limit.
+    pub authorize_per_minute: u32,
 }
 
 impl Default for OAuthConfig {
@@ -443,6 +449,8 @@ impl Default for OAuthConfig {
             code_ttl_secs: 60,
             consent_ttl_secs: 600,
             max_unapproved_clients: 10_000,
+            register_per_hour: 20,
+            authorize_per_minute: 60,
         }
     }
 }

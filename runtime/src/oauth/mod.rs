@@ -14,6 +14,7 @@
 //! token or code revokes the whole grant. Users list and revoke the clients
 //! they approved; every step is audited.
 
+pub mod limits;
 pub mod model;
 pub mod repo;
 pub mod routes;
@@ -267,6 +268,7 @@ struct MetadataDocument {
 #[derive(Clone)]
 pub struct OAuthService {
     repo: OAuthRepo,
+    limits: limits::AddressLimits,
     audit: AuditService,
     users: UserService,
     config: OAuthConfig,
@@ -285,6 +287,10 @@ impl OAuthService {
     ) -> OAuthService {
         OAuthService {
             repo: OAuthRepo::new(db),
+            limits: limits::AddressLimits::new(
+                config.register_per_hour,
+                config.authorize_per_minute,
+            ),
             audit,
             users,
             config,
@@ -435,6 +441,11 @@ impl OAuthService {
     /// The configuration.
     pub fn config(&self) -> &OAuthConfig {
         &self.config
+    }
+
+    /// The per-address limits of the unauthenticated endpoints.
+    pub fn limits(&self) -> &limits::AddressLimits {
+        &self.limits
     }
 
     /// Protected Resource Metadata (RFC 9728) of `/mcp`.

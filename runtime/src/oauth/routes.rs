@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::model::*;
 use super::{public_base, Authorize, OAuthError};
 use crate::error::{ErrorResponse, Result};
-use crate::http::extract::{Json, Path};
+use crate::http::extract::{Json, Path, PeerAddr};
 use crate::http::AppState;
 use crate::users::model::Principal;
 
@@ -65,7 +65,17 @@ async fn server_metadata(State(state): State<AppState>, headers: HeaderMap) -> R
     Ok(axum::Json(state.oauth.server_metadata(&base)).into_response())
 }
 
-async fn register(State(state): State<AppState>, body: Bytes) -> Response {
+async fn register(State(state): State<AppState>, peer: PeerAddr, body: Bytes) -> Response {
+    if let Err(wait) = state.oauth.limits().register(peer.0) {
+        let mut response = OAuthError::new(
+            "temporarily_unavailable",
+            "too many client registrations from this address; try again later",
+        )
+        .into_response();
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        retry_after(&mut response, wait);
+        return response;
+    }
     let request: RegistrationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -80,6 +90,15 @@ async fn register(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(client) => no_store((StatusCode::CREATED, axum::Json(client)).into_response()),
         Err(e) => e.into_response(),
     }
+}
+
+/// `Retry-After` in whole seconds (at least 1).
+fn retry_after(response: &mut Response, wait: std::time::Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from(secs.max(1)),
+    );
 }
 
 /// A page for an authorization request that cannot go back to its client.
@@ -104,9 +123,18 @@ fn refusal(message: &str) -> Response {
 
 async fn authorize(
     State(state): State<AppState>,
+    peer: PeerAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if let Err(wait) = state.oauth.limits().authorize(peer.0) {
+        let mut response = refusal(
+            "Too many authorization requests came from your address; wait a moment and try again.",
+        );
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        retry_after(&mut response, wait);
+        return response;
+    }
     let params: AuthorizeParams = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return refusal(&format!("The request's parameters are malformed: {e}.")),

@@ -946,3 +946,57 @@ dual_test!(
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
 );
+
+dual_test!(
+    an_address_that_floods_registration_or_authorization_is_told_to_wait,
+    |config: &mut orchestra::config::Config| {
+        config.oauth.register_per_hour = 2;
+        config.oauth.authorize_per_minute = 3;
+    },
+    |app: TestApp| async move {
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (status, client) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
+            assert_eq!(status, StatusCode::CREATED, "{client}");
+            clients.push(client["client_id"].as_str().unwrap().to_owned());
+        }
+        // The third within the hour waits; nothing is stored for it.
+        let (status, refused) = register(&app, json!({ "redirect_uris": [REDIRECT] })).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+        assert_eq!(refused["error"], "temporarily_unavailable");
+        let response = app
+            .client
+            .post(format!("{}/oauth/register", app.base))
+            .json(&json!({ "redirect_uris": [REDIRECT] }))
+            .send()
+            .await
+            .unwrap();
+        let wait: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&wait), "{wait}");
+
+        // Authorization requests likewise; the clients registered before
+        // keep working up to the limit.
+        let (_, challenge) = pkce();
+        let resource = format!("{}/mcp", app.base);
+        let params = [
+            ("response_type", "code"),
+            ("client_id", clients[0].as_str()),
+            ("redirect_uri", REDIRECT),
+            ("state", "s"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", resource.as_str()),
+        ];
+        for _ in 0..3 {
+            let (status, page) = authorize(&app, &params).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+        }
+        let (status, location) = authorize(&app, &params).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(location, "", "nothing is redirected");
+    }
+);
