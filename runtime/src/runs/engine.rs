@@ -708,6 +708,11 @@ impl Execution {
                 ),
             )));
         }
+        if self.run.attempts > 1 {
+            // Questions a call of an interrupted attempt asked died with
+            // that call: they are no longer the user's to answer.
+            self.engine.repo.withdraw_elicitations(self.run.id).await?;
+        }
         if let Some(Prepared { agent, provider }) = self.prepared.take() {
             // Started at once: the first step is stored with the run.
             return Box::pin(self.steps(&agent, provider.as_ref())).await;

@@ -949,6 +949,21 @@ impl RunRepo {
         })
     }
 
+    /// Withdraws the pending questions of run `run` (their calls are gone:
+    /// the run is resumed after its worker stopped).
+    pub async fn withdraw_elicitations(&self, run: Uuid) -> Result<()> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE run_elicitations SET status = 'withdrawn', answered_at = $2
+             WHERE run_id = $1 AND status = 'pending'",
+        )
+        .bind(run)
+        .bind(db::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
     /// Tells waiters on other nodes that run `run` stopped to wait for its
     /// user (PostgreSQL; one process signals its own bus).
     pub async fn notify_stopped(&self, run: Uuid) -> Result<()> {

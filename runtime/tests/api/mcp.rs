@@ -2365,3 +2365,53 @@ dual_test!(
         assert_eq!(status, StatusCode::OK, "{still}");
     }
 );
+
+dual_test!(
+    a_question_of_a_call_stopped_with_its_node_is_withdrawn_and_the_run_resumes,
+    |config: &mut orchestra::config::Config| {
+        with_vendor(config);
+    },
+    |mut app: TestApp| async move {
+        let Some(python) = python() else { return };
+        let (admin, user) = app.admin_and_user().await;
+        register(&app, &admin, stdio_server(&python, "fx")).await;
+        let run = start_run(
+            &app,
+            &user,
+            json!(["fx__book"]),
+            r#"call fx__book {"place":"Z"}"#,
+        )
+        .await;
+        let waiting = stopped_run(&app, &user.token, &run).await;
+        let asked = waiting["pending_elicitations"][0]["id"].clone();
+        assert!(asked.is_string(), "{waiting}");
+        // The node stops with the call open; another takes the run over.
+        app.stop();
+        let node = app.second_node(|_| {}).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let resumed = loop {
+            let run = stopped_run(&node, &user.token, &run).await;
+            if run["attempts"].as_i64() > Some(1) && run["status"] != "queued" {
+                break run;
+            }
+            assert!(Instant::now() < deadline, "not resumed: {run}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // The old question is gone: either the call ran again and asked
+        // anew, or it was reported interrupted.
+        let pending = resumed["pending_elicitations"].as_array().unwrap();
+        assert!(pending.iter().all(|q| q["id"] != asked), "{resumed}");
+        assert!(pending.len() <= 1, "{resumed}");
+        let (status, _) = node
+            .post(
+                &format!(
+                    "/api/v1/runs/{run}/elicitations/{}",
+                    asked.as_str().unwrap()
+                ),
+                &user.token,
+                json!({ "action": "decline" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+    }
+);
