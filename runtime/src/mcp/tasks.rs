@@ -401,7 +401,10 @@ async fn result(
     row: &TaskRow,
 ) -> Result<std::result::Result<Value, Refusal>> {
     let limit = Duration::from_secs(state.config.mcp.agent_timeout_secs);
-    let run = until_ended(state, caller.principal, row.run_id, limit).await?;
+    let run = state
+        .runs
+        .wait_until(caller.principal, row.run_id, limit, terminal)
+        .await?;
     if !terminal(run.status) {
         return Ok(Err((
             -32603,
@@ -439,29 +442,14 @@ async fn cancel(
     state.runs.cancel(caller.principal, row.run_id).await?;
     // A running run (or one whose call waits for an answer) stops at its
     // worker's next await: shortly.
-    let run = until_ended(state, caller.principal, row.run_id, Duration::from_secs(5)).await?;
+    let run = state
+        .runs
+        .wait_until(
+            caller.principal,
+            row.run_id,
+            Duration::from_secs(5),
+            terminal,
+        )
+        .await?;
     Ok(Ok(task_json(row, &run)))
-}
-
-/// Run `id` once it has ended, or as it is after `limit`: woken by the run
-/// bus, reading again at least every second (a signal from another node
-/// may be lost).
-async fn until_ended(
-    state: &AppState,
-    principal: &Principal,
-    id: Uuid,
-    limit: Duration,
-) -> Result<RunResponse> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut watch = state.runs.bus().watch(id);
-    loop {
-        watch.stops.borrow_and_update();
-        let run = state.runs.get(principal, id).await?;
-        let now = tokio::time::Instant::now();
-        if terminal(run.status) || now >= deadline {
-            return Ok(run);
-        }
-        let until = deadline.min(now + Duration::from_secs(1));
-        let _ = tokio::time::timeout_at(until, watch.stops.changed()).await;
-    }
 }

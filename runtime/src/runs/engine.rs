@@ -660,6 +660,22 @@ impl Execution {
         })
     }
 
+    /// A write of events alone.
+    fn write_events(
+        &mut self,
+        events: Vec<NewEvent>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StepError>> + Send + '_>>
+    {
+        self.write(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            RunUpdate::default(),
+            events,
+        )
+    }
+
     /// A message of this run (tagged with its id).
     fn message(&self, role: MessageRole, content: Vec<ContentPart>) -> NewMessage {
         run_message(self.run.id, role, content)
@@ -947,15 +963,7 @@ impl Execution {
                         Some(event) => event,
                         None => {
                             let events = self.delta_events(&mut text, &mut call_deltas);
-                            self.write(
-                                Vec::new(),
-                                Vec::new(),
-                                Vec::new(),
-                                Vec::new(),
-                                RunUpdate::default(),
-                                events,
-                            )
-                            .await?;
+                            self.write_events(events).await?;
                             last_flush = tokio::time::Instant::now();
                             continue;
                         }
@@ -1394,15 +1402,7 @@ impl Execution {
             ),
             self.event("run.status", json!({ "status": "requires_action" })),
         ];
-        self.write(
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            RunUpdate::default(),
-            events,
-        )
-        .await?;
+        self.write_events(events).await?;
         // Callers waiting for the run to stop see it waiting for its user.
         self.engine.bus.stopped(self.run.id);
         self.engine.repo.notify_stopped(self.run.id).await?;
@@ -1482,15 +1482,7 @@ impl Execution {
                 ),
                 self.event("run.status", json!({ "status": "running" })),
             ];
-            self.write(
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                RunUpdate::default(),
-                events,
-            )
-            .await?;
+            self.write_events(events).await?;
         }
         Ok(stop)
     }

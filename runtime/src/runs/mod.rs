@@ -454,6 +454,21 @@ impl RunService {
         id: Uuid,
         timeout: std::time::Duration,
     ) -> Result<RunResponse> {
+        self.wait_until(principal, id, timeout, |s| {
+            !matches!(s, RunStatus::Queued | RunStatus::Running)
+        })
+        .await
+    }
+
+    /// The run once its status satisfies `done`, or as it is after
+    /// `timeout` (see [`RunService::wait`]).
+    pub async fn wait_until(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        timeout: std::time::Duration,
+        done: impl Fn(RunStatus) -> bool,
+    ) -> Result<RunResponse> {
         let mut watch = self.bus.watch(id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -461,7 +476,7 @@ impl RunService {
             watch.stops.borrow_and_update();
             let run = self.get(principal, id).await?;
             let now = tokio::time::Instant::now();
-            if !matches!(run.status, RunStatus::Queued | RunStatus::Running) || now >= deadline {
+            if done(run.status) || now >= deadline {
                 return Ok(run);
             }
             let until = deadline.min(now + std::time::Duration::from_secs(1));

@@ -88,31 +88,8 @@ async fn wait_for(app: &TestApp, token: &str, id: &str, check: impl Fn(&Value) -
 
 /// An agent of `session` with `tools`, and the text of its answer to `message`.
 async fn agent_answer(app: &TestApp, session: &Session, tools: Value, message: &str) -> String {
-    let (status, agent) = app
-        .post(
-            "/api/v1/agents",
-            &session.token,
-            json!({
-                "name": format!("mcp runner {}", uuid::Uuid::new_v4()),
-                "instructions": "You are a test agent.",
-                "model": { "provider": "openai", "model": "gpt-test" },
-                "tools": tools,
-            }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{agent}");
-    let conversation = app
-        .conversation(session, agent["id"].as_str().unwrap())
-        .await;
-    let (status, run) = app
-        .post(
-            &format!("/api/v1/conversations/{conversation}/runs"),
-            &session.token,
-            json!({ "message": message }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
-    let events = read_events(app, &session.token, run["id"].as_str().unwrap(), None, None).await;
+    let run = start_run(app, session, tools, message).await;
+    let events = read_events(app, &session.token, &run, None, None).await;
     let done = events.last().unwrap();
     assert_eq!(done.kind, "done", "{events:?}");
     assert_eq!(done.data["status"], "completed", "{events:?}");
